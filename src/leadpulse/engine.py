@@ -1,0 +1,232 @@
+"""Pure scoring: which rules an event matches, fit from traits, and explaining a lead's state.
+
+No I/O here. `state.py` keeps the running sums in Redis; this module decides what to add and
+turns a stored snapshot into a score, a grade, a stage and its explanation at any instant.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .events import Event
+from .model import GRADES, Predicate, Rule, ScoringModel
+
+LN2 = math.log(2)
+Check = Callable[[Any], bool]
+
+
+def _fold(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.replace(",", ""))
+        except ValueError:
+            return None
+    return None
+
+
+def compile_predicate(pred: Predicate) -> Check:
+    checks: list[Check] = []
+    if pred.exists is not None:
+        want = pred.exists
+        checks.append(lambda v: (v is not None and v != "") is want)
+    if pred.equals is not None:
+        target = _fold(pred.equals)
+        checks.append(lambda v: _fold(v) == target)
+    if pred.in_ is not None:
+        allowed = frozenset(_fold(x) for x in pred.in_)
+        checks.append(lambda v: _fold(v) in allowed if isinstance(v, (str, int, float)) else False)
+    if pred.not_in is not None:
+        banned = frozenset(_fold(x) for x in pred.not_in)
+        checks.append(lambda v: v is not None and _fold(v) not in banned)
+    if pred.contains is not None:
+        needle = pred.contains.casefold()
+        checks.append(lambda v: isinstance(v, str) and needle in v.casefold())
+    if pred.regex is not None:
+        search = re.compile(pred.regex).search
+        checks.append(lambda v: isinstance(v, str) and search(v) is not None)
+    if pred.glob is not None:
+        match = re.compile(fnmatch.translate(pred.glob), re.IGNORECASE).match
+        checks.append(lambda v: isinstance(v, str) and match(v) is not None)
+    bounds = [(b, op) for b, op in ((pred.gte, ">="), (pred.gt, ">"), (pred.lte, "<="), (pred.lt, "<")) if b is not None]
+    if bounds:
+        def in_range(v: Any) -> bool:
+            n = _number(v)
+            if n is None:
+                return False
+            for bound, op in bounds:
+                if not {">=": n >= bound, ">": n > bound, "<=": n <= bound, "<": n < bound}[op]:
+                    return False
+            return True
+
+        checks.append(in_range)
+    if len(checks) == 1:
+        return checks[0]
+    return lambda v: all(check(v) for check in checks)
+
+
+def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool]:
+    compiled = [(key, compile_predicate(pred)) for key, pred in when.items()]
+    return lambda values: all(check(values.get(key)) for key, check in compiled)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    rule_id: str
+    points: float
+
+
+def derived_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
+    """Traits the fit rules may use besides the ones sent: `email_domain` from `email`."""
+    out = dict(traits)
+    email = traits.get("email")
+    if isinstance(email, str) and "@" in email and "email_domain" not in out:
+        out["email_domain"] = email.rsplit("@", 1)[1].strip().casefold()
+    return out
+
+
+class Scorer:
+    """The model compiled for the hot path: rules indexed by (source, type)."""
+
+    def __init__(self, model: ScoringModel) -> None:
+        self.model = model
+        self._by_kind: dict[tuple[str, str | None], list[tuple[Rule, Callable[[Mapping[str, Any]], bool]]]] = {}
+        for rule in model.rules:
+            check = _compile_when(rule.when.properties)
+            for kind in rule.when.type or (None,):
+                self._by_kind.setdefault((rule.when.source, kind), []).append((rule, check))
+        self._fit = [(r, _compile_when(r.when)) for r in model.fit.rules]
+        #: the trait names fit rules read: only these are kept in Redis
+        self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when})
+
+    def match(self, event: Event) -> list[Match]:
+        props = event.properties
+        out: list[Match] = []
+        for key in ((event.source, event.type), (event.source, None)):
+            for rule, check in self._by_kind.get(key, ()):
+                if check(props):
+                    out.append(Match(rule.id, rule.points))
+        return out
+
+    def fit(self, traits: Mapping[str, Any]) -> dict[str, float]:
+        values = derived_traits(traits)
+        return {rule.id: rule.points for rule, check in self._fit if check(values)}
+
+    def kept_traits(self, traits: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in traits.items() if k in self.fit_traits}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a snapshot: the same arithmetic as the Lua scripts, in Python, for reads and handoffs.
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    rule_id: str
+    category: str
+    points: float  # at the instant read, after decay, weight and category cap
+    last_occurred_at: int | None  # epoch ms; None for fit rules
+
+
+@dataclass(frozen=True, slots=True)
+class LeadView:
+    lead_id: str
+    at: int
+    score: float
+    stage: str
+    fit_grade: str
+    fit_score: float
+    breakdown: dict[str, float]
+    contributions: tuple[Contribution, ...]
+    last_event_at: int | None
+    model_version: str
+
+
+def decay_factor(half_life_ms: float | None, elapsed_ms: float) -> float:
+    return 1.0 if half_life_ms is None else math.exp(-LN2 / half_life_ms * elapsed_ms)
+
+
+class Explainer:
+    def __init__(self, model: ScoringModel) -> None:
+        self.model = model
+        self._half_life = {r.id: model.half_life_ms(r) for r in model.rules}
+        self._category = {r.id: r.category for r in (*model.rules, *model.fit.rules)}
+
+    def view(self, lead_id: str, fields: Mapping[str, str], at: int) -> LeadView:
+        """Score, grade, stage and per-rule contributions of a stored lead hash at instant `at`."""
+        model = self.model
+        landmark = int(fields.get("L", at))
+        raw: list[tuple[str, str, float, int | None]] = []
+        fit_score = 0.0
+        for key, value in fields.items():
+            if key.startswith("r:"):
+                rule_id = key[2:]
+                if rule_id not in self._category:
+                    continue  # a rule removed from the model: rescore to drop its points
+                s, _, t = value.partition(" ")
+                hl = self._half_life.get(rule_id)
+                points = float(s) * (1.0 if hl is None else math.exp(-LN2 / hl * (at - landmark)))
+                raw.append((rule_id, self._category[rule_id], points, int(t)))
+            elif key.startswith("f:"):
+                rule_id = key[2:]
+                if rule_id not in self._category:
+                    continue
+                points = float(value)
+                fit_score += points
+                raw.append((rule_id, self._category[rule_id], points, None))
+        by_cat: dict[str, float] = {}
+        for _, cat, points, _ in raw:
+            by_cat[cat] = by_cat.get(cat, 0.0) + points
+        scale: dict[str, float] = {}
+        breakdown: dict[str, float] = {}
+        for cat, total in by_cat.items():
+            spec = model.categories[cat]
+            weighted = spec.weight * total
+            capped = min(weighted, spec.cap) if spec.cap is not None else weighted
+            breakdown[cat] = capped
+            scale[cat] = (capped / total) if total else 0.0
+        contributions = tuple(
+            sorted(
+                (Contribution(rid, cat, points * scale[cat], t) for rid, cat, points, t in raw),
+                key=lambda c: -abs(c.points),
+            )
+        )
+        stage_index = int(fields.get("s", 0))
+        stage = model.stages[min(stage_index, len(model.stages) - 1)].name
+        clock = fields.get("c")
+        return LeadView(
+            lead_id=lead_id,
+            at=at,
+            score=sum(breakdown.values()),
+            stage=stage,
+            fit_grade=model.fit.grade(fit_score),
+            fit_score=fit_score,
+            breakdown=breakdown,
+            contributions=contributions,
+            last_event_at=int(clock) if clock is not None else None,
+            model_version=model.version,
+        )
+
+
+def grade_rank(letter: str | None) -> int:
+    """A=3 … D=0, so that "at least grade X" is a comparison."""
+    return 0 if letter is None else len(GRADES) - 1 - GRADES.index(letter)
+
+
+def reference_score(
+    events: Iterable[tuple[float, int, float | None]], at: int
+) -> float:
+    """Σ pointsᵢ·2^{−(t−tᵢ)/h}: the plain definition the forward-decayed store must equal."""
+    return sum(p * (1.0 if h is None else 2.0 ** (-(at - t) / h)) for p, t, h in events)

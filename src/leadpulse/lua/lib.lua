@@ -1,0 +1,289 @@
+-- lib.lua: shared by apply.lua and sweep.lua; prepended to them when they are loaded (Redis
+-- has no `require`). Holds the lead state, the forward-decay arithmetic and stage decisions.
+--
+-- Lead state hash fields (see keys.py):
+--   L        landmark of the forward-decayed sums (epoch ms)
+--   c        the lead's clock: latest event time applied (or demotion time swept)
+--   s        stage index (0 = first stage)        q   transitions so far (for handoff ids)
+--   u        when the lead falls below its stage's floor by decay alone (absent: never)
+--   r:<rule> "<S> <t>": S = Σ p·e^{λ(tᵢ−L)}, t = latest occurrence
+--   f:<rule> fit points (not decayed)             k:<rule>  cap ledger
+--   p        the fit-relevant traits (JSON, written by the worker)
+--   x        recent transitions by event, for re-emitting them when a message is replayed
+--   o        demotions decided by the sweep and not yet acknowledged as published
+local SPEC = cjson.decode(ARGV[1])
+local LAM, CAT, CATS, CAPS, STAGES = SPEC.lam, SPEC.cat, SPEC.cats, SPEC.caps, SPEC.stages
+local NSTAGE, HYST, DEDUP, GRADES = #STAGES, SPEC.hyst, SPEC.dedup, SPEC.grades
+-- e^709 overflows a double; move the landmark long before any exponent gets there.
+local RENORM = 600
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function load(key)
+  local raw = redis.call('HGETALL', key)
+  local st = {key = key, r = {}, f = {}, k = {}, dirty = {}, gone = {}}
+  for i = 1, #raw, 2 do
+    local name, v = raw[i], raw[i + 1]
+    local p = string.sub(name, 1, 2)
+    if p == 'r:' then
+      local s, t = string.match(v, '^(%S+) (%S+)$')
+      st.r[string.sub(name, 3)] = {tonumber(s), tonumber(t)}
+    elseif p == 'f:' then
+      st.f[string.sub(name, 3)] = tonumber(v)
+    elseif p == 'k:' then
+      st.k[string.sub(name, 3)] = v
+    else
+      st[name] = v
+    end
+  end
+  st.L = tonumber(st.L)
+  st.c = tonumber(st.c)
+  st.s = tonumber(st.s or '0')
+  st.q = tonumber(st.q or '0')
+  st.u = tonumber(st.u)
+  return st
+end
+
+local function save(st)
+  local args = {}
+  for name, _ in pairs(st.dirty) do
+    local p, id = string.sub(name, 1, 2), string.sub(name, 3)
+    local v
+    if p == 'r:' then
+      v = fmt(st.r[id][1]) .. ' ' .. string.format('%d', st.r[id][2])
+    elseif p == 'f:' then
+      v = fmt(st.f[id])
+    elseif p == 'k:' then
+      v = st.k[id]
+    elseif name == 'L' or name == 'c' or name == 'u' then
+      v = string.format('%d', st[name])
+    else
+      v = tostring(st[name])
+    end
+    args[#args + 1] = name
+    args[#args + 1] = v
+  end
+  if #args > 0 then
+    redis.call('HSET', st.key, unpack(args))
+  end
+  local gone = {}
+  for name, _ in pairs(st.gone) do
+    gone[#gone + 1] = name
+  end
+  if #gone > 0 then
+    redis.call('HDEL', st.key, unpack(gone))
+  end
+end
+
+local function renormalise(st, landmark)
+  for id, rs in pairs(st.r) do
+    local l = LAM[id]
+    if l and l > 0 then
+      rs[1] = rs[1] * math.exp(-l * (landmark - st.L))
+      st.dirty['r:' .. id] = true
+    end
+  end
+  st.L = landmark
+  st.dirty.L = true
+end
+
+local function add(st, id, p, t)
+  local l = LAM[id] or 0
+  if not st.L then
+    st.L = t
+    st.dirty.L = true
+  elseif SPEC.lmax * (t - st.L) > RENORM then
+    renormalise(st, t)
+  end
+  local v = p
+  if l > 0 then
+    v = p * math.exp(l * (t - st.L))
+  end
+  local rs = st.r[id]
+  if rs then
+    rs[1] = rs[1] + v
+    if t > rs[2] then rs[2] = t end
+  else
+    st.r[id] = {v, t}
+  end
+  st.dirty['r:' .. id] = true
+end
+
+-- Points a capped rule may still award at t. A window cap counts awards in (t - window, t];
+-- `once` is a lifetime cap (window 0) equal to the rule's points.
+local function award(st, id, p, t)
+  local cap = CAPS[id]
+  if not cap then return p end
+  local limit, window = cap[1], cap[2]
+  local ledger = st.k[id]
+  if window == 0 then
+    local used = tonumber(ledger or '0')
+    local a = math.min(p, limit - used)
+    if a <= 0 then return 0 end
+    st.k[id] = fmt(used + a)
+    st.dirty['k:' .. id] = true
+    return a
+  end
+  local kept, used = {}, 0
+  -- Awards this far behind the lead's clock only matter to events that late; forgetting them
+  -- bounds the ledger (documented: a cap is exact for events up to `dedup_window` late).
+  local horizon = (st.c or t) - DEDUP - window
+  if ledger then
+    for ts, ps in string.gmatch(ledger, '(%S+) (%S+)') do
+      local tt, pp = tonumber(ts), tonumber(ps)
+      if tt > horizon then
+        kept[#kept + 1] = ts .. ' ' .. ps
+        if tt > t - window and tt <= t then used = used + pp end
+      end
+    end
+  end
+  local a = math.min(p, limit - used)
+  if a > 0 then
+    kept[#kept + 1] = string.format('%d', t) .. ' ' .. fmt(a)
+  else
+    a = 0
+  end
+  st.k[id] = table.concat(kept, ' ')
+  st.dirty['k:' .. id] = true
+  return a
+end
+
+local function score_at(st, t)
+  local sums = {}
+  for id, rs in pairs(st.r) do
+    local c = CAT[id]
+    if c then
+      local l = LAM[id]
+      local v = rs[1]
+      if l > 0 then v = v * math.exp(-l * (t - st.L)) end
+      sums[c] = (sums[c] or 0) + v
+    end
+  end
+  for id, p in pairs(st.f) do
+    local c = CAT[id]
+    if c then sums[c] = (sums[c] or 0) + p end
+  end
+  local total = 0
+  for c, v in pairs(sums) do
+    local cs = CATS[c]
+    v = v * cs[1]
+    if cs[2] >= 0 and v > cs[2] then v = cs[2] end
+    total = total + v
+  end
+  return total
+end
+
+local function grade(st)
+  local fit = 0
+  for id, p in pairs(st.f) do
+    if CAT[id] then fit = fit + p end
+  end
+  for i = 1, 3 do
+    if fit >= GRADES[i] then return 4 - i end
+  end
+  return 0
+end
+
+local function snapshot(st)
+  local out = {'L', string.format('%d', st.L or 0), 's', tostring(st.s), 'c', string.format('%d', st.c or 0)}
+  for id, rs in pairs(st.r) do
+    out[#out + 1] = 'r:' .. id
+    out[#out + 1] = fmt(rs[1]) .. ' ' .. string.format('%d', rs[2])
+  end
+  for id, p in pairs(st.f) do
+    out[#out + 1] = 'f:' .. id
+    out[#out + 1] = fmt(p)
+  end
+  return out
+end
+
+-- Decide the stage at t. Promotion: the highest stage whose min_score and min_grade hold.
+-- Demotion: leave every stage whose floor (min_score - hysteresis) or min_grade fails.
+local function evaluate(st, t, trigger, out)
+  local score = score_at(st, t)
+  local g = grade(st)
+  local cur, best, kind = st.s, st.s, nil
+  for i = NSTAGE - 1, cur + 1, -1 do
+    local sp = STAGES[i + 1]
+    if score >= sp[1] and g >= sp[2] then
+      best = i
+      break
+    end
+  end
+  if best > cur then
+    kind = 'promoted'
+  else
+    while best > 0 do
+      local sp = STAGES[best + 1]
+      if score < sp[1] - HYST or g < sp[2] then best = best - 1 else break end
+    end
+    if best < cur then kind = 'demoted' end
+  end
+  if not kind then return end
+  local threshold
+  if kind == 'promoted' then threshold = STAGES[best + 1][1] else threshold = STAGES[cur + 1][1] - HYST end
+  st.q = st.q + 1
+  st.s = best
+  st.dirty.q = true
+  st.dirty.s = true
+  out[#out + 1] = {st.q, kind, cur, best, t, trigger, fmt(score), fmt(threshold), snapshot(st)}
+end
+
+-- When decay alone takes the lead below its stage's floor: the first t after the clock with
+-- score(t) < floor, found on a doubling grid and refined by bisection to the millisecond.
+local function next_due(st)
+  if st.s == 0 or not st.c then return nil end
+  local floor = STAGES[st.s + 1][1] - HYST
+  local t0 = st.c
+  local decaying = false
+  for id, rs in pairs(st.r) do
+    if LAM[id] and LAM[id] > 0 and rs[1] ~= 0 then decaying = true end
+  end
+  if not decaying then return nil end
+  if score_at(st, t0) < floor then return t0 end
+  local lo, hi, d = t0, nil, math.max(1, math.floor(SPEC.hmin / 16))
+  local span = SPEC.hmax * 64
+  while d <= span do
+    local t = t0 + d
+    if score_at(st, t) < floor then
+      hi = t
+      break
+    end
+    lo = t
+    d = d * 2
+  end
+  if not hi then return nil end
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if score_at(st, mid) < floor then hi = mid else lo = mid end
+  end
+  return hi
+end
+
+-- Keep the due index (sweep) and the top index (hottest leads) in step with the lead.
+local function reindex(st, due_key, top_key, lead)
+  local u = next_due(st)
+  if u then
+    if st.u ~= u then
+      st.u = u
+      st.dirty.u = true
+    end
+    redis.call('ZADD', due_key, u, lead)
+  else
+    if st.u then
+      st.u = nil
+      st.gone.u = true
+    end
+    redis.call('ZREM', due_key, lead)
+  end
+  local score = st.c and score_at(st, st.c) or 0
+  if st.s > 0 and score > 0 then
+    -- log2(score) plus the clock in half-lives of the slowest decay: ordering by this value
+    -- ranks leads by their score at any common later instant (exact for one half-life).
+    redis.call('ZADD', top_key, math.log(score) / math.log(2) + st.c / SPEC.hmax, lead)
+  else
+    redis.call('ZREM', top_key, lead)
+  end
+end

@@ -1,0 +1,39 @@
+-- sweep.lua: demote one lead whose score has decayed below its stage's floor, at the instant
+-- it crossed. The decision is kept in field `o` until ack.lua confirms it was published, so a
+-- crash between deciding and publishing re-publishes the same handoff (same id) next sweep.
+-- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state hash
+-- ARGV[1] model spec  ARGV[2] now (ms)    ARGV[3] lead id
+-- Returns {transitions} (pending or new); empty when nothing is due.
+local now, lead = tonumber(ARGV[2]), ARGV[3]
+local st = load(KEYS[3])
+if st.o then
+  return cjson.decode(st.o)
+end
+local out = {}
+local rounds = 0
+while st.s > 0 and st.u and st.u <= now and rounds < #STAGES do
+  rounds = rounds + 1
+  local u = st.u
+  if u > st.c then
+    st.c = u
+    st.dirty.c = true
+  end
+  local before = #out
+  evaluate(st, u, false, out)
+  if #out == before then
+    -- Not below the floor after all (the model changed): look again from here.
+    st.u = nil
+    st.gone.u = true
+  end
+  st.u = next_due(st)
+end
+if #out > 0 then
+  -- The lead stays in the due index at its old time until ack.lua re-indexes it.
+  st.o = cjson.encode(out)
+  st.dirty.o = true
+  if st.u then st.dirty.u = true else st.gone.u = true end
+else
+  reindex(st, KEYS[1], KEYS[2], lead)
+end
+save(st)
+return out

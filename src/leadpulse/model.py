@@ -1,0 +1,342 @@
+"""The scoring model: YAML owned by marketing ops and sales, loaded once into frozen models.
+
+Every key is validated; an error names the path of the bad key (`rules[3].when.url.glob`)
+and never surfaces as a traceback. See docs/scoring.md for the format and the math.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .durations import parse_ms
+from .errors import ModelError
+
+SOURCES = ("web", "email", "webinar", "profile", "crm")
+GRADES = ("A", "B", "C", "D")
+Source = Literal["web", "email", "webinar", "profile", "crm"]
+Scalar = str | int | float | bool
+DurationMs = Annotated[int, BeforeValidator(parse_ms)]
+Id = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Predicate(Frozen):
+    """Conditions on one property or trait; all given operators must hold.
+
+    A bare scalar means `equals`, a bare list means `in`. String comparisons by `equals`,
+    `in` and `contains` ignore case; `glob` ignores case; `regex` is as written.
+    """
+
+    equals: Scalar | None = None
+    in_: tuple[Scalar, ...] | None = Field(default=None, alias="in")
+    not_in: tuple[Scalar, ...] | None = None
+    contains: str | None = None
+    regex: str | None = None
+    glob: str | None = None
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+    exists: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return {"in": value}
+        if isinstance(value, (str, int, float, bool)):
+            return {"equals": value}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Predicate:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("a predicate needs at least one operator")
+        for name in ("gte", "gt", "lte", "lt"):
+            bound = getattr(self, name)
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"{name} must be a finite number")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return self
+
+
+def _split_when(value: Any) -> Any:
+    """`when: {source: web, type: page_view, url: {...}}`: everything else is a property."""
+    if not isinstance(value, Mapping):
+        return value
+    special = {"source", "type"}
+    out = {k: v for k, v in value.items() if k in special}
+    out["properties"] = {k: v for k, v in value.items() if k not in special}
+    return out
+
+
+class When(Frozen):
+    source: Source
+    type: tuple[str, ...] | None = None
+    properties: dict[str, Predicate] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _types(cls, value: Any) -> Any:
+        value = _split_when(value)
+        if isinstance(value, dict) and isinstance(value.get("type"), str):
+            value = {**value, "type": (value["type"],)}
+        return value
+
+
+class Cap(Frozen):
+    points: Annotated[float, Field(gt=0)]
+    window: DurationMs | None = None  # None: for the lifetime of the lead
+
+
+class Rule(Frozen):
+    id: Id
+    description: str = ""
+    category: str
+    points: float
+    when: When
+    cap: Cap | None = None
+    once: bool = False
+    half_life: DurationMs | None = None  # overrides the category's decay
+
+    @model_validator(mode="after")
+    def _check(self) -> Rule:
+        _finite(self.points)
+        if self.points == 0:
+            raise ValueError("points must not be 0")
+        if (self.cap or self.once) and self.points < 0:
+            raise ValueError("cap and once limit awards of positive points only")
+        if self.cap and self.once:
+            raise ValueError("use either cap or once, not both")
+        if self.half_life is not None and self.half_life <= 0:
+            raise ValueError("half_life must be > 0")
+        return self
+
+    @property
+    def effective_cap(self) -> Cap | None:
+        # `once` is a lifetime cap equal to the rule's own points: one mechanism in Redis.
+        return Cap(points=self.points, window=None) if self.once else self.cap
+
+
+class FitRule(Frozen):
+    id: Id
+    description: str = ""
+    category: str
+    points: float
+    when: dict[str, Predicate]
+
+    @model_validator(mode="after")
+    def _check(self) -> FitRule:
+        _finite(self.points)
+        if not self.when:
+            raise ValueError("when needs at least one trait")
+        return self
+
+
+class IdleDecay(Frozen):
+    """The field's rule of thumb "lose X % after N idle days", mapped to a half-life."""
+
+    lose_percent: Annotated[float, Field(gt=0, lt=100)]
+    after: DurationMs
+
+    @property
+    def half_life_ms(self) -> float:
+        # 1 - X/100 = 2^(-N/h)  =>  h = N·ln2 / -ln(1 - X/100)
+        return self.after * math.log(2) / -math.log1p(-self.lose_percent / 100)
+
+
+class Category(Frozen):
+    half_life: DurationMs | None = None
+    decay: IdleDecay | None = None
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    cap: Annotated[float, Field(gt=0)] | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Category:
+        if self.half_life is not None and self.decay is not None:
+            raise ValueError("give half_life or decay, not both")
+        if self.half_life is not None and self.half_life <= 0:
+            raise ValueError("half_life must be > 0")
+        return self
+
+    @property
+    def half_life_ms(self) -> float | None:
+        if self.decay is not None:
+            return self.decay.half_life_ms
+        return None if self.half_life is None else float(self.half_life)
+
+
+class Fit(Frozen):
+    rules: tuple[FitRule, ...] = ()
+    grades: dict[Literal["A", "B", "C"], float] = Field(
+        default_factory=lambda: {"A": 60.0, "B": 35.0, "C": 15.0}
+    )
+    personal_email_domains: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> Fit:
+        a, b, c = (self.grades.get(g) for g in ("A", "B", "C"))
+        if a is None or b is None or c is None:
+            raise ValueError("grades needs minimum fit points for A, B and C")
+        if not a > b > c:
+            raise ValueError("grades must satisfy A > B > C")
+        return self
+
+    def grade(self, fit_points: float) -> str:
+        for letter in ("A", "B", "C"):
+            if fit_points >= self.grades[letter]:  # type: ignore[index]
+                return letter
+        return "D"
+
+
+class Stage(Frozen):
+    name: Id
+    min_score: float
+    min_grade: Literal["A", "B", "C", "D"] | None = None
+    handoff: bool = False
+    description: str = ""
+
+
+class ScoringModel(Frozen):
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    categories: dict[Id, Category]
+    rules: tuple[Rule, ...]
+    fit: Fit = Field(default_factory=Fit)
+    stages: tuple[Stage, ...]
+    hysteresis: Annotated[float, Field(ge=0)] = 0.0
+    dedup_window: DurationMs = 7 * 86_400_000
+    clock_skew: DurationMs = 5 * 60_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_categories(cls, value: Any) -> Any:
+        # `firmographic:` with nothing under it is a category that never decays.
+        if isinstance(value, dict) and isinstance(value.get("categories"), dict):
+            cats = {k: ({} if v is None else v) for k, v in value["categories"].items()}
+            value = {**value, "categories": cats}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoringModel:
+        ids: set[str] = set()
+        for kind, rules in (("rules", self.rules), ("fit.rules", self.fit.rules)):
+            for i, rule in enumerate(rules):
+                if rule.id in ids:
+                    raise ValueError(f"{kind}[{i}].id: duplicate rule id {rule.id!r}")
+                ids.add(rule.id)
+                if rule.category not in self.categories:
+                    raise ValueError(
+                        f"{kind}[{i}].category: unknown category {rule.category!r}"
+                        f" (known: {', '.join(sorted(self.categories))})"
+                    )
+        if len(self.stages) < 2:
+            raise ValueError("stages: give at least two stages (e.g. lead and mql)")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError("stages: stage names must be unique")
+        for i in range(1, len(self.stages)):
+            if not self.stages[i].min_score > self.stages[i - 1].min_score:
+                raise ValueError(f"stages[{i}].min_score: must be above the previous stage's")
+        return self
+
+    def half_life_ms(self, rule: Rule) -> float | None:
+        if rule.half_life is not None:
+            return float(rule.half_life)
+        return self.categories[rule.category].half_life_ms
+
+    @cached_property
+    def rule_index(self) -> dict[str, Rule | FitRule]:
+        return {r.id: r for r in (*self.rules, *self.fit.rules)}
+
+    def stage_index(self, name: str) -> int:
+        return next(i for i, s in enumerate(self.stages) if s.name == name)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ModelError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part == "properties":  # When keeps properties beside source/type; users never write it
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-before", "function-after") or "[" in str(part):
+            continue
+        else:
+            out += ("." if out else "") + ("in" if part == "in_" else str(part))
+    return out or "(top level)"
+
+
+def parse_model(text: str, origin: str = "model") -> ScoringModel:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except ModelError as exc:
+        raise ModelError(f"{origin}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{origin}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{origin}: the model must be a mapping with version, rules, stages…")
+    try:
+        return ScoringModel.model_validate(data)
+    except ValidationError as exc:
+        # A misspelt key also makes the real one "missing": name the misspelling first.
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        where = _path(tuple(err["loc"]))
+        if where == "(top level)" and re.match(r"^[\w.\[\]]+: ", msg):
+            where, msg = msg.split(": ", 1)  # cross-field checks name their own path
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ModelError(f"{origin}: {where}: {msg}{more}") from None
+
+
+def load_model(path: str | Path | None = None) -> ScoringModel:
+    """The model at `path`, or the default model shipped with the package."""
+    if path is None:
+        from importlib.resources import files
+
+        text = files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8")
+        return parse_model(text, "default_model.yaml")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"{p}: cannot read the model: {exc.strerror}") from None
+    return parse_model(text, str(p))

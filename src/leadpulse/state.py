@@ -1,0 +1,327 @@
+"""Lead state in Redis: apply batches of events, read leads, sweep decayed leads.
+
+The batch path is the main path: a batch of events for many leads costs one pipelined round
+trip of apply.lua calls, plus one before it only when the batch holds anonymous events or
+profile updates (alias look-ups, current traits) and one after it only when visitors are linked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import scripts
+from .engine import Explainer, LeadView, Scorer, grade_rank
+from .errors import StateError
+from .events import Event
+from .keys import Keys
+from .model import ScoringModel
+
+#: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
+LEADS_PER_CALL = 128
+#: an anonymous visitor's log: most events kept, and how long an unlinked visitor is kept
+ANON_MAX_OPS = 1000
+ANON_TTL_MS = 90 * 86_400_000
+ALIAS_TTL_MS = 400 * 86_400_000
+_HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
+
+
+def lua_spec(model: ScoringModel) -> str:
+    """The model as apply.lua needs it: decay rate per rule, categories, caps, stages, grades."""
+    cats = list(model.categories)
+    lam: dict[str, float] = {}
+    for rule in model.rules:
+        hl = model.half_life_ms(rule)
+        lam[rule.id] = 0.0 if hl is None else math.log(2) / hl
+    for fit_rule in model.fit.rules:
+        lam[fit_rule.id] = 0.0
+    half_lives = [math.log(2) / v for v in lam.values() if v > 0]
+    spec = {
+        "lam": lam,
+        "lmax": max(lam.values(), default=0.0),
+        "hmin": min(half_lives, default=1e15),
+        "hmax": max(half_lives, default=1e15),
+        "cat": {r.id: cats.index(r.category) + 1 for r in (*model.rules, *model.fit.rules)},
+        "cats": [
+            [c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()
+        ],
+        "caps": {
+            r.id: [cap.points, cap.window or 0]
+            for r in model.rules
+            if (cap := r.effective_cap) is not None
+        },
+        "stages": [[s.min_score, grade_rank(s.min_grade)] for s in model.stages],
+        "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
+        "hyst": model.hysteresis,
+        "dedup": model.dedup_window,
+    }
+    return orjson.dumps(spec).decode()
+
+
+def dedup_member(event_id: str) -> str:
+    # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
+    return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    lead_id: str
+    seq: int
+    kind: str  # promoted | demoted
+    from_stage: int
+    to_stage: int
+    crossed_at: int
+    event_id: str | None
+    score: float
+    threshold: float
+    snapshot: dict[str, str]
+
+    @property
+    def handoff_id(self) -> str:
+        # Deterministic: a replay, a re-sweep or a rescore from retention yields the same id.
+        return str(uuid.uuid5(_HANDOFF_NS, f"{self.lead_id}\x00{self.seq}\x00{self.kind}\x00{self.crossed_at}"))
+
+    @classmethod
+    def from_reply(cls, lead_id: str, raw: Sequence[Any]) -> Transition:
+        seq, kind, frm, to, at, event_id, score, threshold, snap = raw
+        flat = [_text(x) for x in snap]
+        return cls(
+            lead_id=lead_id,
+            seq=int(seq),
+            kind=_text(kind),
+            from_stage=int(frm),
+            to_stage=int(to),
+            crossed_at=int(at),
+            event_id=_text(event_id) if event_id else None,
+            score=float(_text(score)),
+            threshold=float(_text(threshold)),
+            snapshot=dict(zip(flat[::2], flat[1::2])),
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+#: outcome of each event in a batch
+SCORED, DUPLICATE, ANONYMOUS = "scored", "duplicate", "anonymous"
+_STATUS = {"o": SCORED, "d": DUPLICATE}
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outcomes: list[str]
+    transitions: list[Transition] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _LeadOps:
+    ops: list[list[Any]] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)  # position in the batch, -1 for merged ops
+
+
+class LeadStore:
+    def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None) -> None:
+        self.redis = redis
+        self.model = model
+        self.keys = keys or Keys()
+        self.scorer = Scorer(model)
+        self.explainer = Explainer(model)
+        self.spec = lua_spec(model)
+        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+
+    async def apply(self, batch: Sequence[tuple[Event, str]], now: int | None = None) -> BatchResult:
+        """Apply validated events (each with its source position, e.g. "events.web:3:1207").
+
+        `now` (epoch ms, default the wall clock) only times the dedup window.
+        """
+        try:
+            return await self._apply(batch, int(time.time() * 1000) if now is None else now)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+
+    async def _apply(self, batch: Sequence[tuple[Event, str]], now: int) -> BatchResult:
+        outcomes = [SCORED] * len(batch)
+        traits_now = await self._prefetch(batch)
+        leads: dict[str, _LeadOps] = {}
+        anon: dict[str, list[tuple[int, list[Any]]]] = {}
+        links: list[tuple[str, str]] = []
+        for i, (event, pos) in enumerate(batch):
+            lead_id = event.lead_id or self._aliases.get(event.anonymous_id or "")
+            op = self._op(event, pos, lead_id, traits_now)
+            if lead_id is None:
+                anon.setdefault(event.anonymous_id or "", []).append((i, op))
+                continue
+            if event.lead_id and event.anonymous_id and event.source == "profile":
+                links.append((event.anonymous_id, event.lead_id))
+            slot = leads.setdefault(lead_id, _LeadOps())
+            slot.ops.append(op)
+            slot.index.append(i)
+        if links:
+            await self._link(links, leads, batch)
+        calls = self._apply_calls(leads, now)
+        for anon_id, items in anon.items():
+            k = self.keys.anon(anon_id)
+            logged = [orjson.dumps([*op[:4], 0, *op[5:]]).decode() for _, op in items]
+            calls.append((scripts.ANON, k, [ANON_TTL_MS, ANON_MAX_OPS, now, self.model.dedup_window, *logged]))
+        replies = await scripts.pipelined(self.redis, calls)
+        result = BatchResult(outcomes)
+        n_apply = len(calls) - len(anon)
+        self._collect(leads, replies[:n_apply], result)
+        redirected: dict[str, _LeadOps] = {}
+        for (anon_id, items), reply in zip(anon.items(), replies[n_apply:]):
+            kind, value = _text(reply[0]), reply[1]
+            if kind == "lead":  # linked by another worker meanwhile: score into the lead
+                lead_id = _text(value)
+                self._aliases[anon_id] = lead_id
+                slot = redirected.setdefault(lead_id, _LeadOps())
+                for i, op in items:
+                    slot.ops.append(op)
+                    slot.index.append(i)
+            else:
+                for i, _ in items:
+                    outcomes[i] = ANONYMOUS
+        if redirected:
+            self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
+        if links:
+            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, _ in links])
+        return result
+
+    def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
+        matches = [[m.rule_id, m.points] for m in self.scorer.match(event)]
+        fit: dict[str, float] | bool = False
+        traits: str | bool = False
+        if event.source == "profile" and event.type == "identify" and lead_id is not None:
+            merged = {**traits_now.get(lead_id, {}), **self.scorer.kept_traits(event.traits)}
+            traits_now[lead_id] = merged
+            fit = self.scorer.fit(merged)
+            traits = orjson.dumps(merged).decode()
+        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits]
+
+    async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
+        """One round trip for what the batch needs to know first: aliases and current traits."""
+        unknown = {e.anonymous_id for e, _ in batch if e.lead_id is None and e.anonymous_id not in self._aliases}
+        unknown.discard(None)
+        identified = {e.lead_id for e, _ in batch if e.source == "profile" and e.type == "identify" and e.lead_id}
+        if not unknown and not identified:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        anon_ids = sorted(a for a in unknown if a)
+        lead_ids = sorted(identified)  # type: ignore[arg-type]
+        for a in anon_ids:
+            pipe.get(self.keys.anon(a).alias)
+        for lead in lead_ids:
+            pipe.hget(self.keys.lead(lead).state, "p")
+        replies = await pipe.execute()
+        for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
+            if lead is not None:
+                self._aliases[a] = _text(lead)
+        return {lead: orjson.loads(raw) for lead, raw in zip(lead_ids, replies[len(anon_ids) :]) if raw}
+
+    async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps], batch: Sequence[tuple[Event, str]]) -> None:
+        calls = [(scripts.LINK, self.keys.anon(a), [lead, ALIAS_TTL_MS]) for a, lead in links]
+        for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
+            owner = _text(reply[0])
+            self._aliases[anon_id] = owner
+            logged = [orjson.loads(op) for op in reply[1:]]
+            if not logged:
+                continue
+            slot = leads.setdefault(owner, _LeadOps())
+            # The visitor's events go in before the link event, in time order, unevaluated:
+            # the link event then decides the stage once, with everything merged.
+            logged.sort(key=lambda op: op[1])
+            slot.ops[0:0] = logged
+            slot.index[0:0] = [-1] * len(logged)
+
+    def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
+        calls = []
+        items = list(leads.items())
+        for start in range(0, len(items), LEADS_PER_CALL):
+            chunk = items[start : start + LEADS_PER_CALL]
+            keys = [self.keys.due, self.keys.top]
+            args: list[Any] = [self.spec, now]
+            for lead_id, slot in chunk:
+                keys.extend(self.keys.lead(lead_id))
+                args.append(orjson.dumps([lead_id, slot.ops]).decode())
+            calls.append((scripts.APPLY, keys, args))
+        return calls
+
+    def _collect(self, leads: dict[str, _LeadOps], replies: list[Any], result: BatchResult) -> None:
+        items = iter(leads.items())
+        for reply in replies:
+            for lead_reply in reply:
+                lead_id, slot = next(items)
+                statuses, transitions = _text(lead_reply[0]), lead_reply[1]
+                for status, i in zip(statuses, slot.index):
+                    if i >= 0:
+                        result.outcomes[i] = _STATUS[status]
+                result.transitions.extend(Transition.from_reply(lead_id, t) for t in transitions)
+
+    async def view(self, lead_id: str, at: int) -> LeadView | None:
+        try:
+            fields = await self.redis.hgetall(self.keys.lead(lead_id).state)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+        if not fields:
+            return None
+        return self.explainer.view(lead_id, {_text(k): _text(v) for k, v in fields.items()}, at)
+
+    async def top(self, limit: int, at: int) -> list[LeadView]:
+        """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
+        try:
+            candidates = [_text(m) for m in await self.redis.zrevrange(self.keys.top, 0, max(limit * 4, 20) - 1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for lead in candidates:
+                pipe.hgetall(self.keys.lead(lead).state)
+            rows = await pipe.execute()
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+        views = [
+            self.explainer.view(lead, {_text(k): _text(v) for k, v in row.items()}, at)
+            for lead, row in zip(candidates, rows)
+            if row
+        ]
+        views.sort(key=lambda v: -v.score)
+        return views[:limit]
+
+    async def sweep(self, now: int, limit: int = 500) -> list[Transition]:
+        """Demote the leads whose score has decayed below their stage's floor by `now`.
+
+        Returns their transitions; call `ack` for each lead once they are published.
+        """
+        try:
+            due = [_text(m) for m in await self.redis.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit)]
+            calls = [
+                (scripts.SWEEP, [self.keys.due, self.keys.top, self.keys.lead(lead).state], [self.spec, now, lead])
+                for lead in due
+            ]
+            replies = await scripts.pipelined(self.redis, calls)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+        out: list[Transition] = []
+        for lead, reply in zip(due, replies):
+            out.extend(Transition.from_reply(lead, t) for t in reply)
+        return out
+
+    async def ack(self, transitions: Sequence[Transition]) -> None:
+        last: dict[str, int] = {}
+        for t in transitions:
+            last[t.lead_id] = max(t.seq, last.get(t.lead_id, 0))
+        calls = [
+            (scripts.ACK, [self.keys.due, self.keys.top, self.keys.lead(lead).state], [self.spec, lead, seq])
+            for lead, seq in last.items()
+        ]
+        try:
+            await scripts.pipelined(self.redis, calls)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc

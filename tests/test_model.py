@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from leadpulse.errors import ModelError
+from leadpulse.model import IdleDecay, load_model, parse_model
+
+BASE = """
+version: t1
+categories: {behavioral: {half_life: 7d}, fit: {}}
+rules:
+  - {id: pricing, category: behavioral, points: 25, when: {source: web, type: page_view, url: {glob: "*/pricing*"}}}
+stages: [{name: lead, min_score: 0}, {name: mql, min_score: 50, handoff: true}]
+"""
+
+
+def test_default_model_loads_with_the_fields_values() -> None:
+    model = load_model()
+    points = {r.id: r.points for r in model.rules}
+    assert points["pricing_page"] == 25
+    assert points["demo_request"] == 50
+    assert points["competitor_comparison"] == 35
+    assert points["unsubscribe"] < 0
+    assert [s.name for s in model.stages] == ["lead", "mql", "sql"]
+    assert model.version
+
+
+def test_idle_rule_maps_to_the_half_life_that_loses_that_much() -> None:
+    decay = IdleDecay(lose_percent=15, after="30d")
+    remaining = 2 ** (-(30 * 86_400_000) / decay.half_life_ms)
+    assert math.isclose(remaining, 0.85, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (("url: {glob:", "url: {blob:"), "rules[0].when.url.blob"),
+        (("points: 25", "points: lots"), "rules[0].points"),
+        (("category: behavioral, points", "category: nope, points"), "rules[0].category"),
+        (("source: web", "source: fax"), "rules[0].when.source"),
+        (("half_life: 7d", "half_life: soon"), "categories.behavioral.half_life"),
+        (("min_score: 50", "min_score: -5"), "stages[1].min_score"),
+        (("{name: lead,", "{nam: lead,"), "stages[0].nam"),
+    ],
+)
+def test_bad_keys_are_reported_by_path(change: tuple[str, str], path: str) -> None:
+    with pytest.raises(ModelError) as info:
+        parse_model(BASE.replace(*change), "m.yaml")
+    assert str(info.value).startswith(f"m.yaml: {path}: "), str(info.value)
+
+
+def test_regex_that_does_not_compile_is_reported() -> None:
+    with pytest.raises(ModelError, match=r"rules\[0\]\.when\.url: .*regex does not compile"):
+        parse_model(BASE.replace('{glob: "*/pricing*"}', '{regex: "(unclosed"}'))
+
+
+def test_duplicate_keys_and_yaml_errors_are_one_line() -> None:
+    with pytest.raises(ModelError, match="duplicate key 'version'"):
+        parse_model(BASE + "version: t2\n")
+    with pytest.raises(ModelError, match="not valid YAML") as info:
+        parse_model("version: [unclosed")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelError, match="cannot read the model"):
+        load_model(tmp_path / "nope.yaml")
+
+
+def test_models_are_frozen() -> None:
+    model = parse_model(BASE)
+    with pytest.raises(Exception):
+        model.rules[0].points = 1  # type: ignore[misc]

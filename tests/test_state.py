@@ -1,0 +1,304 @@
+"""The scoring engine against a real redis-server: exact decay, dedup, stages, sweeps, merges."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from leadpulse.embedded import RedisServer
+from leadpulse.engine import reference_score
+from leadpulse.events import Event
+from leadpulse.model import ScoringModel, parse_model
+from leadpulse.state import DUPLICATE, SCORED, LeadStore
+
+from .fixtures import DAY, T0, event
+
+MODEL = """
+version: test-1
+categories:
+  fast: {half_life: 1d}
+  slow: {half_life: 30d}
+  flat: {}
+  fitcat: {}
+rules:
+  - {id: visit, category: fast, points: 3, when: {source: web, type: page_view}}
+  - {id: pricing, category: slow, points: 25, when: {source: web, type: page_view, url: {glob: "*/pricing*"}}}
+  - {id: demo, category: slow, points: 50, when: {source: web, type: demo_request}}
+  - {id: minutes, category: slow, points: 20, half_life: 2h, when: {source: webinar, type: attended, minutes: {gte: 30}}}
+  - {id: unsub, category: flat, points: -40, when: {source: email, type: unsubscribe}}
+  - {id: click, category: fast, points: 1.5, when: {source: email, type: click}}
+  - {id: opens, category: fast, points: 4, cap: {points: 10, window: 7d}, when: {source: email, type: open}}
+  - {id: reg, category: slow, points: 5, once: true, when: {source: webinar, type: registered}}
+fit:
+  grades: {A: 30, B: 20, C: 10}
+  rules:
+    - {id: vp, category: fitcat, points: 20, when: {seniority: vp}}
+    - {id: icp, category: fitcat, points: 15, when: {employees: {gte: 50}}}
+    - {id: gmail, category: fitcat, points: -10, when: {email_domain: gmail.com}}
+stages:
+  - {name: lead, min_score: 0}
+  - {name: mql, min_score: 40, handoff: true}
+  - {name: sql, min_score: 90, min_grade: C, handoff: true}
+hysteresis: 5
+dedup_window: 7d
+"""
+
+
+@pytest.fixture(scope="module")
+def tmodel() -> ScoringModel:
+    return parse_model(MODEL, "test")
+
+
+@pytest.fixture
+def store(redis: Redis, tmodel: ScoringModel) -> LeadStore:
+    return LeadStore(redis, tmodel)
+
+
+def positions(events: list[Event]) -> list[tuple[Event, str]]:
+    return [(e, f"t:0:{i}") for i, e in enumerate(events)]
+
+
+# --- 1. exact decay on read, any arrival order ---------------------------------------------
+
+KINDS = [
+    ("web", "page_view", {"url": "https://x.io/blog"}, [("visit", 3, DAY)]),
+    ("web", "page_view", {"url": "https://x.io/pricing"}, [("visit", 3, DAY), ("pricing", 25, 30 * DAY)]),
+    ("web", "demo_request", {}, [("demo", 50, 30 * DAY)]),
+    ("webinar", "attended", {"minutes": 45}, [("minutes", 20, 2 * 3_600_000)]),
+    ("email", "unsubscribe", {}, [("unsub", -40, None)]),
+    ("email", "click", {"url": "https://x.io"}, [("click", 1.5, DAY)]),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    items=st.lists(
+        st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 400 * DAY)), min_size=1, max_size=40
+    ),
+    order=st.randoms(use_true_random=False),
+    read_after=st.integers(0, 60 * DAY),
+)
+def test_score_equals_the_plain_sum_for_any_arrival_order(
+    redis_server: RedisServer, tmodel: ScoringModel, items: list[tuple[int, int]], order: Any, read_after: int
+) -> None:
+    events = []
+    terms = []
+    for n, (kind, offset) in enumerate(items):
+        source, type_, props, rules = KINDS[kind]
+        events.append(event(source, type_, T0 + offset, lead="p", event_id=f"p{n}", **props))
+        terms.extend((p, T0 + offset, h) for _, p, h in rules)
+    order.shuffle(events)
+    at = T0 + max(o for _, o in items) + read_after
+
+    async def run() -> Any:
+        client = Redis.from_url(redis_server.url)
+        try:
+            await client.delete("lp:l{p}:s", "lp:l{p}:d", "lp:due", "lp:top")
+            store = LeadStore(client, tmodel)
+            for i in range(0, len(events), 7):  # several batches, as the worker would send
+                await store.apply(positions(events[i : i + 7]))
+            return await store.view("p", at)
+        finally:
+            await client.aclose()
+
+    view = asyncio.run(run())
+    expected = reference_score(terms, at)
+    scale = sum(abs(p) for p, _, _ in terms)
+    assert abs(view.score - expected) <= 1e-9 * scale, (view.score, expected)
+    assert math.isclose(sum(c.points for c in view.contributions), view.score, rel_tol=1e-12, abs_tol=1e-9)
+
+
+async def test_landmark_is_renormalised_long_before_exp_overflows(store: LeadStore) -> None:
+    # The 2-hour half-life rule over two years: λ·Δt reaches ~6000, far past e^709.
+    events = [event("webinar", "attended", T0 + k * 30 * DAY, lead="r", minutes=40) for k in range(25)]
+    await store.apply(positions(events))
+    at = T0 + 24 * 30 * DAY + 3_600_000
+    view = await store.view("r", at)
+    expected = reference_score([(20, e.occurred_at, 2 * 3_600_000) for e in events], at)
+    assert math.isfinite(view.score)
+    assert view.score == pytest.approx(expected, rel=1e-9)
+
+
+# --- 2. idempotence ------------------------------------------------------------------------
+
+
+async def test_an_event_applied_twice_changes_nothing(store: LeadStore, redis: Redis) -> None:
+    e = event("web", "page_view", T0, lead="d", url="https://x.io/pricing")
+    first = await store.apply([(e, "t:0:1")])
+    state = await redis.hgetall("lp:l{d}:s")
+    again = await store.apply([(e, "t:0:9")])
+    same_batch = await store.apply([(e, "t:0:10"), (e, "t:0:11")])
+    assert first.outcomes == [SCORED]
+    assert again.outcomes == [DUPLICATE]
+    assert same_batch.outcomes == [DUPLICATE, DUPLICATE]
+    assert await redis.hgetall("lp:l{d}:s") == state
+
+
+async def test_duplicates_within_one_batch_count_once(store: LeadStore) -> None:
+    e = event("web", "demo_request", T0, lead="d2")
+    result = await store.apply([(e, "t:0:1"), (e, "t:0:2")])
+    assert result.outcomes == [SCORED, DUPLICATE]
+    assert (await store.view("d2", T0)).score == pytest.approx(50)
+
+
+async def test_the_dedup_window_runs_on_arrival_time_and_bounds_memory(store: LeadStore, redis: Redis) -> None:
+    # Events from months ago arriving now are still deduplicated: redeliveries are close in
+    # arrival time, however old the event.
+    old = event("web", "demo_request", T0 - 90 * DAY, lead="w")
+    await store.apply([(old, "t:0:1")], now=T0)
+    assert (await store.apply([(old, "t:0:2")], now=T0 + 6 * DAY)).outcomes == [DUPLICATE]
+    for k in range(20):
+        await store.apply([(event("email", "click", T0 + k, lead="w", url="u"), "t:0:3")], now=T0 + k * DAY)
+    # Only what arrived within the last 7 days is remembered, and an idle set expires.
+    assert await redis.zcard("lp:l{w}:d") == 8
+    assert 0 < await redis.pttl("lp:l{w}:d") <= 7 * DAY
+    # Past the window the old event counts again: that is the documented bound.
+    assert (await store.apply([(old, "t:0:4")], now=T0 + 30 * DAY)).outcomes == [SCORED]
+
+
+# --- caps --------------------------------------------------------------------------------
+
+
+async def test_rolling_window_cap_and_once(store: LeadStore) -> None:
+    opens = [event("email", "open", T0 + k * 3_600_000, lead="c") for k in range(5)]  # 5 × 4 points
+    regs = [event("webinar", "registered", T0 + k, lead="c") for k in range(3)]
+    await store.apply(positions(opens + regs))
+    view = await store.view("c", T0 + 5 * 3_600_000)
+    by_rule = {c.rule_id: c.points for c in view.contributions}
+    assert sum(4 * 2 ** (-(T0 + 5 * 3_600_000 - e.occurred_at) / DAY) for e in opens[:2]) + 2 * 2 ** (
+        -(3 * 3_600_000) / DAY
+    ) == pytest.approx(by_rule["opens"])  # 4 + 4 + 2 = the cap of 10
+    assert by_rule["reg"] == pytest.approx(5 * 2 ** (-(5 * 3_600_000) / (30 * DAY)), rel=1e-6)
+    # A week later the window has room again.
+    later = event("email", "open", T0 + 8 * DAY, lead="c")
+    await store.apply(positions([later]))
+    view2 = await store.view("c", T0 + 8 * DAY)
+    assert {c.rule_id: c.points for c in view2.contributions}["opens"] > 4
+
+
+# --- 3. promotion once, re-alert after demotion --------------------------------------------
+
+
+async def test_promotion_is_reported_once_with_its_explanation(store: LeadStore) -> None:
+    first = await store.apply(
+        positions([event("web", "page_view", T0, lead="h", url="https://x.io/pricing", event_id="a")])
+    )
+    assert first.transitions == []
+    second = await store.apply([(event("web", "demo_request", T0 + 1000, lead="h", event_id="b"), "t:0:2")])
+    (t,) = second.transitions
+    assert (t.kind, t.from_stage, t.to_stage, t.event_id) == ("promoted", 0, 1, "b")
+    assert t.score == pytest.approx(3 * 2 ** (-1000 / DAY) + 25 * 2 ** (-1000 / (30 * DAY)) + 50)
+    assert t.threshold == 40
+    assert {"r:demo", "r:pricing", "r:visit"} <= set(t.snapshot)
+    more = await store.apply(positions([event("web", "page_view", T0 + 2000, lead="h", url="/pricing/x")]))
+    assert more.transitions == []  # already MQL: no second alert
+
+
+async def test_decay_demotes_then_a_new_crossing_alerts_again(store: LeadStore) -> None:
+    result = await store.apply(positions([event("web", "demo_request", T0, lead="z")]))
+    (promoted,) = result.transitions
+    # 50 points, 30-day half-life, floor 40 - 5 = 35: due at 30d·log2(50/35) ≈ 15.4 days.
+    due = T0 + 30 * DAY * math.log2(50 / 35)
+    assert await store.sweep(int(due) - 60_000) == []
+    (demoted,) = await store.sweep(T0 + 20 * DAY)
+    assert (demoted.kind, demoted.from_stage, demoted.to_stage) == ("demoted", 1, 0)
+    assert abs(demoted.crossed_at - due) <= 1
+    assert demoted.score < 35 <= 50 * 2 ** (-(demoted.crossed_at - 1 - T0) / (30 * DAY))
+    # Until acknowledged as published the same decision comes back (same id), never a new one.
+    (again,) = await store.sweep(T0 + 21 * DAY)
+    assert again.handoff_id == demoted.handoff_id
+    await store.ack([demoted])
+    assert await store.sweep(T0 + 400 * DAY) == []
+    # A fresh burst crosses the threshold again: a new promotion with a new id.
+    burst = [event("web", "page_view", T0 + 25 * DAY + k, lead="z", url="/pricing") for k in range(2)]
+    (re_promoted,) = (await store.apply(positions(burst))).transitions
+    assert re_promoted.kind == "promoted"
+    assert len({promoted.handoff_id, demoted.handoff_id, re_promoted.handoff_id}) == 3
+
+
+async def test_negative_points_demote_immediately(store: LeadStore) -> None:
+    await store.apply(positions([event("web", "demo_request", T0, lead="n")]))
+    result = await store.apply(positions([event("email", "unsubscribe", T0 + 1, lead="n")]))
+    (t,) = result.transitions
+    assert (t.kind, t.to_stage) == ("demoted", 0)
+
+
+async def test_sql_needs_its_minimum_grade(store: LeadStore) -> None:
+    hot = [event("web", "demo_request", T0, lead="g"), event("web", "page_view", T0 + 1, lead="g", url="/pricing")]
+    hot += [event("webinar", "attended", T0 + 2, lead="g", minutes=50)]
+    result = await store.apply(positions(hot))
+    assert [t.to_stage for t in result.transitions] == [1]  # 98 points but grade D: MQL only
+    identify = event("profile", "identify", T0 + 3, lead="g", traits={"seniority": "VP", "email": "a@acme.io"})
+    (t,) = (await store.apply(positions([identify]))).transitions
+    assert (t.kind, t.to_stage) == ("promoted", 2)
+    view = await store.view("g", T0 + 3)
+    assert view.fit_grade == "B"
+    assert view.stage == "sql"
+
+
+async def test_replayed_message_returns_its_transitions_new_duplicate_does_not(store: LeadStore) -> None:
+    e = event("web", "demo_request", T0, lead="rp")
+    (t,) = (await store.apply([(e, "events.web:0:41")])).transitions
+    replay = await store.apply([(e, "events.web:0:41")])
+    assert replay.outcomes == [DUPLICATE]
+    assert [x.handoff_id for x in replay.transitions] == [t.handoff_id]
+    assert (await store.apply([(e, "events.web:2:7")])).transitions == []
+
+
+# --- 5. anonymous visitors ------------------------------------------------------------------
+
+
+async def test_anonymous_activity_merges_exactly_into_the_lead(store: LeadStore, redis: Redis) -> None:
+    anon_events = [
+        event("web", "page_view", T0 + k * 3_600_000, lead=None, anon="cookie", url="/pricing") for k in range(3)
+    ]
+    result = await store.apply(positions(anon_events))
+    assert result.outcomes == ["anonymous"] * 3
+    assert await store.view("m", T0) is None
+    link = event("profile", "identify", T0 + 4 * 3_600_000, lead="m", anon="cookie", traits={"seniority": "vp"})
+    await store.apply(positions([link]))
+    later = event("web", "page_view", T0 + 5 * 3_600_000, lead=None, anon="cookie", url="/blog")
+    assert (await store.apply(positions([later]))).outcomes == [SCORED]
+    # The same events sent with the lead id from the start give the same score.
+    direct = [e._replace(lead_id="m2", anonymous_id=None) for e in [*anon_events, link, later]]
+    await store.apply(positions(direct))
+    at = T0 + 6 * 3_600_000
+    assert (await store.view("m", at)).score == pytest.approx((await store.view("m2", at)).score, rel=1e-12)
+    assert not await redis.exists("lp:a{cookie}:s")  # the log moved into the lead
+    # Linking again (a retried identify) changes nothing.
+    await store.apply([(link._replace(event_id="again"), "t:1:1")])
+    assert (await store.view("m", at)).score == pytest.approx((await store.view("m2", at)).score, rel=1e-12)
+
+
+# --- 6. reads -------------------------------------------------------------------------------
+
+
+async def test_read_returns_breakdown_and_contributions_that_sum_to_the_score(store: LeadStore) -> None:
+    events = [
+        event("web", "page_view", T0, lead="v", url="/pricing"),
+        event("email", "unsubscribe", T0 + 1, lead="v"),
+        event("profile", "identify", T0 + 2, lead="v", traits={"employees": 120, "email": "x@gmail.com"}),
+    ]
+    await store.apply(positions(events))
+    view = await store.view("v", T0 + 3 * DAY)
+    assert view.fit_score == 5 and view.fit_grade == "D"
+    assert set(view.breakdown) == {"fast", "slow", "flat", "fitcat"}
+    assert sum(view.breakdown.values()) == pytest.approx(view.score)
+    assert sum(c.points for c in view.contributions) == pytest.approx(view.score)
+    assert view.model_version == "test-1"
+    assert await store.view("nobody", T0) is None
+
+
+async def test_top_ranks_staged_leads_by_score_now(store: LeadStore) -> None:
+    await store.apply(positions([event("web", "demo_request", T0, lead="old")]))
+    await store.apply(positions([event("web", "demo_request", T0 + 10 * DAY, lead="new")]))
+    await store.apply(positions([event("web", "page_view", T0, lead="cold", url="/blog")]))
+    top = await store.top(10, T0 + 11 * DAY)
+    assert [v.lead_id for v in top] == ["new", "old"]
+    assert top[0].score > top[1].score
