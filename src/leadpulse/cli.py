@@ -1,0 +1,211 @@
+"""`leadpulse` command line: worker, dev, produce, score, top, check-model."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+import time
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from pydantic import SecretStr
+
+from .errors import ConfigError
+from .model import ScoringModel, load_model
+from .settings import Settings, load_settings
+
+
+def _option_type(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    base = args[0]
+    if typing.get_origin(base) is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(base)])
+    return {int: click.INT, float: click.FLOAT, Path: click.Path(path_type=Path)}.get(base, click.STRING)
+
+
+def settings_options(fun: Callable[..., Any]) -> Callable[..., Any]:
+    """Every setting as a flag (`--redis-url` for LEADPULSE_REDIS_URL): one model, two doors."""
+    for name, field in reversed(Settings.model_fields.items()):
+        flag = "--" + name.replace("_", "-")
+        fun = click.option(
+            flag, name, type=_option_type(field.annotation), default=None,
+            help=f"{field.description} [env LEADPULSE_{name.upper()}]",
+        )(fun)
+    return fun
+
+
+def _settings(options: dict[str, Any]) -> Settings:
+    names = set(Settings.model_fields)
+    picked = {k: options.pop(k) for k in list(options) if k in names}
+    for key, value in picked.items():
+        if value is not None and Settings.model_fields[key].annotation in (SecretStr, SecretStr | None):
+            picked[key] = SecretStr(value)
+    return load_settings(**picked)
+
+
+def _model(settings: Settings) -> ScoringModel:
+    return load_model(settings.model)
+
+
+def fails_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
+    """Configuration errors are one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fun)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fun(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"leadpulse: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="leadpulse")
+def main() -> None:
+    """LeadPulse: streaming, real-time B2B lead scoring."""
+
+
+@main.command()
+@settings_options
+@click.option("--print-config", is_flag=True, help="print the settings (secrets masked) and exit")
+@fails_cleanly
+def worker(print_config: bool, **options: Any) -> None:
+    """Consume events, score leads in Redis, publish handoffs; serve the HTTP API and metrics."""
+    settings = _settings(options)
+    model = _model(settings)
+    if print_config:
+        click.echo(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2).decode())
+        return
+    from .worker import run_worker
+
+    _configure_logging(settings.log_level)
+    run_worker(settings, model)
+
+
+@main.command()
+@click.option("--leads", default=200, show_default=True, help="simulated leads per wave")
+@click.option("--rate", default=200.0, show_default=True, help="simulated events per second")
+@click.option("--waves", default=0, show_default=True, help="waves of leads to simulate (0: until Ctrl-C)")
+@click.option("--http-port", default=6066, show_default=True, help="HTTP API port (0: any free port)")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="scoring model YAML")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="keep broker/Redis files here")
+@fails_cleanly
+def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | None, data_dir: Path | None) -> None:
+    """Everything on this machine: a Kafka-protocol broker, Redis, the worker and simulated traffic."""
+    from .dev import run_dev
+
+    run_dev(leads=leads, rate=rate, waves=waves, http_port=http_port, model_path=model_path, data_dir=data_dir)
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"), required=False)
+@click.option("--leads", default=0, help="produce synthetic journeys for this many leads instead of a file")
+@click.option("--seed", default=7, show_default=True, help="random seed of the synthetic journeys")
+@click.option("--now/--as-recorded", default=False, help="stamp synthetic events with the current time")
+@settings_options
+@fails_cleanly
+def produce(file: Any, leads: int, seed: int, now: bool, **options: Any) -> None:
+    """Send events (a JSONL file, or synthetic journeys) to the input topics."""
+    from .produce import produce_events
+
+    settings = _settings(options)
+    if file is None and not leads:
+        raise ConfigError("give a JSONL file (- for stdin) or --leads N")
+    asyncio.run(produce_events(settings, file=file, leads=leads, seed=seed, restamp=now))
+
+
+def _view_text(view: Any) -> str:
+    from .handoff import iso
+
+    lines = [
+        f"{view.lead_id}: score {view.score:.1f}  stage {view.stage}  fit grade {view.fit_grade} ({view.fit_score:+.0f})",
+        "  breakdown: " + ", ".join(f"{k} {v:+.1f}" for k, v in view.breakdown.items()),
+    ]
+    for c in view.contributions:
+        when = f"  (last {iso(c.last_occurred_at)})" if c.last_occurred_at else ""
+        lines.append(f"  {c.points:+8.2f}  {c.rule_id:<28} {c.category}{when}")
+    return "\n".join(lines)
+
+
+async def _store(settings: Settings) -> Any:
+    from redis.asyncio import Redis
+
+    from .state import LeadStore
+
+    return LeadStore(Redis.from_url(settings.redis_url.get_secret_value()), _model(settings))
+
+
+@main.command()
+@click.argument("lead_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@settings_options
+@fails_cleanly
+def score(lead_id: str, as_json: bool, **options: Any) -> None:
+    """A lead's score now, and why."""
+    from .api import lead_json
+
+    settings = _settings(options)
+
+    async def run() -> Any:
+        store = await _store(settings)
+        try:
+            return await store.view(lead_id, int(time.time() * 1000))
+        finally:
+            await store.redis.aclose()
+
+    view = asyncio.run(run())
+    if view is None:
+        click.echo(f"leadpulse: no lead {lead_id!r}", err=True)
+        sys.exit(1)
+    click.echo(orjson.dumps(lead_json(view)).decode() if as_json else _view_text(view))
+
+
+@main.command()
+@click.option("--limit", default=10, show_default=True, help="how many leads")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@settings_options
+@fails_cleanly
+def top(limit: int, as_json: bool, **options: Any) -> None:
+    """The hottest leads right now."""
+    from .api import lead_json
+
+    settings = _settings(options)
+
+    async def run() -> Any:
+        store = await _store(settings)
+        try:
+            return await store.top(limit, int(time.time() * 1000))
+        finally:
+            await store.redis.aclose()
+
+    views = asyncio.run(run())
+    if as_json:
+        click.echo(orjson.dumps([lead_json(v) for v in views]).decode())
+        return
+    for v in views:
+        click.echo(f"{v.score:8.1f}  {v.stage:<5} {v.fit_grade}  {v.lead_id}")
+
+
+@main.command("check-model")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@fails_cleanly
+def check_model(path: Path | None) -> None:
+    """Validate a scoring model YAML (default: the shipped model) and summarise it."""
+    model = load_model(path)
+    click.echo(
+        f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
+        f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
+    )
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,46 @@
+"""Prometheus metrics. One registry per worker, so tests can run several side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.events = Counter(
+            "leadpulse_events", "Events consumed, by source, type and outcome "
+            "(scored, duplicate, anonymous, invalid).", ["source", "type", "outcome"], registry=r,
+        )
+        self.event_latency = Histogram(
+            "leadpulse_event_latency_seconds", "From an event's occurred_at to its score being stored.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.commit_latency = Histogram(
+            "leadpulse_commit_latency_seconds", "From a batch being consumed to its offsets being committed.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "leadpulse_batch_size_events", "Events per processed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=r,
+        )
+        self.handoffs = Counter(
+            "leadpulse_handoffs", "Handoffs published, by stage and kind.", ["stage", "kind"], registry=r
+        )
+        self.dlq = Counter("leadpulse_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r)
+        self.redis_seconds = Histogram(
+            "leadpulse_redis_call_seconds", "Redis round trips, by operation.", ["op"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r,
+        )
+        self.redis_errors = Counter("leadpulse_redis_errors", "Failed Redis operations.", ["op"], registry=r)
+        self.kafka_errors = Counter("leadpulse_kafka_errors", "Failed Kafka operations.", ["op"], registry=r)
+        self.lag = Gauge(
+            "leadpulse_consumer_lag_messages", "Messages behind the partition's end.", ["topic", "partition"], registry=r
+        )
+        self.ready = Gauge("leadpulse_ready", "1 when the broker and Redis are reachable and partitions assigned.", registry=r)
+        self.model = Info("leadpulse_model", "The scoring model in use.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

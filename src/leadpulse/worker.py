@@ -1,0 +1,302 @@
+"""The streaming worker: Faust runs the process, our batch consumer runs the hot path.
+
+Faust (faust-streaming) is the application framework: worker lifecycle and signals, the web
+server for the HTTP API, the producer for handoffs and dead letters, and the timer for the
+decay sweep. Events are consumed beside it by an aiokafka consumer that hands whole batches
+to the pipeline and commits explicitly, because Faust's per-event stream path tops out near
+6–7 k events/s on our machines. docs/architecture.md explains the choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import faust
+import mode
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import api, kafka, scripts
+from .errors import StateError
+from .metrics import Metrics
+from .model import ScoringModel
+from .pipeline import Processor, PublishedIds, Topics
+from .settings import Settings
+from .state import LeadStore
+
+log = logging.getLogger("leadpulse.worker")
+T = TypeVar("T")
+
+#: handoff records re-read per partition at start, to skip re-publishing after a crash
+HANDOFF_TAIL = 5000
+#: Tansu holds a joining member for session_timeout/2 (Apache Kafka: group.initial.rebalance.delay.ms);
+#: Faust's default of 60 s made a first start wait 30 s. 10 s is aiokafka's own default.
+SESSION_TIMEOUT_MS = 10_000
+
+
+class _Stopping(Exception):
+    pass
+
+
+class FaustProducer:
+    """The pipeline's producer interface over Faust's producer (acks=all)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> Any:
+        return await self.app.producer.send(topic, key, value, None, None, headers)
+
+
+class ScoringService(mode.Service):
+    """Consume → validate → score in Redis → publish handoffs and dead letters → commit."""
+
+    # stop() waits for the loop to finish its batch and commit before cancelling it.
+    wait_for_shutdown = True
+    shutdown_timeout = 8.0
+
+    def __init__(self, app: faust.App, settings: Settings, model: ScoringModel, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.redis = Redis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=3,
+            health_check_interval=10,
+        )
+        self.store = LeadStore(self.redis, model)
+        self.processor = Processor(
+            self.store, FaustProducer(app), Topics(settings.handoff_topic, settings.dlq_topic), metrics,
+            max_event_bytes=settings.max_event_bytes, published=PublishedIds(),
+        )
+        self.consumer: AIOKafkaConsumer | None = None
+        self.assigned: set[TopicPartition] = set()
+        self.prepared = asyncio.Event()
+        self.redis_ok = False
+        self.kafka_ok = False
+        self.processed = 0
+        self._batch_lock = asyncio.Lock()
+        self._positions: dict[TopicPartition, int] = {}
+
+    # --- start-up ----------------------------------------------------------------------
+
+    async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run `op` until it succeeds, backing off; never crash-loop on an outage."""
+        delay = 0.1
+        while True:
+            try:
+                result = await op()
+            except (StateError, RedisError, OSError) as exc:
+                self.redis_ok = False
+                self.metrics.redis_errors.labels(what).inc()
+                log.warning("%s: redis unavailable (%s); retrying in %.1f s", what, exc, delay)
+            except KafkaError as exc:
+                self.kafka_ok = False
+                self.metrics.kafka_errors.labels(what).inc()
+                log.warning("%s: kafka error (%s); retrying in %.1f s", what, exc, delay)
+            else:
+                return result
+            self._update_ready()
+            if self.should_stop:
+                raise _Stopping(what)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _prepare(self) -> None:
+        async def redis_ready() -> None:
+            await self.redis.ping()
+            await scripts.load_all(self.redis)
+            self.redis_ok = True
+
+        await self._retry(redis_ready, "connect")
+        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
+        await self._retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
+        tail = await self._retry(
+            lambda: kafka.read_tail(self.settings, self.settings.handoff_topic, HANDOFF_TAIL), "read_handoffs"
+        )
+        for record in tail:
+            for name, value in record.headers or ():
+                if name == "leadpulse.handoff_id":
+                    self.processor.published.add(value.decode())
+        log.info("ready to consume %s (%d handoffs already published)",
+                 ", ".join(self.settings.input_topics), len(self.processor.published))
+        self.prepared.set()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            **kafka.client_options(s),
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.batch_max,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        consumer.subscribe(list(s.input_topics), listener=_Rebalance(self))
+        return consumer
+
+    # --- the loop ----------------------------------------------------------------------
+
+    @mode.Service.task
+    async def _run(self) -> None:
+        try:
+            await self._prepare()
+            self.consumer = self._consumer()
+            await self._retry(self.consumer.start, "consumer_start")
+            self.kafka_ok = True
+            while not self.should_stop:
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.batch_max)
+                except KafkaError as exc:
+                    self.kafka_ok = False
+                    self.metrics.kafka_errors.labels("fetch").inc()
+                    log.warning("fetch failed (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                self.kafka_ok = True
+                if batch:
+                    await self._handle(batch)
+                self._observe_lag()
+                self._update_ready()
+        except _Stopping:
+            log.info("stopping before the batch could be completed; it will be consumed again")
+        finally:
+            self.set_shutdown()
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        records = [r for msgs in batch.values() for r in msgs]
+        consumed = time.monotonic()
+        async with self._batch_lock:
+            await self._retry(lambda: self.processor.process(records), "process")
+            self.redis_ok = True
+            offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
+            await self._commit(offsets)
+        self.processed += len(records)
+        self.metrics.commit_latency.observe(time.monotonic() - consumed)
+
+    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        assert self.consumer is not None
+        owned = {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()}
+        if not owned:
+            return
+        try:
+            await self._retry(lambda: self.consumer.commit(owned), "commit")  # type: ignore[union-attr]
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on: the new owner consumes from the last commit and our Redis
+            # writes are idempotent, so replaying this batch there changes nothing.
+            log.warning("commit refused after a rebalance (%s); the new owner replays the batch", exc)
+            return
+        for tp, o in owned.items():
+            self._positions[tp] = o.offset
+
+    def _observe_lag(self) -> None:
+        if self.consumer is None:
+            return
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            done = self._positions.get(tp)
+            if done is None:
+                continue
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+
+    def _update_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    @property
+    def ready(self) -> bool:
+        return self.prepared.is_set() and self.redis_ok and self.kafka_ok and bool(self.assigned)
+
+    # --- decay sweep ---------------------------------------------------------------------
+
+    async def sweep(self, _app: object = None) -> None:
+        """Publish demotions caused by decay alone. One worker at a time holds the sweep lock."""
+        if not self.prepared.is_set():
+            return
+        try:
+            lock = self.redis.lock(f"{self.store.keys.prefix}:sweep-lock", timeout=max(30.0, 3 * self.settings.sweep_interval),
+                                   blocking=False)
+            if not await lock.acquire():
+                return
+            try:
+                while await self.processor.sweep(int(time.time() * 1000)) >= 500:
+                    pass
+            finally:
+                await lock.release()
+        except (StateError, RedisError) as exc:
+            self.redis_ok = False
+            self.metrics.redis_errors.labels("sweep").inc()
+            log.warning("sweep failed: %s", exc)
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels("sweep").inc()
+            log.warning("sweep could not publish: %s", exc)
+
+    async def on_shutdown(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        await self.redis.aclose()
+        log.info("stopped after %d events", self.processed)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: ScoringService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Let the batch in flight finish and commit while we still own its partitions.
+        try:
+            await asyncio.wait_for(self.service._batch_lock.acquire(), timeout=30)
+        except TimeoutError:
+            log.warning("rebalance: the batch in flight did not finish; it will be replayed")
+        else:
+            self.service._batch_lock.release()
+        self.service.assigned -= set(revoked)
+        self.service._update_ready()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.service.assigned = set(assigned)
+        log.info("assigned %d partitions", len(assigned))
+        self.service._update_ready()
+
+
+def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None = None) -> tuple[faust.App, ScoringService]:
+    metrics = metrics or Metrics()
+    metrics.model.info({"version": model.version})
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=kafka.faust_credentials(settings),
+        broker_session_timeout=SESSION_TIMEOUT_MS / 1000,
+        broker_heartbeat_interval=SESSION_TIMEOUT_MS / 3000,
+        producer_acks=-1,
+        producer_linger_ms=1,
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        web_enabled=True,
+        store="memory://",
+        topic_replication_factor=settings.replication_factor,
+        autodiscover=False,
+    )
+    # No Faust consumer: our batch consumer owns the group. Faust then starts only its
+    # producer and web server, so the worker never waits for a second group join.
+    app.producer_only = True
+    service = ScoringService(app, settings, model, metrics, loop=None)
+    app.timer(settings.sweep_interval)(service.sweep)
+    api.register(app, service, settings, metrics)
+    return app, service
+
+
+def run_worker(settings: Settings, model: ScoringModel, *extra: mode.ServiceT) -> None:
+    app, service = create_app(settings, model)
+    faust.Worker(app, service, *extra, loglevel=settings.log_level, redirect_stdouts=False).execute_from_commandline()

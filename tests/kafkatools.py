@@ -1,0 +1,130 @@
+"""Test helpers around a real broker and a real worker process (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from leadpulse.embedded import free_port
+
+
+class WorkerProcess:
+    """`leadpulse worker` as a child process, configured by LEADPULSE_* variables."""
+
+    def __init__(self, bootstrap: str, redis_url: str, log_dir: Path, **settings: Any) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.tag = tag
+        self.port = free_port()
+        self.settings = {
+            "kafka_bootstrap": bootstrap,
+            "redis_url": redis_url,
+            "http_port": self.port,
+            "group_id": f"g-{tag}",
+            "topic_prefix": f"t{tag}.",
+            "handoff_topic": f"t{tag}.handoff",
+            "dlq_topic": f"t{tag}.dlq",
+            "partitions": 4,
+            "sweep_interval": 1.0,
+            **settings,
+        }
+        self.log = log_dir / f"worker-{tag}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+        env.update({f"LEADPULSE_{k.upper()}": str(v) for k, v in self.settings.items()})
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def topic(self, source: str) -> str:
+        return f"{self.settings['topic_prefix']}{source}"
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "leadpulse", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+                try:
+                    async with http.get(self.url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"worker not ready within {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http, http.get(self.url + path, **kwargs) as resp:
+            body = await resp.read()
+            is_json = resp.content_type == "application/json"
+            return resp.status, orjson.loads(body) if is_json else body.decode()
+
+
+async def produce(bootstrap: str, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for topic, key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def consume_until(bootstrap: str, topic: str, done: Any, timeout: float = 60.0) -> list[Any]:
+    """Records of `topic` from the beginning until `done(records)` holds (or the deadline)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not done(records) and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=300)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def event_bytes(**fields: Any) -> bytes:
+    return orjson.dumps(fields)

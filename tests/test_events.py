@@ -1,0 +1,122 @@
+"""The event contract: valid events parse; every kind of bad input is a typed error with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leadpulse.errors import InvalidEvent
+from leadpulse.events import from_dict, load_schema, parse
+
+NOW = 1_790_000_000_000
+SKEW = 300_000
+
+
+def raw(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "event_id": "e1", "lead_id": "l1", "source": "web", "type": "page_view",
+        "occurred_at": "2026-09-21T12:00:00Z", "properties": {"url": "https://x.io/pricing"},
+    }
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+def test_schemas_are_valid_draft_2020_12() -> None:
+    for name in ("event.schema.json", "handoff.schema.json"):
+        jsonschema.Draft202012Validator.check_schema(load_schema(name))
+
+
+def test_a_valid_event_parses_with_epoch_or_rfc3339_time() -> None:
+    e = parse(raw(), NOW, SKEW)
+    assert (e.event_id, e.lead_id, e.source, e.type) == ("e1", "l1", "web", "page_view")
+    assert e.occurred_at == parse(raw(occurred_at=e.occurred_at), NOW, SKEW).occurred_at
+    assert parse(raw(occurred_at="2026-09-21T14:00:00+02:00"), NOW, SKEW).occurred_at == e.occurred_at
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "field"),
+    [
+        (b"{not json", "invalid_json", None),
+        (b'{"a": NaN}', "invalid_json", None),
+        (b"[1, 2]", "schema", None),
+        (raw(lead_id=...), "missing_id", None),
+        (raw(event_id=...), "missing_field", None),
+        (raw(event_id=""), "schema", "event_id"),
+        (raw(source="fax"), "unknown_source", "source"),
+        (raw(type="teleport"), "unknown_type", "type"),
+        (raw(properties={"title": "no url"}), "missing_field", "properties"),
+        (raw(source="webinar", type="attended", properties={"minutes": "ten"}), "schema", "properties.minutes"),
+        (raw(source="profile", type="identify", properties=...), "missing_field", None),
+        (raw(occurred_at="yesterday"), "schema", "occurred_at"),
+        (raw(occurred_at="2026-09-21T12:00:00"), "schema", "occurred_at"),
+        (raw(occurred_at=-1), "schema", "occurred_at"),
+        (raw(occurred_at=1.5), "schema", "occurred_at"),
+        (raw(occurred_at="1969-12-31T23:59:59Z"), "bad_timestamp", "occurred_at"),
+        (raw(occurred_at=NOW + SKEW + 1), "future_timestamp", "occurred_at"),
+        (raw(lead_id="x" * 10_000), "schema", "lead_id"),
+        (raw(lead_id=7), "schema", "lead_id"),
+        (b'{"event_id": "e1", "lead_id": "l", "source": "web", "type": "page_view", "occurred_at": 1,'
+         b' "properties": {"url": "u", "n": 1e999}}', "invalid_json", None),
+        (raw(properties={"url": "u", **{f"k{i}": i for i in range(100)}}), "schema", "properties"),
+        (b"{" * 5000, "invalid_json", None),
+        (b" " * 70_000, "too_large", None),
+    ],
+)
+def test_bad_input_is_a_typed_error_naming_the_reason(payload: bytes, reason: str, field: str | None) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse(payload, NOW, SKEW)
+    assert info.value.reason == reason
+    assert info.value.field == field
+    assert str(info.value).startswith(reason)
+
+
+def test_awkward_but_valid_ids_are_accepted() -> None:
+    for lead in ("{tag}", "a:b:c", "with space", "ünïcødé-😀", "x" * 256):
+        assert parse(raw(lead_id=lead), NOW, SKEW).lead_id == lead
+    # Duplicate keys: JSON says the last one wins, and so do we.
+    dup = b'{"event_id": "e1", "lead_id": "first", "lead_id": "second", "source": "email", "type": "open", "occurred_at": 5}'
+    assert parse(dup, NOW, SKEW).lead_id == "second"
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": st.text(max_size=3) | st.integers(),
+        "lead_id": st.text(max_size=3) | st.none(),
+        "anonymous_id": st.text(min_size=1, max_size=3),
+        "source": st.sampled_from(["web", "email", "webinar", "profile", "crm", "fax"]),
+        "type": st.sampled_from(["page_view", "open", "attended", "identify", "alias", "won", "x"]),
+        "occurred_at": st.integers(-5, 2 * NOW) | st.sampled_from(["2026-09-21T12:00:00Z", "2026-09-21", "now"]),
+        "properties": st.dictionaries(st.sampled_from(["url", "minutes", "title", "other"]), JSONISH, max_size=3),
+        "traits": st.dictionaries(st.sampled_from(["email", "employees", "industry"]), JSONISH, max_size=3),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(FIELDS)
+def test_fast_validation_agrees_with_the_reference_validator(data: dict[str, object]) -> None:
+    """Whatever we accept, the JSON Schema 2020-12 reference accepts, and the other way round."""
+    reference = jsonschema.Draft202012Validator(load_schema("event.schema.json"))
+    expected = reference.is_valid(json.loads(json.dumps(data)))
+    try:
+        from_dict(data, NOW * 10, SKEW)
+        accepted = True
+    except InvalidEvent as exc:
+        accepted = False
+        assert exc.reason in {"schema", "missing_id", "missing_field", "unknown_source", "unknown_type",
+                              "bad_timestamp", "future_timestamp"}
+        if expected:  # only checks beyond the schema may refuse what the schema allows
+            assert exc.reason in {"bad_timestamp", "future_timestamp"}
+    if accepted:
+        assert expected
