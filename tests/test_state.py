@@ -302,3 +302,30 @@ async def test_top_ranks_staged_leads_by_score_now(store: LeadStore) -> None:
     top = await store.top(10, T0 + 11 * DAY)
     assert [v.lead_id for v in top] == ["new", "old"]
     assert top[0].score > top[1].score
+
+
+async def test_decay_demotions_are_the_same_whether_swept_in_time_or_caught_up_later(store: LeadStore) -> None:
+    def history(lead: str) -> list[Event]:
+        return [
+            event("profile", "identify", T0, lead=lead, traits={"seniority": "vp"}),
+            event("web", "demo_request", T0 + 1, lead=lead),
+            event("web", "page_view", T0 + 2, lead=lead, url="/pricing"),
+            event("webinar", "attended", T0 + 3, lead=lead, minutes=50),
+        ]
+
+    def shape(ts: list[Any]) -> list[tuple[Any, ...]]:
+        return [(t.seq, t.kind, t.from_stage, t.to_stage, t.crossed_at, round(t.score, 9)) for t in ts]
+
+    swept, caught = [], []
+    for lead, out in (("sw", swept), ("cu", caught)):
+        out.extend((await store.apply(positions(history(lead)))).transitions)
+    # SQL at 118 points; decay takes it below SQL's floor (85) after ~6 days and below MQL's
+    # floor (35) after ~70 days. "sw" is swept at day 100, "cu" only sees its next event.
+    swept_now = await store.sweep(T0 + 100 * DAY)
+    await store.ack(swept_now)
+    swept.extend(swept_now)
+    later = lambda lead: [event("web", "page_view", T0 + 120 * DAY, lead=lead, url="/blog")]  # noqa: E731
+    swept.extend((await store.apply(positions(later("sw")))).transitions)
+    caught.extend((await store.apply(positions(later("cu")))).transitions)
+    assert [t[1:4] for t in shape(swept)] == [("promoted", 0, 2), ("demoted", 2, 1), ("demoted", 1, 0)]
+    assert shape(swept) == shape(caught)

@@ -93,7 +93,7 @@ def worker(print_config: bool, **options: Any) -> None:
 @click.option("--leads", default=200, show_default=True, help="simulated leads per wave")
 @click.option("--rate", default=200.0, show_default=True, help="simulated events per second")
 @click.option("--waves", default=0, show_default=True, help="waves of leads to simulate (0: until Ctrl-C)")
-@click.option("--http-port", default=6066, show_default=True, help="HTTP API port (0: any free port)")
+@click.option("--http-port", default=6066, show_default=True, help="HTTP API port")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="scoring model YAML")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="keep broker/Redis files here")
 @fails_cleanly

@@ -119,16 +119,21 @@ def tansu_binary() -> str:
 class TansuBroker(Service):
     """A Kafka-protocol broker with in-memory storage: data is gone when it stops."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, advertised_port: int | None = None) -> None:
         super().__init__("tansu", port or free_port(), workdir)
+        # Clients reconnect to the advertised address: a proxy in front of the broker (tests
+        # that cut the network) must be what the broker advertises.
+        self.advertised_port = advertised_port or self.port
 
     def command(self) -> list[str]:
-        url = f"tcp://127.0.0.1:{self.port}"
-        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        return [
+            tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+        ]
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
 
 class Stack(contextlib.AbstractContextManager["Stack"]):

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     )
     model: Path | None = Field(None, description="scoring model YAML (default: the model shipped with LeadPulse)")
     http_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
-    http_port: int = Field(6066, ge=0, le=65535, description="HTTP API port (0: any free port)")
+    http_port: int = Field(6066, ge=1, le=65535, description="HTTP API port")
     group_id: str = Field("leadpulse", description="Kafka consumer group of the workers")
     topic_prefix: str = Field("events.", description="input topics are <prefix><source>")
     handoff_topic: str = Field("leads.handoff", description="where handoffs are published")

@@ -1,10 +1,11 @@
 """The streaming worker: Faust runs the process, our batch consumer runs the hot path.
 
 Faust (faust-streaming) is the application framework: worker lifecycle and signals, the web
-server for the HTTP API, the producer for handoffs and dead letters, and the timer for the
-decay sweep. Events are consumed beside it by an aiokafka consumer that hands whole batches
-to the pipeline and commits explicitly, because Faust's per-event stream path tops out near
-6–7 k events/s on our machines. docs/architecture.md explains the choice.
+server for the HTTP API, and the timer for the decay sweep. Events are consumed beside it by
+an aiokafka consumer that hands whole batches to the pipeline and commits explicitly, because
+Faust's per-event stream path tops out near 6–7 k events/s on our machines; handoffs and dead
+letters go out through our own producer, which (unlike Faust's) waits out a broker that is
+down at start instead of crashing the worker. docs/architecture.md explains the choices.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, TypeVar
 
 import faust
 import mode
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from faust.app.base import BootStrategy
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from redis.asyncio import Redis
@@ -45,17 +47,6 @@ class _Stopping(Exception):
     pass
 
 
-class FaustProducer:
-    """The pipeline's producer interface over Faust's producer (acks=all)."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                   headers: list[tuple[str, bytes]] | None = None) -> Any:
-        return await self.app.producer.send(topic, key, value, None, None, headers)
-
-
 class ScoringService(mode.Service):
     """Consume → validate → score in Redis → publish handoffs and dead letters → commit."""
 
@@ -73,8 +64,9 @@ class ScoringService(mode.Service):
             health_check_interval=10,
         )
         self.store = LeadStore(self.redis, model)
+        self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
-            self.store, FaustProducer(app), Topics(settings.handoff_topic, settings.dlq_topic), metrics,
+            self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,
             max_event_bytes=settings.max_event_bytes, published=PublishedIds(),
         )
         self.consumer: AIOKafkaConsumer | None = None
@@ -110,6 +102,33 @@ class ScoringService(mode.Service):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> Any:
+        """The pipeline's producer: returns the future of the broker's acknowledgement."""
+        assert self.producer is not None
+        return await self.producer.send(topic, value, key=key, headers=headers)
+
+    async def _start_producer(self) -> None:
+        # A fresh client per attempt: a client whose start failed cannot be started again.
+        producer = AIOKafkaProducer(
+            **kafka.client_options(self.settings), acks="all", linger_ms=1, enable_idempotence=False,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self.producer = producer
+
+    async def _start_consumer(self) -> None:
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self.consumer = consumer
+
     async def _prepare(self) -> None:
         async def redis_ready() -> None:
             await self.redis.ping()
@@ -117,6 +136,7 @@ class ScoringService(mode.Service):
             self.redis_ok = True
 
         await self._retry(redis_ready, "connect")
+        await self._retry(self._start_producer, "producer_start")
         topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
         await self._retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
         tail = await self._retry(
@@ -151,8 +171,7 @@ class ScoringService(mode.Service):
     async def _run(self) -> None:
         try:
             await self._prepare()
-            self.consumer = self._consumer()
-            await self._retry(self.consumer.start, "consumer_start")
+            await self._retry(self._start_consumer, "consumer_start")
             self.kafka_ok = True
             while not self.should_stop:
                 try:
@@ -245,6 +264,8 @@ class ScoringService(mode.Service):
     async def on_shutdown(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
         await self.redis.aclose()
         log.info("stopped after %d events", self.processed)
 
@@ -279,8 +300,6 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
         broker_credentials=kafka.faust_credentials(settings),
         broker_session_timeout=SESSION_TIMEOUT_MS / 1000,
         broker_heartbeat_interval=SESSION_TIMEOUT_MS / 3000,
-        producer_acks=-1,
-        producer_linger_ms=1,
         web_host=settings.http_host,
         web_port=settings.http_port,
         web_enabled=True,
@@ -288,9 +307,11 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
         topic_replication_factor=settings.replication_factor,
         autodiscover=False,
     )
-    # No Faust consumer: our batch consumer owns the group. Faust then starts only its
-    # producer and web server, so the worker never waits for a second group join.
+    # No Faust consumer (our batch consumer owns the group, so the worker never waits for a
+    # second group join) and no Faust producer (its start crashes the worker when the broker
+    # is down; ours retries). Faust runs the web server, the timer and the service tree.
     app.producer_only = True
+    app.boot_strategy = BootStrategy(app, enable_kafka_producer=False)
     service = ScoringService(app, settings, model, metrics, loop=None)
     app.timer(settings.sweep_interval)(service.sweep)
     api.register(app, service, settings, metrics)

@@ -34,11 +34,8 @@ for i = 1, #ARGV - 2 do
       end
     else
       local first = #out + 1
-      if eval == 1 and st.u and st.u <= t and st.s > 0 then
-        -- Decay took the lead below its floor before this event: record that first.
-        if st.u > st.c then st.c = st.u end
-        evaluate(st, st.u, false, out)
-      end
+      -- Decay took the lead below its floor before this event: record that first.
+      if eval == 1 then catch_up(st, t, out) end
       for _, m in ipairs(op[6]) do
         local a = award(st, m[1], m[2], t)
         if a ~= 0 then add(st, m[1], a, t) end

@@ -262,6 +262,23 @@ local function next_due(st)
   return hi
 end
 
+-- Apply every decay-driven demotion due by `t`, each at the instant it happens: the same
+-- transitions whether the sweep found them in time or a later event arrived first.
+local function catch_up(st, t, out)
+  local rounds = 0
+  while st.s > 0 and st.u and st.u <= t and rounds < NSTAGE do
+    rounds = rounds + 1
+    local u = st.u
+    if not st.c or u > st.c then
+      st.c = u
+      st.dirty.c = true
+    end
+    evaluate(st, u, false, out)
+    st.u = next_due(st)
+    if st.u then st.dirty.u = true else st.gone.u = true end
+  end
+end
+
 -- Keep the due index (sweep) and the top index (hottest leads) in step with the lead.
 local function reindex(st, due_key, top_key, lead)
   local u = next_due(st)

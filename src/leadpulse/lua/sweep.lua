@@ -10,23 +10,7 @@ if st.o then
   return cjson.decode(st.o)
 end
 local out = {}
-local rounds = 0
-while st.s > 0 and st.u and st.u <= now and rounds < #STAGES do
-  rounds = rounds + 1
-  local u = st.u
-  if u > st.c then
-    st.c = u
-    st.dirty.c = true
-  end
-  local before = #out
-  evaluate(st, u, false, out)
-  if #out == before then
-    -- Not below the floor after all (the model changed): look again from here.
-    st.u = nil
-    st.gone.u = true
-  end
-  st.u = next_due(st)
-end
+catch_up(st, now, out)
 if #out > 0 then
   -- The lead stays in the due index at its old time until ack.lua re-indexes it.
   st.o = cjson.encode(out)
