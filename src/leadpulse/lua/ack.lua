@@ -6,7 +6,7 @@ if st.o then
   local pending = cjson.decode(st.o)
   if pending[#pending][1] == tonumber(ARGV[3]) then
     st.o = nil
-    st.gone.o = true
+    st.dirty.o = true
   end
 end
 reindex(st, KEYS[1], KEYS[2], ARGV[2])

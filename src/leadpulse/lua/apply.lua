@@ -44,7 +44,7 @@ for i = 1, #ARGV - 2 do
         for id, _ in pairs(st.f) do
           if op[7][id] == nil then
             st.f[id] = nil
-            st.gone['f:' .. id] = true
+            st.dirty['f:' .. id] = true
           end
         end
         for id, p in pairs(op[7]) do

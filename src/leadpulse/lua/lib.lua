@@ -47,23 +47,29 @@ local function load(key)
 end
 
 local function save(st)
+  -- A field both set and cleared during the call ends as its last value says.
   local args = {}
   for name, _ in pairs(st.dirty) do
     local p, id = string.sub(name, 1, 2), string.sub(name, 3)
     local v
     if p == 'r:' then
-      v = fmt(st.r[id][1]) .. ' ' .. string.format('%d', st.r[id][2])
+      if st.r[id] then v = fmt(st.r[id][1]) .. ' ' .. string.format('%d', st.r[id][2]) end
     elseif p == 'f:' then
-      v = fmt(st.f[id])
+      if st.f[id] then v = fmt(st.f[id]) end
     elseif p == 'k:' then
       v = st.k[id]
     elseif name == 'L' or name == 'c' or name == 'u' then
-      v = string.format('%d', st[name])
-    else
+      if st[name] then v = string.format('%d', st[name]) end
+    elseif st[name] ~= nil then
       v = tostring(st[name])
     end
-    args[#args + 1] = name
-    args[#args + 1] = v
+    if v == nil then
+      st.gone[name] = true
+    else
+      st.gone[name] = nil
+      args[#args + 1] = name
+      args[#args + 1] = v
+    end
   end
   if #args > 0 then
     redis.call('HSET', st.key, unpack(args))
@@ -275,24 +281,18 @@ local function catch_up(st, t, out)
     end
     evaluate(st, u, false, out)
     st.u = next_due(st)
-    if st.u then st.dirty.u = true else st.gone.u = true end
+    st.dirty.u = true
   end
 end
 
 -- Keep the due index (sweep) and the top index (hottest leads) in step with the lead.
 local function reindex(st, due_key, top_key, lead)
   local u = next_due(st)
+  st.u = u
+  st.dirty.u = true
   if u then
-    if st.u ~= u then
-      st.u = u
-      st.dirty.u = true
-    end
     redis.call('ZADD', due_key, u, lead)
   else
-    if st.u then
-      st.u = nil
-      st.gone.u = true
-    end
     redis.call('ZREM', due_key, lead)
   end
   local score = st.c and score_at(st, st.c) or 0

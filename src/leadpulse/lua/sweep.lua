@@ -15,7 +15,6 @@ if #out > 0 then
   -- The lead stays in the due index at its old time until ack.lua re-indexes it.
   st.o = cjson.encode(out)
   st.dirty.o = true
-  if st.u then st.dirty.u = true else st.gone.u = true end
 else
   reindex(st, KEYS[1], KEYS[2], lead)
 end
