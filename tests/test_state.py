@@ -330,3 +330,35 @@ async def test_decay_demotions_are_the_same_whether_swept_in_time_or_caught_up_l
     assert [t[1:4] for t in shape(swept)] == [
         ("promoted", 0, 1), ("promoted", 1, 2), ("demoted", 2, 1), ("demoted", 1, 0)]
     assert shape(swept) == shape(caught)
+
+
+async def test_a_changed_model_never_jams_the_store(store: LeadStore, redis: Redis, tmodel: ScoringModel) -> None:
+    await store.apply(positions([
+        event("web", "demo_request", T0, lead="mc"),
+        event("web", "page_view", T0 + 1, lead="mc", url="/pricing"),
+        event("webinar", "attended", T0 + 2, lead="mc", minutes=50),
+        event("profile", "identify", T0 + 3, lead="mc", traits={"seniority": "vp"}),
+        *[event("email", "open", T0 + 4 + k, lead="mc") for k in range(3)],
+    ]))
+    assert (await store.view("mc", T0 + 5)).stage == "sql"
+    # Marketing ops drops the SQL stage and turns the windowed open cap into `once`.
+    changed = parse_model(
+        MODEL.replace("  - {name: sql, min_score: 90, min_grade: C, handoff: true}\n", "")
+        .replace("cap: {points: 10, window: 7d}", "once: true"),
+        "changed",
+    )
+    other = LeadStore(redis, changed)
+    result = await other.apply(positions([event("email", "open", T0 + 10, lead="mc")]))
+    assert result.outcomes == [SCORED]
+    view = await other.view("mc", T0 + 10)
+    assert view.stage == "mql"
+    assert {c.rule_id: c.points for c in view.contributions}["opens"] == pytest.approx(10, rel=1e-3)
+
+
+async def test_free_form_properties_never_break_matching(redis: Redis) -> None:
+    model = parse_model(MODEL.replace('url: {glob: "*/pricing*"}', "url: {not_in: [a, b]}"), "t")
+    store = LeadStore(redis, model)
+    weird = [event("web", "page_view", T0 + k, lead="ff", url=value)
+             for k, value in enumerate([["a"], {"x": 1}, None, 3.5, "ok"])]
+    result = await store.apply(positions(weird))
+    assert result.outcomes == [SCORED] * 5

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.web import Request, Response, View
 
+from redis.exceptions import RedisError
+
+from .admin import forget
 from .engine import LeadView
 from .errors import StateError
 from .handoff import iso
@@ -79,18 +82,35 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
         return web.json({"leads": [lead_json(v) for v in views]})
 
     @app.page("/leads/{lead_id}")
-    async def lead(web: View, request: Request, lead_id: str) -> Response:
-        if not _authorized(request, settings.api_token):
-            return _error(web, 401, "unauthorized", "a valid bearer token is required")
-        if not LEAD_ID.match(lead_id):
-            return _error(web, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
-        try:
-            view = await store.view(lead_id, now_ms())
-        except StateError as exc:
-            return _error(web, 503, "redis_unavailable", str(exc))
-        if view is None:
-            return _error(web, 404, "unknown_lead", f"no lead {lead_id!r}")
-        return web.json(lead_json(view))
+    class Lead(View):
+        async def get(self, request: Request, lead_id: str) -> Response:
+            if not _authorized(request, settings.api_token):
+                return _error(self, 401, "unauthorized", "a valid bearer token is required")
+            if not LEAD_ID.match(lead_id):
+                return _error(self, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
+            try:
+                view = await store.view(lead_id, now_ms())
+            except StateError as exc:
+                return _error(self, 503, "redis_unavailable", str(exc))
+            if view is None:
+                return _error(self, 404, "unknown_lead", f"no lead {lead_id!r}")
+            return self.json(lead_json(view))
+
+        async def delete(self, request: Request, lead_id: str) -> Response:
+            """Erase a lead (right to erasure). Needs the admin token; refused when none is set."""
+            if settings.admin_token is None:
+                return _error(self, 403, "forbidden", "set LEADPULSE_ADMIN_TOKEN to allow changes over HTTP")
+            if not _authorized(request, settings.admin_token):
+                return _error(self, 401, "unauthorized", "the admin bearer token is required")
+            if not LEAD_ID.match(lead_id):
+                return _error(self, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
+            try:
+                existed = await forget(store, lead_id)
+            except (StateError, RedisError) as exc:
+                return _error(self, 503, "redis_unavailable", str(exc))
+            if not existed:
+                return _error(self, 404, "unknown_lead", f"no lead {lead_id!r}")
+            return self.json({"deleted": lead_id})
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:
@@ -113,4 +133,6 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
 
     @app.page("/metrics")
     async def metrics_view(web: View, request: Request) -> Response:
+        if settings.protect_metrics and not _authorized(request, settings.api_token):
+            return _error(web, 401, "unauthorized", "a valid bearer token is required")
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")

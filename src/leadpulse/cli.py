@@ -25,7 +25,9 @@ def _option_type(annotation: Any) -> Any:
     base = args[0]
     if typing.get_origin(base) is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(base)])
-    return {int: click.INT, float: click.FLOAT, Path: click.Path(path_type=Path)}.get(base, click.STRING)
+    return {int: click.INT, float: click.FLOAT, bool: click.BOOL, Path: click.Path(path_type=Path)}.get(
+        base, click.STRING
+    )
 
 
 def settings_options(fun: Callable[..., Any]) -> Callable[..., Any]:
@@ -191,6 +193,34 @@ def top(limit: int, as_json: bool, **options: Any) -> None:
         return
     for v in views:
         click.echo(f"{v.score:8.1f}  {v.stage:<5} {v.fit_grade}  {v.lead_id}")
+
+
+@main.command()
+@settings_options
+@fails_cleanly
+def rescore(**options: Any) -> None:
+    """Rebuild lead state in Redis from the input topics' retention (after Redis lost its data).
+
+    Safe while workers run: events Redis still holds are duplicates and change nothing.
+    Publishes nothing: the handoffs it re-derives were published the first time, same ids.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .admin import rescore as run
+
+    settings = _settings(options)
+    model = _model(settings)
+    with Progress(TextColumn("rescoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
+        task = progress.add_task("events", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = asyncio.run(run(settings, model, on_progress=advance))
+    click.echo(
+        f"rescored {result.events} events: {result.scored} applied, {result.duplicates} already held, "
+        f"{result.invalid} invalid (skipped), {result.transitions} stage transitions re-derived"
+    )
 
 
 @main.command("check-model")

@@ -50,7 +50,7 @@ def compile_predicate(pred: Predicate) -> Check:
         checks.append(lambda v: _fold(v) in allowed if isinstance(v, (str, int, float)) else False)
     if pred.not_in is not None:
         banned = frozenset(_fold(x) for x in pred.not_in)
-        checks.append(lambda v: v is not None and _fold(v) not in banned)
+        checks.append(lambda v: isinstance(v, (str, int, float)) and _fold(v) not in banned)
     if pred.contains is not None:
         needle = pred.contains.casefold()
         checks.append(lambda v: isinstance(v, str) and needle in v.casefold())
@@ -72,9 +72,15 @@ def compile_predicate(pred: Predicate) -> Check:
             return True
 
         checks.append(in_range)
-    if len(checks) == 1:
-        return checks[0]
-    return lambda v: all(check(v) for check in checks)
+    def holds(value: Any) -> bool:
+        # Properties are free-form JSON: a list or an object where a string was expected
+        # simply does not match; it must never stop the worker.
+        try:
+            return all(check(value) for check in checks)
+        except (TypeError, ValueError):
+            return False
+
+    return holds
 
 
 def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool]:
@@ -174,7 +180,7 @@ class Explainer:
             if key.startswith("r:"):
                 rule_id = key[2:]
                 if rule_id not in self._category:
-                    continue  # a rule removed from the model: rescore to drop its points
+                    continue  # a rule removed from the model: `leadpulse rescore` drops its points
                 s, _, t = value.partition(" ")
                 hl = self._half_life.get(rule_id)
                 points = float(s) * (1.0 if hl is None else math.exp(-LN2 / hl * (at - landmark)))

@@ -4,7 +4,7 @@ All keys of one lead share the hash tag `{<lead_id>}`, so a lead's state lives i
 and its Lua scripts work on Redis Cluster. The prefix separates deployments sharing a Redis.
 
   <p>:l{<lead>}:s   hash    the lead's state (fields documented in lua/lib.lua)
-  <p>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: occurred ms)
+  <p>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: arrival ms)
   <p>:a{<anon>}:s   list    an anonymous visitor's scored events until it is linked to a lead
   <p>:a{<anon>}:d   zset    the visitor's dedup set
   <p>:a{<anon>}:a   string  the lead the visitor was linked to

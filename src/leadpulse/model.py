@@ -109,6 +109,12 @@ class Cap(Frozen):
     points: Annotated[float, Field(gt=0)]
     window: DurationMs | None = None  # None: for the lifetime of the lead
 
+    @model_validator(mode="after")
+    def _check(self) -> Cap:
+        if self.window is not None and self.window <= 0:
+            raise ValueError("window must be > 0 (leave it out for a lifetime cap)")
+        return self
+
 
 class Rule(Frozen):
     id: Id
@@ -149,6 +155,8 @@ class FitRule(Frozen):
     @model_validator(mode="after")
     def _check(self) -> FitRule:
         _finite(self.points)
+        if self.points == 0:
+            raise ValueError("points must not be 0")
         if not self.when:
             raise ValueError("when needs at least one trait")
         return self
@@ -159,6 +167,12 @@ class IdleDecay(Frozen):
 
     lose_percent: Annotated[float, Field(gt=0, lt=100)]
     after: DurationMs
+
+    @model_validator(mode="after")
+    def _check(self) -> IdleDecay:
+        if self.after <= 0:
+            raise ValueError("after must be > 0")
+        return self
 
     @property
     def half_life_ms(self) -> float:
@@ -193,7 +207,6 @@ class Fit(Frozen):
     grades: dict[Literal["A", "B", "C"], float] = Field(
         default_factory=lambda: {"A": 60.0, "B": 35.0, "C": 15.0}
     )
-    personal_email_domains: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> Fit:

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger messages go to the DLQ")
     api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API")
     admin_token: SecretStr | None = Field(None, description="bearer token for state-changing HTTP calls")
+    protect_metrics: bool = Field(False, description="require the API token for /metrics too")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     @field_validator("kafka_bootstrap")

@@ -1,7 +1,7 @@
 -- apply.lua: apply scored events to one or more leads; one call per batch (or per hash slot).
 -- KEYS[1]        due index   (sorted set: lead -> when decay takes it below its stage floor)
 -- KEYS[2]        top index   (sorted set: lead -> rank of its score)
--- KEYS[2+2i-1]   lead i state hash      KEYS[2+2i]  lead i dedup set (event hash -> occurred ms)
+-- KEYS[2+2i-1]   lead i state hash      KEYS[2+2i]  lead i dedup set (event hash -> arrival ms)
 -- ARGV[1]        model spec (JSON, state.py builds it)
 -- ARGV[2]        wall-clock now (ms): the dedup window runs on it (duplicates are redeliveries,
 --                close in arrival time however old the event); every score decision uses event time

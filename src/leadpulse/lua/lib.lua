@@ -40,7 +40,8 @@ local function load(key)
   end
   st.L = tonumber(st.L)
   st.c = tonumber(st.c)
-  st.s = tonumber(st.s or '0')
+  -- A model with fewer stages than the lead was in: the lead is in the top stage left.
+  st.s = math.min(tonumber(st.s or '0'), NSTAGE - 1)
   st.q = tonumber(st.q or '0')
   st.u = tonumber(st.u)
   return st
@@ -125,7 +126,12 @@ local function award(st, id, p, t)
   local limit, window = cap[1], cap[2]
   local ledger = st.k[id]
   if window == 0 then
+    -- A ledger written under a window cap (the model changed) counts as what it awarded.
     local used = tonumber(ledger or '0')
+    if not used then
+      used = 0
+      for _, ps in string.gmatch(ledger, '(%S+) (%S+)') do used = used + tonumber(ps) end
+    end
     local a = math.min(p, limit - used)
     if a <= 0 then return 0 end
     st.k[id] = fmt(used + a)
@@ -136,7 +142,7 @@ local function award(st, id, p, t)
   -- Awards this far behind the lead's clock only matter to events that late; forgetting them
   -- bounds the ledger (documented: a cap is exact for events up to `dedup_window` late).
   local horizon = (st.c or t) - DEDUP - window
-  if ledger then
+  if ledger and string.find(ledger, ' ') then  -- a lifetime total (no space) starts afresh
     for ts, ps in string.gmatch(ledger, '(%S+) (%S+)') do
       local tt, pp = tonumber(ts), tonumber(ps)
       if tt > horizon then
