@@ -128,3 +128,38 @@ async def consume_until(bootstrap: str, topic: str, done: Any, timeout: float = 
 
 def event_bytes(**fields: Any) -> bytes:
     return orjson.dumps(fields)
+
+
+async def committed_offsets(bootstrap: str, group: str, topics: list[str]) -> dict[Any, int]:
+    from leadpulse.kafka import partitions
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {tp: (await consumer.committed(tp) or 0) for tp in await partitions(consumer, topics)}
+    finally:
+        await consumer.stop()
+
+
+async def committed_all(bootstrap: str, group: str, topics: list[str]) -> bool:
+    """True when the group's committed offsets reach the end of every partition of `topics`."""
+    from leadpulse.kafka import high_watermarks, partitions
+
+    committed = await committed_offsets(bootstrap, group, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await high_watermarks(consumer, await partitions(consumer, topics))
+        return all(committed.get(tp, 0) >= end for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.5) -> None:
+    """Poll an async condition: a generous deadline for behaviour, never a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

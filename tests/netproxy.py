@@ -16,8 +16,18 @@ class Proxy:
         self.enabled = True
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._server: asyncio.base_events.Server | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        # Stopped by close(): finish the pipes and close the loop in the thread that ran it.
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.close()
 
     def start(self) -> Proxy:
         self._thread.start()
@@ -80,5 +90,10 @@ class Proxy:
                 w.transport.abort()
 
         self._call(do)
+
+        async def settle() -> None:
+            await asyncio.sleep(0.1)  # let aborted transports finish closing their sockets
+
+        asyncio.run_coroutine_threadsafe(settle(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from . import kafka, scripts
@@ -51,33 +51,17 @@ async def rescore(
     await consumer.start()
     try:
         await scripts.load_all(redis)
-        available = await consumer.topics()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in settings.input_topics if topic in available
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        tps = await kafka.partitions(consumer, settings.input_topics)
         if not tps:
             return result
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await kafka.high_watermarks(consumer, tps)
         begins = await consumer.beginning_offsets(tps)
         total = sum(ends[tp] - begins[tp] for tp in tps)
-        remaining = {tp for tp in tps if ends[tp] > begins[tp]}
-        for tp in tps:
-            consumer.seek(tp, begins[tp])
-            if tp not in remaining:
-                consumer.pause(tp)
-        while remaining:
-            fetched = await consumer.getmany(timeout_ms=1000, max_records=batch)
-            records = []
-            for tp, msgs in fetched.items():
-                msgs = [m for m in msgs if m.offset < ends[tp]]
-                records.extend(msgs)
-                if not msgs or msgs[-1].offset + 1 >= ends[tp]:
-                    if msgs or consumer.highwater(tp) is not None:
-                        remaining.discard(tp)
-                        consumer.pause(tp)
+        pending = [tp for tp in tps if ends[tp] > begins[tp]]
+        while pending:
+            fetched = await consumer.getmany(*pending, timeout_ms=1000, max_records=batch)
+            records = [m for tp, msgs in fetched.items() for m in msgs if m.offset < ends[tp]]
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
             if not records:
                 continue
             valid, invalid = processor.parse(records, int(time.time() * 1000))

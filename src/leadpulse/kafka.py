@@ -10,6 +10,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError
 
 from .settings import Settings
 
@@ -67,19 +68,49 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
         await admin.close()
 
 
+async def high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float = 10.0) -> dict[TopicPartition, int]:
+    """Each partition's end offset, as the high watermark of a fetch response.
+
+    Assigns `tps` to `consumer` and leaves them positioned at their beginnings. We do not use
+    ListOffsets(latest) (`end_offsets`): the dev broker answers it wrongly (the base offset of
+    the last batch + 1), while the high watermark in fetch responses is right on every broker.
+    """
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    marks: dict[TopicPartition, int] = {}
+    while len(marks) < len(tps):
+        missing = [tp for tp in tps if tp not in marks]
+        await consumer.getmany(*missing, timeout_ms=200, max_records=1)
+        for tp in missing:
+            mark = consumer.highwater(tp)
+            if mark is not None:
+                marks[tp] = mark
+        if loop.time() > deadline:
+            raise KafkaTimeoutError(f"no fetch response for {len(missing)} partitions")
+    await consumer.seek_to_beginning(*tps)
+    return marks
+
+
+async def partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    available = await consumer.topics()  # also refreshes the metadata
+    return [
+        TopicPartition(topic, p)
+        for topic in topics if topic in available
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 async def read_tail(settings: Settings, topic: str, per_partition: int, timeout: float = 10.0) -> list[Any]:
     """The last `per_partition` records of each partition of `topic` (no consumer group)."""
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        if topic not in await consumer.topics():  # also refreshes the metadata
-            return []
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await partitions(consumer, [topic])
         if not tps:
             return []
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await high_watermarks(consumer, tps, timeout)
         begins = await consumer.beginning_offsets(tps)
         wanted = {}
         for tp in tps:
@@ -87,18 +118,16 @@ async def read_tail(settings: Settings, topic: str, per_partition: int, timeout:
             if ends[tp] > start:
                 consumer.seek(tp, start)
                 wanted[tp] = ends[tp]
-            else:
-                consumer.pause(tp)
         out: list[Any] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while wanted and loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
+            batch = await consumer.getmany(*wanted, timeout_ms=200)
             for tp, records in batch.items():
-                out.extend(records)
-                if records and records[-1].offset + 1 >= wanted.get(tp, 0):
-                    wanted.pop(tp, None)
-                    consumer.pause(tp)
+                out.extend(r for r in records if r.offset < wanted.get(tp, 0))
+            for tp in list(wanted):
+                if await consumer.position(tp) >= wanted[tp]:
+                    del wanted[tp]
         return out
     finally:
         await consumer.stop()

@@ -75,6 +75,7 @@ class ScoringService(mode.Service):
         self.redis_ok = False
         self.kafka_ok = False
         self.processed = 0
+        self.caught_up = False
         self._batch_lock = asyncio.Lock()
         self._positions: dict[TopicPartition, int] = {}
 
@@ -182,8 +183,8 @@ class ScoringService(mode.Service):
                     log.warning("fetch failed (%s); retrying", exc)
                     await asyncio.sleep(0.5)
                     continue
-                self.kafka_ok = True
                 if batch:
+                    self.kafka_ok = True
                     await self._handle(batch)
                 self._observe_lag()
                 self._update_ready()
@@ -221,6 +222,7 @@ class ScoringService(mode.Service):
     def _observe_lag(self) -> None:
         if self.consumer is None:
             return
+        caught_up = bool(self.assigned)
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
@@ -228,7 +230,25 @@ class ScoringService(mode.Service):
             done = self._positions.get(tp)
             if done is None:
                 continue
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+            lag = max(0, high - done)
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+            caught_up = caught_up and lag <= self.settings.batch_max
+        self.caught_up = caught_up
+
+    @mode.Service.timer(2.0)
+    async def _probe(self) -> None:
+        """Readiness between batches: an idle consumer does not notice a broker that is gone."""
+        if self.consumer is not None:
+            try:
+                await asyncio.wait_for(self.consumer.topics(), timeout=2.0)
+                self.kafka_ok = True
+            except (KafkaError, TimeoutError):
+                self.kafka_ok = False
+        try:
+            self.redis_ok = bool(await asyncio.wait_for(self.redis.ping(), timeout=2.0))
+        except (RedisError, OSError, TimeoutError):
+            self.redis_ok = False
+        self._update_ready()
 
     def _update_ready(self) -> None:
         self.metrics.ready.set(1 if self.ready else 0)
@@ -240,8 +260,14 @@ class ScoringService(mode.Service):
     # --- decay sweep ---------------------------------------------------------------------
 
     async def sweep(self, _app: object = None) -> None:
-        """Publish demotions caused by decay alone. One worker at a time holds the sweep lock."""
-        if not self.prepared.is_set():
+        """Publish demotions caused by decay alone. One worker at a time holds the sweep lock.
+
+        Only a worker that has caught up with its partitions sweeps: while a backlog (a
+        backfill, a restart after an outage) is being consumed, a lead's older events may still
+        be on their way, and demoting it on the wall clock first would decide ahead of them.
+        Events arriving after a due time apply that demotion themselves, at its instant.
+        """
+        if not self.prepared.is_set() or not self.caught_up:
             return
         try:
             lock = self.redis.lock(f"{self.store.keys.prefix}:sweep-lock", timeout=max(30.0, 3 * self.settings.sweep_interval),

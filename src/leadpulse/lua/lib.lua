@@ -138,17 +138,24 @@ local function award(st, id, p, t)
     st.dirty['k:' .. id] = true
     return a
   end
-  local kept, used = {}, 0
-  -- Awards this far behind the lead's clock only matter to events that late; forgetting them
-  -- bounds the ledger (documented: a cap is exact for events up to `dedup_window` late).
-  local horizon = (st.c or t) - DEDUP - window
+  local kept, used, newest = {}, 0, t
+  local entries = {}
   if ledger and string.find(ledger, ' ') then  -- a lifetime total (no space) starts afresh
     for ts, ps in string.gmatch(ledger, '(%S+) (%S+)') do
-      local tt, pp = tonumber(ts), tonumber(ps)
-      if tt > horizon then
-        kept[#kept + 1] = ts .. ' ' .. ps
-        if tt > t - window and tt <= t then used = used + pp end
-      end
+      local tt = tonumber(ts)
+      entries[#entries + 1] = {ts, ps, tt, tonumber(ps)}
+      if tt > newest then newest = tt end
+    end
+  end
+  -- Awards this far behind the rule's newest one only matter to events that late; forgetting
+  -- them bounds the ledger (a cap is exact for events up to `dedup_window` out of order).
+  -- Only this rule's own awards move the horizon, so other sources' timing cannot change it.
+  local horizon = newest - DEDUP - window
+  for _, e in ipairs(entries) do
+    local ts, ps, tt, pp = e[1], e[2], e[3], e[4]
+    if tt > horizon then
+      kept[#kept + 1] = ts .. ' ' .. ps
+      if tt > t - window and tt <= t then used = used + pp end
     end
   end
   local a = math.min(p, limit - used)
@@ -240,7 +247,8 @@ local function evaluate(st, t, trigger, out)
   st.s = best
   st.dirty.q = true
   st.dirty.s = true
-  out[#out + 1] = {st.q, kind, cur, best, t, trigger, fmt(score), fmt(threshold), snapshot(st)}
+  -- crossed_at as a decimal string: exact in a JSON reply or log (cjson keeps 14 digits)
+  out[#out + 1] = {st.q, kind, cur, best, string.format('%d', t), trigger, fmt(score), fmt(threshold), snapshot(st)}
 end
 
 -- When decay alone takes the lead below its stage's floor: the first t after the clock with
