@@ -23,7 +23,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .worker import ScoringService
 
-LEAD_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+LEAD_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 MAX_TOP = 500
 
 
@@ -81,12 +81,13 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
             return _error(web, 503, "redis_unavailable", str(exc))
         return web.json({"leads": [lead_json(v) for v in views]})
 
-    @app.page("/leads/{lead_id}")
+    # Any characters: lead ids may hold braces and slashes (percent-encoded by the client).
+    @app.page("/leads/{lead_id:.+}")
     class Lead(View):
         async def get(self, request: Request, lead_id: str) -> Response:
             if not _authorized(request, settings.api_token):
                 return _error(self, 401, "unauthorized", "a valid bearer token is required")
-            if not LEAD_ID.match(lead_id):
+            if not LEAD_ID.fullmatch(lead_id):
                 return _error(self, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
             try:
                 view = await store.view(lead_id, now_ms())
@@ -102,7 +103,7 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
                 return _error(self, 403, "forbidden", "set LEADPULSE_ADMIN_TOKEN to allow changes over HTTP")
             if not _authorized(request, settings.admin_token):
                 return _error(self, 401, "unauthorized", "the admin bearer token is required")
-            if not LEAD_ID.match(lead_id):
+            if not LEAD_ID.fullmatch(lead_id):
                 return _error(self, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
             try:
                 existed = await forget(store, lead_id)
