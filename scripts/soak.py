@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -35,23 +34,18 @@ async def soak(leads: int, kills: int, seed: int) -> None:
     print(f"{len(events)} events for {leads} leads; {kills} SIGKILLs at random moments")
     with tempfile.TemporaryDirectory(prefix="leadpulse-soak-") as tmp, Stack(tmp) as stack:
         logs = Path(tmp)
-        first = WorkerProcess(stack.broker.bootstrap, stack.redis.url, logs, batch_max=2000)
-        current = first.start()
+        current = WorkerProcess(stack.broker.bootstrap, stack.redis.url, logs, batch_max=2000).start()
         started = time.monotonic()
         parts = chunks(events, 40)
-        kill_after = sorted(rng.sample(range(1, len(parts)), min(kills, len(parts) - 1)))
+        kill_after = set(rng.sample(range(len(parts)), min(kills, len(parts))))
         done_kills = 0
         for i, part in enumerate(parts):
             await produce(stack.broker.bootstrap, records_for(current, part))
             await asyncio.sleep(rng.uniform(0.1, 1.0))
-            if done_kills < len(kill_after) and i == kill_after[done_kills]:
-                current.signal(signal.SIGKILL)
-                current.wait(10)
+            if i in kill_after:
+                current = current.kill_and_restart()
                 done_kills += 1
                 print(f"  SIGKILL {done_kills} after {sum(len(p) for p in parts[: i + 1])} events produced")
-                nxt = WorkerProcess(stack.broker.bootstrap, stack.redis.url, logs)
-                nxt.settings = dict(first.settings, http_port=nxt.port)
-                current = nxt.start()
         await current.wait_ready(180)
         await drained(current, stack.broker.bootstrap, stack.redis.url)
         elapsed = time.monotonic() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,20 @@ class WorkerProcess:
         }
         self.log = log_dir / f"worker-{tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def successor(self) -> WorkerProcess:
+        """A worker like this one (same group, topics, Redis) on a port of its own, not started."""
+        nxt = WorkerProcess.__new__(WorkerProcess)
+        nxt.tag, nxt.port, nxt.proc = self.tag, free_port(), None
+        nxt.settings = dict(self.settings, http_port=nxt.port)
+        nxt.log = self.log.with_name(f"worker-{self.tag}-{nxt.port}.log")
+        return nxt
+
+    def kill_and_restart(self) -> WorkerProcess:
+        """kill -9, then start a successor: what a crash under a supervisor looks like."""
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+        return self.successor().start()
 
     @property
     def env(self) -> dict[str, str]:
@@ -98,6 +114,17 @@ class WorkerProcess:
             body = await resp.read()
             is_json = resp.content_type == "application/json"
             return resp.status, orjson.loads(body) if is_json else body.decode()
+
+
+@contextlib.asynccontextmanager
+async def running(worker: WorkerProcess) -> AsyncIterator[WorkerProcess]:
+    """Start a worker, wait until it is ready, stop it afterwards."""
+    worker.start()
+    try:
+        await worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
 
 
 async def produce(bootstrap: str, items: list[tuple[str, bytes | None, bytes]]) -> None:

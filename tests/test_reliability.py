@@ -111,28 +111,16 @@ async def test_kill_9_five_times_loses_and_duplicates_nothing(
 ) -> None:
     rng = random.Random(5)
     events = fixed_events(300, seed=5)
-    first = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path, sweep_interval=0.5, batch_max=200)
-    workers.append(first.start())
-    current = first
-    kills = 0
-    for part in chunks(events, 12):
+    current = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path, sweep_interval=0.5, batch_max=200)
+    workers.append(current.start())
+    parts = chunks(events, 12)
+    kill_after = set(rng.sample(range(len(parts)), 5))  # five kills at random moments mid-stream
+    for i, part in enumerate(parts):
         await produce(broker.bootstrap, records_for(current, part))
         await asyncio.sleep(rng.uniform(0.2, 1.5))
-        if kills < 5 and rng.random() < 0.6:
-            current.signal(signal.SIGKILL)
-            current.wait(10)
-            kills += 1
-            current = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path)
-            current.settings = dict(first.settings, http_port=current.port)
-            workers.append(current.start())
-    while kills < 5:
-        await asyncio.sleep(rng.uniform(0.5, 2.0))
-        current.signal(signal.SIGKILL)
-        current.wait(10)
-        kills += 1
-        current = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path)
-        current.settings = dict(first.settings, http_port=current.port)
-        workers.append(current.start())
+        if i in kill_after:
+            current = current.kill_and_restart()
+            workers.append(current)
     await current.wait_ready(120)
     await drained(current, broker.bootstrap, redis_server.url)
     await assert_matches_reference(current, broker.bootstrap, redis_server.url, redis_server.url, model, events)
@@ -152,9 +140,8 @@ async def test_sigterm_drains_commits_and_exits_promptly(
     assert worker.wait(10) == 0
     assert time.monotonic() - stopped_at < 10
     # Everything it applied, it committed: its successor finds no duplicate to skip.
-    successor = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path)
-    successor.settings = dict(worker.settings, http_port=successor.port)
-    workers.append(successor.start())
+    successor = worker.successor().start()
+    workers.append(successor)
     await successor.wait_ready(120)
     await drained(successor, broker.bootstrap, redis_server.url)
     assert await metric(successor, 'leadpulse_events_total{outcome="duplicate"') == 0

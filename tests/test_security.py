@@ -20,7 +20,7 @@ from leadpulse.model import ScoringModel
 from leadpulse.state import LeadStore
 
 from .fixtures import T0, event
-from .kafkatools import WorkerProcess, produce, wait_for
+from .kafkatools import WorkerProcess, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 PASSWORD = "redis-s3cret-7Hq"
@@ -43,15 +43,11 @@ def url(server: RedisServer, password: str | None) -> str:
 
 @pytest.fixture(scope="module")
 async def worker(broker: TansuBroker, locked_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkerProcess]:
-    proc = WorkerProcess(
+    async with running(WorkerProcess(
         broker.bootstrap, url(locked_redis, PASSWORD), tmp_path_factory.mktemp("secure"),
         api_token=API_TOKEN, admin_token=ADMIN_TOKEN,
-    ).start()
-    try:
-        await proc.wait_ready()
+    )) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def test_a_password_protected_redis_refuses_us_without_it(locked_redis: RedisServer, model: ScoringModel) -> None:
@@ -148,11 +144,8 @@ async def test_a_worker_with_the_wrong_redis_password_waits_and_says_why(
 
 
 async def test_metrics_can_be_locked_too(broker: TansuBroker, locked_redis: RedisServer, tmp_path: Path) -> None:
-    proc = WorkerProcess(broker.bootstrap, url(locked_redis, PASSWORD), tmp_path,
-                         api_token=API_TOKEN, protect_metrics="true").start()
-    try:
-        await proc.wait_ready()
+    worker = WorkerProcess(broker.bootstrap, url(locked_redis, PASSWORD), tmp_path,
+                           api_token=API_TOKEN, protect_metrics="true")
+    async with running(worker) as proc:
         assert (await call(proc, "GET", "/metrics"))[0] == 401
         assert (await call(proc, "GET", "/metrics", API_TOKEN))[0] == 200
-    finally:
-        proc.stop()

@@ -14,19 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from leadpulse.embedded import RedisServer, TansuBroker
 from leadpulse.events import load_schema
 
-from .kafkatools import WorkerProcess, consume_until, event_bytes, produce
+from .kafkatools import WorkerProcess, running, consume_until, event_bytes, produce
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 async def worker(broker: TansuBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkerProcess]:
-    proc = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path_factory.mktemp("worker")).start()
-    try:
-        await proc.wait_ready()
+    async with running(WorkerProcess(broker.bootstrap, redis_server.url, tmp_path_factory.mktemp("worker"))) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def journey(lead: str, now: int) -> list[tuple[str, dict[str, Any]]]:

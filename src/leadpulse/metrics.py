@@ -41,6 +41,11 @@ class Metrics:
         )
         self.ready = Gauge("leadpulse_ready", "1 when the broker and Redis are reachable and partitions assigned.", registry=r)
         self.model = Info("leadpulse_model", "The scoring model in use.", registry=r)
+        # Series that exist from the start, so that rate() and increase() see the first error.
+        for op in ("connect", "process", "commit", "sweep"):
+            self.redis_errors.labels(op)
+        for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
+            self.kafka_errors.labels(op)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

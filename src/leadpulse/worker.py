@@ -11,8 +11,11 @@ down at start instead of crashing the worker. docs/architecture.md explains the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -309,6 +312,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         else:
             self.service._batch_lock.release()
         self.service.assigned -= set(revoked)
+        for tp in revoked:  # another worker reports these now: no stale lag from us
+            with contextlib.suppress(KeyError):
+                self.service.metrics.lag.remove(tp.topic, str(tp.partition))
         self.service._update_ready()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -330,6 +336,8 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
         web_port=settings.http_port,
         web_enabled=True,
         store="memory://",
+        # Faust keeps table data under datadir; we have no tables, so keep it out of the cwd.
+        datadir=str(Path(tempfile.gettempdir()) / f"leadpulse-{settings.group_id}"),
         topic_replication_factor=settings.replication_factor,
         autodiscover=False,
     )
