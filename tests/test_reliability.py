@@ -225,5 +225,7 @@ async def test_broker_unreachable_at_start_and_mid_run(
         await drained(worker, own.bootstrap, redis_server.url)
         await assert_matches_reference(worker, own.bootstrap, redis_server.url, redis_server.url, model, events)
     finally:
-        proxy.close()
-        own.stop()
+        try:
+            proxy.close()
+        finally:
+            own.stop()

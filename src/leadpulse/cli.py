@@ -21,8 +21,9 @@ from .settings import Settings, load_settings
 
 
 def _option_type(annotation: Any) -> Any:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    base = args[0]
+    base = annotation
+    if typing.get_origin(annotation) is not typing.Literal:  # X | None: the X
+        base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
     if typing.get_origin(base) is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(base)])
     return {int: click.INT, float: click.FLOAT, bool: click.BOOL, Path: click.Path(path_type=Path)}.get(
@@ -233,6 +234,18 @@ def check_model(path: Path | None) -> None:
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
         f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
     )
+
+
+def _register_services() -> None:
+    # The collector and the alerts service are separate processes with their own settings.
+    from .alerts import alerts
+    from .collector import collector
+
+    main.add_command(collector)
+    main.add_command(alerts)
+
+
+_register_services()
 
 
 def _configure_logging(level: str) -> None:

@@ -243,7 +243,8 @@ def person_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     LeadPulse traits. A value of the wrong type is dropped rather than the whole identify lost."""
     company = traits.get("company")
     company_obj = company if isinstance(company, dict) else {}
-    address = traits.get("address") if isinstance(traits.get("address"), dict) else {}
+    address_value = traits.get("address")
+    address: dict[str, Any] = address_value if isinstance(address_value, dict) else {}
     out: dict[str, Any] = {}
     candidates = {
         "email": traits.get("email"),
@@ -254,7 +255,7 @@ def person_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
         "company_domain": _first(traits.get("company_domain"), traits.get("companyDomain"),
                                  _domain(traits.get("website")), _domain(company_obj.get("website"))),
         "industry": _first(traits.get("industry"), company_obj.get("industry")),
-        "country": _first(traits.get("country"), address.get("country")),  # type: ignore[union-attr]
+        "country": _first(traits.get("country"), address.get("country")),
         "timeline": traits.get("timeline"),
     }
     for name, value in candidates.items():
@@ -313,6 +314,7 @@ def _page_context(msg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _track_properties(source: str, props: Mapping[str, Any], page: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    known: dict[str, Any]
     if source == "web":
         known = {"url": _text(_first(props.get("url"), page.get("url")), 4096),
                  "title": _text(_first(props.get("title"), page.get("title")), 1024),
@@ -392,10 +394,10 @@ def to_event(msg: Any, ctx: Context) -> dict[str, Any]:
         if target is None:
             raise Ignored("unmapped_event", f"track event {name[:128]!r} is not in the event map", "event")
         source, type_ = target
-        properties = _track_properties(source, _dict(msg, "properties"), _page_context(msg))
+        tracked = _track_properties(source, _dict(msg, "properties"), _page_context(msg))
         event.update(source=source, type=type_)
-        if properties:
-            event["properties"] = properties
+        if tracked:
+            event["properties"] = tracked
     elif kind == "page":
         props, page = _dict(msg, "properties"), _page_context(msg)
         url = _text(_first(props.get("url"), page.get("url"), props.get("path"), page.get("path")), 4096)
@@ -408,9 +410,9 @@ def to_event(msg: Any, ctx: Context) -> dict[str, Any]:
             properties["title"] = title
         if referrer:
             properties["referrer"] = referrer
-        for extra in ("name", "category"):
+        for extra in ("name", "category"):  # the page's own name and category, when not the title
             value = _text(msg.get(extra), 256)
-            if value and extra not in props:
+            if value and extra not in props and value != title:
                 properties[extra] = value
         _extras(props, {"url", "title", "referrer", "path"}, properties)
         event.update(source="web", type="page_view", properties=properties)
@@ -439,12 +441,15 @@ def to_event(msg: Any, ctx: Context) -> dict[str, Any]:
 
     if user_id is None and anon_id is None:
         raise Unmappable("missing_id", "a message needs userId or anonymousId")
+    # The envelope first, as in the README's examples: easier to read on the topic.
+    out: dict[str, Any] = {"event_id": event.pop("event_id")}
     if user_id is not None:
-        event["lead_id"] = user_id
+        out["lead_id"] = user_id
     if anon_id is not None:
-        event["anonymous_id"] = anon_id
-    event["occurred_at"] = occurred_at(msg, ctx)
-    return event
+        out["anonymous_id"] = anon_id
+    out.update(source=event.pop("source"), type=event.pop("type"), occurred_at=occurred_at(msg, ctx))
+    out.update(event)
+    return out
 
 
 def map_message(msg: Any, ctx: Context) -> Mapped:
@@ -453,7 +458,7 @@ def map_message(msg: Any, ctx: Context) -> Mapped:
     try:
         contract.from_dict(event, ctx.received_ms, ctx.skew_ms)
     except InvalidEvent as exc:
-        raise Unmappable(exc.reason, super(InvalidEvent, exc).__str__(), exc.field) from None
+        raise Unmappable(exc.reason, str(exc.args[0]) if exc.args else exc.reason, exc.field) from None
     value = orjson.dumps(event)
     if len(value) > ctx.max_event_bytes:
         raise Unmappable("too_large", f"the event is {len(value)} bytes, over {ctx.max_event_bytes}")
