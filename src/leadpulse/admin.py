@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from . import kafka, scripts
 from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Processor, Topics
 from .settings import Settings
-from .state import SCORED, LeadStore
+from .state import SCORED, LeadStore, connect
 
 
 @dataclass
@@ -43,7 +42,7 @@ async def rescore(
     Idempotent: events Redis already holds are duplicates and change nothing, so it is safe
     while workers run. After Redis lost its data, this restores every lead's score and stage.
     """
-    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
     store = LeadStore(redis, model)
     processor = Processor(store, _NoProducer(), Topics(settings.handoff_topic, settings.dlq_topic), Metrics())
     consumer = AIOKafkaConsumer(**kafka.client_options(settings), group_id=None, enable_auto_commit=False)
@@ -82,9 +81,10 @@ async def rescore(
 async def forget(store: LeadStore, lead_id: str) -> bool:
     """Erase a lead: its state, its dedup set, its index entries. True if it existed."""
     keys = store.keys.lead(lead_id)
+    due, top = store.keys.indexes(store.keys.shard(lead_id))
     pipe = store.redis.pipeline(transaction=False)
-    pipe.delete(keys.state, keys.dedup)
-    pipe.zrem(store.keys.due, lead_id)
-    pipe.zrem(store.keys.top, lead_id)
+    pipe.delete(keys.state, keys.dedup)  # one slot: DEL of several keys is fine on a cluster too
+    pipe.zrem(due, lead_id)
+    pipe.zrem(top, lead_id)
     deleted, _, _ = await pipe.execute()
     return bool(deleted)

@@ -12,11 +12,19 @@ and its Lua scripts work on Redis Cluster. The prefix separates deployments shar
   <p>:top           zset    staged leads ranked by score (GET /leads/top)
 
 The `l`/`a` letter keeps a lead and a visitor with the same id apart.
+
+On Redis Cluster a script may only touch keys of one slot, so the two indexes are sharded
+by slot: `<p>:due{<t>}` and `<p>:top{<t>}`, where `<t>` is a short tag hashing to the slot of
+the leads it indexes. The sweep and GET /leads/top then read all 16384 shards (pipelined per
+node): work that grows with the number of slots, never with the number of leads.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
+
+from redis.crc import key_slot
 
 
 class LeadKeys(NamedTuple):
@@ -30,11 +38,42 @@ class AnonKeys(NamedTuple):
     alias: str
 
 
+SLOTS = 16384
+
+
+@functools.cache
+def slot_tags() -> tuple[str, ...]:
+    """For every cluster slot, a short string that hashes to it (found once, in ~0.5 s)."""
+    tags: dict[int, str] = {}
+    n = 0
+    while len(tags) < SLOTS:
+        tag = format(n, "x")
+        tags.setdefault(key_slot(tag.encode()), tag)
+        n += 1
+    return tuple(tags[slot] for slot in range(SLOTS))
+
+
 class Keys:
-    def __init__(self, prefix: str = "lp") -> None:
+    def __init__(self, prefix: str = "lp", cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
         self.due = f"{prefix}:due"
         self.top = f"{prefix}:top"
+
+    def shard(self, lead_id: str) -> str:
+        """The index shard of a lead: "" on a single Redis, its slot's tag on a cluster."""
+        if not self.cluster:
+            return ""
+        return slot_tags()[key_slot(self.lead(lead_id).state.encode())]
+
+    def shards(self) -> tuple[str, ...]:
+        return slot_tags() if self.cluster else ("",)
+
+    def indexes(self, shard: str) -> tuple[str, str]:
+        """(due index, top index) of a shard."""
+        if not shard:
+            return self.due, self.top
+        return f"{self.due}{{{shard}}}", f"{self.top}{{{shard}}}"
 
     def lead(self, lead_id: str) -> LeadKeys:
         base = f"{self.prefix}:l{{{lead_id}}}"

@@ -53,7 +53,9 @@ async def pipelined(redis: Redis, calls: Sequence[tuple[Script, Sequence[str], S
         return []
     pipe = redis.pipeline(transaction=False)
     for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the method (a
+        # node might lack the script), and our NOSCRIPT handling below covers exactly that.
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
@@ -61,7 +63,7 @@ async def pipelined(redis: Redis, calls: Sequence[tuple[Script, Sequence[str], S
         retry = redis.pipeline(transaction=False)
         for i in missing:
             script, keys, args = calls[i]
-            retry.evalsha(script.sha, len(keys), *keys, *args)
+            retry.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         for i, r in zip(missing, await retry.execute(raise_on_error=False)):
             results[i] = r
     for r in results:

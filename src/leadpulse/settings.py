@@ -34,6 +34,7 @@ class Settings(BaseSettings):
         SecretStr("redis://127.0.0.1:6379/0"),
         description="Redis URL; rediss:// for TLS, redis://user:password@host for ACLs",
     )
+    redis_cluster: bool = Field(False, description="LEADPULSE_REDIS_URL names a node of a Redis Cluster")
     model: Path | None = Field(None, description="scoring model YAML (default: the model shipped with LeadPulse)")
     http_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     http_port: int = Field(6066, ge=1, le=65535, description="HTTP API port")

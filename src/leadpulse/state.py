@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from . import scripts
@@ -68,6 +68,13 @@ def lua_spec(model: ScoringModel) -> str:
     return orjson.dumps(spec).decode()
 
 
+def connect(url: str, cluster: bool = False, **options: Any) -> Redis:
+    """A client for a single Redis, or for a Redis Cluster (then the indexes are sharded)."""
+    if cluster:
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    return Redis.from_url(url, **options)
+
+
 def dedup_member(event_id: str) -> str:
     # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
     return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
@@ -86,10 +93,17 @@ class Transition:
     threshold: float
     snapshot: dict[str, str]
 
+    #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
+    _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
+
     @property
     def handoff_id(self) -> str:
         # Deterministic: a replay, a re-sweep or a rescore from retention yields the same id.
-        return str(uuid.uuid5(_HANDOFF_NS, f"{self.lead_id}\x00{self.seq}\x00{self.kind}\x00{self.crossed_at}"))
+        if self._handoff_id is None:
+            value = str(uuid.uuid5(_HANDOFF_NS, f"{self.lead_id}\x00{self.seq}\x00{self.kind}\x00{self.crossed_at}"))
+            object.__setattr__(self, "_handoff_id", value)
+            return value
+        return self._handoff_id
 
     @classmethod
     def from_reply(cls, lead_id: str, raw: Sequence[Any]) -> Transition:
@@ -134,7 +148,7 @@ class LeadStore:
     def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None) -> None:
         self.redis = redis
         self.model = model
-        self.keys = keys or Keys()
+        self.keys = keys or Keys(cluster=isinstance(redis, RedisCluster))
         self.scorer = Scorer(model)
         self.explainer = Explainer(model)
         self.spec = lua_spec(model)
@@ -244,28 +258,44 @@ class LeadStore:
             slot.index[0:0] = [-1] * len(logged)
 
     def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
+        """apply.lua calls for `leads`, in the order of `leads` (the replies are read in it).
+
+        One call holds leads of one index shard: on a single Redis, up to LEADS_PER_CALL of
+        any leads; on a cluster, the leads of one slot (a script's keys share a slot).
+        """
+        groups: dict[str, list[tuple[str, _LeadOps]]] = {}
+        for item in leads.items():
+            groups.setdefault(self.keys.shard(item[0]), []).append(item)
         calls = []
-        items = list(leads.items())
-        for start in range(0, len(items), LEADS_PER_CALL):
-            chunk = items[start : start + LEADS_PER_CALL]
-            keys = [self.keys.due, self.keys.top]
-            args: list[Any] = [self.spec, now]
-            for lead_id, slot in chunk:
-                keys.extend(self.keys.lead(lead_id))
-                args.append(orjson.dumps([lead_id, slot.ops]).decode())
-            calls.append((scripts.APPLY, keys, args))
+        for shard, items in groups.items():
+            due, top = self.keys.indexes(shard)
+            for start in range(0, len(items), LEADS_PER_CALL):
+                keys = [due, top]
+                args: list[Any] = [self.spec, now]
+                for lead_id, slot in items[start : start + LEADS_PER_CALL]:
+                    keys.extend(self.keys.lead(lead_id))
+                    args.append(orjson.dumps([lead_id, slot.ops]).decode())
+                calls.append((scripts.APPLY, keys, args))
+        if len(groups) > 1:  # replies come back per call: put `leads` in call order
+            ordered = [item for items in groups.values() for item in items]
+            leads.clear()
+            leads.update(ordered)
         return calls
 
     def _collect(self, leads: dict[str, _LeadOps], replies: list[Any], result: BatchResult) -> None:
         items = iter(leads.items())
         for reply in replies:
-            for lead_reply in reply:
+            for lead_reply in orjson.loads(reply):  # apply.lua answers one JSON text per call
                 lead_id, slot = next(items)
                 statuses, transitions = _text(lead_reply[0]), lead_reply[1]
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
                 result.transitions.extend(Transition.from_reply(lead_id, t) for t in transitions)
+
+    def _lead_keys(self, lead_id: str) -> list[str]:
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state."""
+        return [*self.keys.indexes(self.keys.shard(lead_id)), self.keys.lead(lead_id).state]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         try:
@@ -278,8 +308,13 @@ class LeadStore:
 
     async def top(self, limit: int, at: int) -> list[LeadView]:
         """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
+        want = max(limit * 4, 20)
         try:
-            candidates = [_text(m) for m in await self.redis.zrevrange(self.keys.top, 0, max(limit * 4, 20) - 1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in self.keys.shards():
+                pipe.zrevrange(self.keys.indexes(shard)[1], 0, want - 1, withscores=True)
+            ranked = [(rank, _text(m)) for rows in await pipe.execute() for m, rank in rows]
+            candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
             pipe = self.redis.pipeline(transaction=False)
             for lead in candidates:
                 pipe.hgetall(self.keys.lead(lead).state)
@@ -300,11 +335,11 @@ class LeadStore:
         Returns their transitions; call `ack` for each lead once they are published.
         """
         try:
-            due = [_text(m) for m in await self.redis.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit)]
-            calls = [
-                (scripts.SWEEP, [self.keys.due, self.keys.top, self.keys.lead(lead).state], [self.spec, now, lead])
-                for lead in due
-            ]
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in self.keys.shards():
+                pipe.zrangebyscore(self.keys.indexes(shard)[0], "-inf", now, start=0, num=limit)
+            due = [_text(m) for rows in await pipe.execute() for m in rows][:limit]
+            calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
             replies = await scripts.pipelined(self.redis, calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
@@ -317,10 +352,7 @@ class LeadStore:
         last: dict[str, int] = {}
         for t in transitions:
             last[t.lead_id] = max(t.seq, last.get(t.lead_id, 0))
-        calls = [
-            (scripts.ACK, [self.keys.due, self.keys.top, self.keys.lead(lead).state], [self.spec, lead, seq])
-            for lead, seq in last.items()
-        ]
+        calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq]) for lead, seq in last.items()]
         try:
             await scripts.pipelined(self.redis, calls)
         except RedisError as exc:

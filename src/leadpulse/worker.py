@@ -25,7 +25,6 @@ from faust.app.base import BootStrategy
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import api, kafka, scripts
@@ -34,7 +33,7 @@ from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Processor, PublishedIds, Topics
 from .settings import Settings
-from .state import LeadStore
+from .state import LeadStore, connect
 
 log = logging.getLogger("leadpulse.worker")
 T = TypeVar("T")
@@ -62,9 +61,9 @@ class ScoringService(mode.Service):
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.redis = Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=3,
-            health_check_interval=10,
+        self.redis = connect(
+            settings.redis_url.get_secret_value(), settings.redis_cluster, socket_timeout=5,
+            socket_connect_timeout=3, health_check_interval=10,
         )
         self.store = LeadStore(self.redis, model)
         self.producer: AIOKafkaProducer | None = None

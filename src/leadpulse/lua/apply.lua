@@ -7,9 +7,11 @@
 --                close in arrival time however old the event); every score decision uses event time
 -- ARGV[2+i]      lead i: JSON [lead_id, [[member, t, event_id, pos, evaluate, [[rule, points]...],
 --                                          fit | false, traits_json | false] ...]]
--- Returns, per lead: {statuses, transitions, stage}
+-- Returns one JSON text (one bulk string is far cheaper to read than nested replies): a list
+-- with, per lead, [statuses, transitions, stage]
 --   statuses: one character per event: o applied, d duplicate
---   transitions: {seq, kind, from, to, crossed_at, event_id, score, threshold, snapshot}
+--   transitions: [seq, kind, from, to, crossed_at, event_id | false, score, threshold, snapshot]
+--   (an empty list may be encoded as {})
 local NOW = tonumber(ARGV[2])
 local results = {}
 for i = 1, #ARGV - 2 do
@@ -81,4 +83,4 @@ for i = 1, #ARGV - 2 do
   save(st)
   results[#results + 1] = {table.concat(statuses), out, st.s}
 end
-return results
+return cjson.encode(results)

@@ -251,8 +251,124 @@ local function evaluate(st, t, trigger, out)
   out[#out + 1] = {st.q, kind, cur, best, string.format('%d', t), trigger, fmt(score), fmt(threshold), snapshot(st)}
 end
 
+-- The first t after t0 with f(t) < floor, on a doubling grid refined by bisection to the
+-- millisecond; nil when none within 64 of the slowest half-lives. Also returns the last
+-- probe of the grid. `monotone`: f never increases, so the crossing is unique and is found
+-- by interpolation (Illinois) in a few probes, bisection finishing what that leaves.
+local function first_below(f, t0, floor, monotone)
+  local lo, hi, d = t0, nil, math.max(1, math.floor(SPEC.hmin / 16))
+  local span = SPEC.hmax * 64
+  local last = t0
+  local fhi
+  while d <= span do
+    local t = t0 + d
+    last = t
+    fhi = f(t) - floor
+    if fhi < 0 then
+      hi = t
+      break
+    end
+    lo = t
+    d = d * 2
+  end
+  if not hi then return nil, last end
+  if monotone then
+    local flo, side = f(lo) - floor, 0
+    for _ = 1, 8 do
+      if hi - lo <= 1 then break end
+      local m = math.floor(lo + (hi - lo) * flo / (flo - fhi))
+      if m <= lo then m = lo + 1 elseif m >= hi then m = hi - 1 end
+      local fm = f(m) - floor
+      if fm < 0 then
+        hi, fhi = m, fm
+        if side < 0 then flo = flo / 2 end
+        side = -1
+        if m - 1 > lo then -- the root is most likely just below: try to close the bracket
+          local fb = f(m - 1) - floor
+          if fb >= 0 then lo, flo = m - 1, fb else hi, fhi = m - 1, fb end
+        end
+      else
+        lo, flo = m, fm
+        if side > 0 then fhi = fhi / 2 end
+        side = 1
+        if m + 1 < hi then
+          local fa = f(m + 1) - floor
+          if fa < 0 then hi, fhi = m + 1, fa else lo, flo = m + 1, fa end
+        end
+      end
+    end
+  end
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if f(mid) < floor then hi = mid else lo = mid end
+  end
+  return hi, last
+end
+
+-- score_at with the lead's sums folded per category and decay rate: a few exponentials per
+-- probe instead of one per rule. Nil when a sum could rise with time (a negative decaying sum,
+-- a negative weight): the fold is only used where the score never increases.
+local function folded_score(st)
+  -- per category: [weight, cap, non-decaying sum, rate 1, sum 1, rate 2, sum 2, ...]
+  local groups, list = {}, {}
+  for id, rs in pairs(st.r) do
+    local c = CAT[id]
+    if c then
+      local g = groups[c]
+      if not g then
+        local cs = CATS[c]
+        if cs[1] < 0 then return nil end
+        g = {cs[1], cs[2], 0}
+        groups[c] = g
+        list[#list + 1] = g
+      end
+      local l, v = LAM[id], rs[1]
+      if l > 0 then
+        if v < 0 then return nil end
+        local j = 4
+        while g[j] and g[j] ~= l do j = j + 2 end
+        g[j] = l
+        g[j + 1] = (g[j + 1] or 0) + v
+      else
+        g[3] = g[3] + v
+      end
+    end
+  end
+  for id, p in pairs(st.f) do
+    local c = CAT[id]
+    if c then
+      local g = groups[c]
+      if not g then
+        local cs = CATS[c]
+        g = {cs[1], cs[2], 0}
+        groups[c] = g
+        list[#list + 1] = g
+      end
+      g[3] = g[3] + p
+    end
+  end
+  local n, L, exp = #list, st.L, math.exp
+  return function(t)
+    local total = 0
+    for i = 1, n do
+      local g = list[i]
+      local v = g[3]
+      for j = 4, #g, 2 do
+        v = v + g[j + 1] * exp(-g[j] * (t - L))
+      end
+      v = v * g[1]
+      if g[2] >= 0 and v > g[2] then v = g[2] end
+      total = total + v
+    end
+    return total
+  end
+end
+
 -- When decay alone takes the lead below its stage's floor: the first t after the clock with
 -- score(t) < floor, found on a doubling grid and refined by bisection to the millisecond.
+-- The search runs on the folded score; score_at itself then confirms the millisecond found
+-- (score_at(hi) < floor <= score_at(hi - 1), or no crossing on the grid), and where it does
+-- not (rounding differs at the very boundary) the search is redone with score_at.
 local function next_due(st)
   if st.s == 0 or not st.c then return nil end
   local floor = STAGES[st.s + 1][1] - HYST
@@ -262,24 +378,18 @@ local function next_due(st)
     if LAM[id] and LAM[id] > 0 and rs[1] ~= 0 then decaying = true end
   end
   if not decaying then return nil end
-  if score_at(st, t0) < floor then return t0 end
-  local lo, hi, d = t0, nil, math.max(1, math.floor(SPEC.hmin / 16))
-  local span = SPEC.hmax * 64
-  while d <= span do
-    local t = t0 + d
-    if score_at(st, t) < floor then
-      hi = t
-      break
+  local exact = function(t) return score_at(st, t) end
+  if exact(t0) < floor then return t0 end
+  local fast = folded_score(st)
+  if fast then
+    local hi, last = first_below(fast, t0, floor, true)
+    if hi then
+      if exact(hi) < floor and exact(hi - 1) >= floor then return hi end
+    elseif exact(last) >= floor then
+      return nil
     end
-    lo = t
-    d = d * 2
   end
-  if not hi then return nil end
-  while hi - lo > 1 do
-    local mid = math.floor((lo + hi) / 2)
-    if score_at(st, mid) < floor then hi = mid else lo = mid end
-  end
-  return hi
+  return (first_below(exact, t0, floor))
 end
 
 -- Apply every decay-driven demotion due by `t`, each at the instant it happens: the same

@@ -1,0 +1,61 @@
+"""A real 3-master Redis Cluster on loopback ports, for the tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from leadpulse.embedded import RedisServer, free_port
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and in range too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+
+
+class LocalCluster:
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = []
+        for i in range(masters):
+            folder = workdir / f"node{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            port = cluster_port()
+            self.nodes.append(RedisServer(folder, port=port, appendonly=False, extra=(
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "5000",
+            )))
+
+    def start(self) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            out = subprocess.run(["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            if "cluster_state:ok" in out:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
