@@ -66,8 +66,10 @@ async def test_a_journey_yields_a_handoff_that_matches_the_schema_and_the_api(wo
                                                 format_checker=jsonschema.FormatChecker())
     for h in handoffs:
         validator.validate(h)
-    assert [(h["kind"], h["previous_stage"], h["stage"]) for h in handoffs] == [
-        ("promoted", "lead", "mql"), ("promoted", "mql", "sql")]
+    # The sources' topics are read in no fixed order: the lead may pass MQL on the way or
+    # reach SQL in one step, but it climbs, one handoff per stage entered, ending at SQL.
+    chain = [(h["kind"], h["previous_stage"], h["stage"]) for h in handoffs]
+    assert chain in ([("promoted", "lead", "mql"), ("promoted", "mql", "sql")], [("promoted", "lead", "sql")])
     sql = handoffs[-1]
     assert sql["lead_id"] == "lead-e2e" and sql["fit_grade"] == "A"
     assert sql["triggered_by_event_id"] in {e["event_id"] for _, e in events}

@@ -138,11 +138,9 @@ def _view_text(view: Any) -> str:
 
 
 async def _store(settings: Settings) -> Any:
-    from redis.asyncio import Redis
+    from .state import LeadStore, connect
 
-    from .state import LeadStore
-
-    return LeadStore(Redis.from_url(settings.redis_url.get_secret_value()), _model(settings))
+    return LeadStore(connect(settings.redis_url.get_secret_value(), settings.redis_cluster), _model(settings))
 
 
 @main.command()
@@ -239,10 +237,12 @@ def check_model(path: Path | None) -> None:
 def _register_services() -> None:
     # The collector and the alerts service are separate processes with their own settings.
     from .alerts import alerts
+    from .bench import bench
     from .collector import collector
 
     main.add_command(collector)
     main.add_command(alerts)
+    main.add_command(bench)
 
 
 _register_services()

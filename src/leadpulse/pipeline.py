@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,26 @@ def dead_letter_headers(record: Record, error: InvalidEvent, now_ms: int) -> lis
         ("leadpulse.dlq.offset", str(record.offset).encode()),
         ("leadpulse.dlq.time", iso(now_ms).encode()),
     ]
+
+
+def _observe_all(histogram: Any, amounts: Sequence[float]) -> None:
+    """histogram.observe() for each amount, with one update per bucket: a batch of 2000 events
+    costs a few lock round trips, not 2000 (the same counts and sum as observing one by one)."""
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:  # a prometheus_client without these internals
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    if not amounts:
+        return
+    per_bucket: dict[int, int] = {}
+    for amount in amounts:
+        i = bisect_left(bounds, amount)  # the first bound >= amount, as observe() picks it
+        per_bucket[i] = per_bucket.get(i, 0) + 1
+    total.inc(sum(amounts))
+    for i, n in per_bucket.items():
+        buckets[i].inc(n)
 
 
 class Processor:
@@ -174,14 +195,15 @@ class Processor:
         return acknowledged()
 
     def _count(self, valid: Sequence[tuple[Event, str]], invalid: Sequence[tuple[Record, InvalidEvent]], outcomes: Sequence[str]) -> None:
-        now = time.time()
+        now_ms = time.time() * 1000
         counts: dict[tuple[str, str, str], int] = {}
-        latency = self.metrics.event_latency
+        ages: list[float] = []
         for (event, _), outcome in zip(valid, outcomes):
             key = (event.source, event.type, outcome)
             counts[key] = counts.get(key, 0) + 1
             if outcome != ANONYMOUS:
-                latency.observe(max(0.0, now - event.occurred_at / 1000))
+                ages.append(now_ms - event.occurred_at)
+        _observe_all(self.metrics.event_latency, [max(0.0, age / 1000) for age in ages])
         for _, error in invalid:
             key = ("unknown", "unknown", "invalid")
             counts[key] = counts.get(key, 0) + 1
