@@ -34,7 +34,7 @@ import fastjsonschema
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import Field, SecretStr, field_validator
@@ -532,13 +532,7 @@ class AlertService:
 
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         assert self.consumer is not None
-        owned = {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()}
-        if not owned:
-            return
-        try:
-            await self._retry(lambda: self.consumer.commit(owned), "commit")  # type: ignore[union-attr]
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit refused after a rebalance (%s); the new owner replays the batch", exc)
+        await kafka.commit_owned(self.consumer, offsets, self._retry)
 
     # -- one handoff --
 

@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
+from aiokafka.structs import OffsetAndMetadata
 
 from .settings import Settings
+
+log = logging.getLogger("leadpulse.kafka")
+
+
+async def commit_owned(
+    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata],
+    retry: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Commit the offsets of partitions still assigned to us; return what was committed.
+
+    A commit refused because the group moved on is not an error: the partitions' new owner
+    consumes from the last commit, and everything we do per record is idempotent.
+    """
+    owned = {tp: o for tp, o in offsets.items() if tp in consumer.assignment()}
+    if not owned:
+        return {}
+    try:
+        await retry(lambda: consumer.commit(owned), "commit")
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("commit refused after a rebalance (%s); the new owner replays the batch", exc)
+        return {}
+    return owned
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:

@@ -23,7 +23,7 @@ import faust
 import mode
 from faust.app.base import BootStrategy
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from redis.exceptions import RedisError
 
@@ -208,17 +208,7 @@ class ScoringService(mode.Service):
 
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         assert self.consumer is not None
-        owned = {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()}
-        if not owned:
-            return
-        try:
-            await self._retry(lambda: self.consumer.commit(owned), "commit")  # type: ignore[union-attr]
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group moved on: the new owner consumes from the last commit and our Redis
-            # writes are idempotent, so replaying this batch there changes nothing.
-            log.warning("commit refused after a rebalance (%s); the new owner replays the batch", exc)
-            return
-        for tp, o in owned.items():
+        for tp, o in (await kafka.commit_owned(self.consumer, offsets, self._retry)).items():
             self._positions[tp] = o.offset
 
     def _observe_lag(self) -> None:
