@@ -2,7 +2,7 @@
 moments, restart it each time, then check every lead against the offline reference and the
 handoff topic against the reference's transitions (each handoff id exactly once).
 
-    .venv/bin/python scripts/soak.py --leads 10000 --kills 5      # ≈ 200 k events
+    .venv/bin/python scripts/soak.py --leads 10500 --kills 5      # ≈ 209 k events
 
 It starts its own Tansu broker and redis-server on free ports and removes them afterwards.
 The same checks run in CI on a small file (tests/test_reliability.py).
@@ -61,7 +61,7 @@ async def soak(leads: int, kills: int, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--leads", type=int, default=10_000)
+    parser.add_argument("--leads", type=int, default=10_500)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
