@@ -36,6 +36,13 @@ class LocalCluster:
             )))
 
     def start(self) -> LocalCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # nodes already up must not outlive a failed start
+            raise
+
+    def _start(self) -> LocalCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
