@@ -464,13 +464,7 @@ class AlertService:
                           "create_topics")
 
         async def start_producer() -> None:
-            producer = AIOKafkaProducer(**kafka.client_options(s), acks="all")
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self.producer = producer
+            self.producer = await kafka.started(AIOKafkaProducer(**kafka.client_options(s), acks="all"))
 
         await self._retry(start_producer, "producer_start")
         consumer = AIOKafkaConsumer(

@@ -137,10 +137,18 @@ def _view_text(view: Any) -> str:
     return "\n".join(lines)
 
 
-async def _store(settings: Settings) -> Any:
+def _read(settings: Settings, read: Callable[[Any, int], Any]) -> Any:
+    """Run one read against the store at the current instant, closing the connection after."""
     from .state import LeadStore, connect
 
-    return LeadStore(connect(settings.redis_url.get_secret_value(), settings.redis_cluster), _model(settings))
+    async def run() -> Any:
+        store = LeadStore(connect(settings.redis_url.get_secret_value(), settings.redis_cluster), _model(settings))
+        try:
+            return await read(store, int(time.time() * 1000))
+        finally:
+            await store.redis.aclose()
+
+    return asyncio.run(run())
 
 
 @main.command()
@@ -152,16 +160,7 @@ def score(lead_id: str, as_json: bool, **options: Any) -> None:
     """A lead's score now, and why."""
     from .api import lead_json
 
-    settings = _settings(options)
-
-    async def run() -> Any:
-        store = await _store(settings)
-        try:
-            return await store.view(lead_id, int(time.time() * 1000))
-        finally:
-            await store.redis.aclose()
-
-    view = asyncio.run(run())
+    view = _read(_settings(options), lambda store, now: store.view(lead_id, now))
     if view is None:
         click.echo(f"leadpulse: no lead {lead_id!r}", err=True)
         sys.exit(1)
@@ -177,16 +176,7 @@ def top(limit: int, as_json: bool, **options: Any) -> None:
     """The hottest leads right now."""
     from .api import lead_json
 
-    settings = _settings(options)
-
-    async def run() -> Any:
-        store = await _store(settings)
-        try:
-            return await store.top(limit, int(time.time() * 1000))
-        finally:
-            await store.redis.aclose()
-
-    views = asyncio.run(run())
+    views = _read(_settings(options), lambda store, now: store.top(limit, now))
     if as_json:
         click.echo(orjson.dumps([lead_json(v) for v in views]).decode())
         return

@@ -19,6 +19,17 @@ from .settings import Settings
 log = logging.getLogger("leadpulse.kafka")
 
 
+async def started(client: Any) -> Any:
+    """Start an aiokafka client, or close it: a client whose start failed cannot start again,
+    so callers retrying with backoff make a fresh one per attempt."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+    return client
+
+
 async def commit_owned(
     consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata],
     retry: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],

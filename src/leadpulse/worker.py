@@ -112,25 +112,12 @@ class ScoringService(mode.Service):
         return await self.producer.send(topic, value, key=key, headers=headers)
 
     async def _start_producer(self) -> None:
-        # A fresh client per attempt: a client whose start failed cannot be started again.
-        producer = AIOKafkaProducer(
+        self.producer = await kafka.started(AIOKafkaProducer(
             **kafka.client_options(self.settings), acks="all", linger_ms=1, enable_idempotence=False,
-        )
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        self.producer = producer
+        ))
 
     async def _start_consumer(self) -> None:
-        consumer = self._consumer()
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.stop()
-            raise
-        self.consumer = consumer
+        self.consumer = await kafka.started(self._consumer())
 
     async def _prepare(self) -> None:
         async def redis_ready() -> None:

@@ -306,22 +306,26 @@ local function first_below(f, t0, floor, monotone)
 end
 
 -- score_at with the lead's sums folded per category and decay rate: a few exponentials per
--- probe instead of one per rule. Nil when a sum could rise with time (a negative decaying sum,
--- a negative weight): the fold is only used where the score never increases.
+-- probe instead of one per rule. Nil when a sum could rise with time (a negative decaying sum):
+-- the fold is only used where the score never increases.
 local function folded_score(st)
   -- per category: [weight, cap, non-decaying sum, rate 1, sum 1, rate 2, sum 2, ...]
+  -- (weights are > 0: the model refuses others)
   local groups, list = {}, {}
+  local function group(c)
+    local g = groups[c]
+    if not g then
+      local cs = CATS[c]
+      g = {cs[1], cs[2], 0}
+      groups[c] = g
+      list[#list + 1] = g
+    end
+    return g
+  end
   for id, rs in pairs(st.r) do
     local c = CAT[id]
     if c then
-      local g = groups[c]
-      if not g then
-        local cs = CATS[c]
-        if cs[1] < 0 then return nil end
-        g = {cs[1], cs[2], 0}
-        groups[c] = g
-        list[#list + 1] = g
-      end
+      local g = group(c)
       local l, v = LAM[id], rs[1]
       if l > 0 then
         if v < 0 then return nil end
@@ -337,13 +341,7 @@ local function folded_score(st)
   for id, p in pairs(st.f) do
     local c = CAT[id]
     if c then
-      local g = groups[c]
-      if not g then
-        local cs = CATS[c]
-        g = {cs[1], cs[2], 0}
-        groups[c] = g
-        list[#list + 1] = g
-      end
+      local g = group(c)
       g[3] = g[3] + p
     end
   end
