@@ -80,8 +80,11 @@ async def test_a_journey_yields_a_handoff_that_matches_the_schema_and_the_api(wo
     status, lead = await worker.get("/leads/lead-e2e")
     assert status == 200
     assert lead["stage"] == "sql" and lead["fit_grade"] == "A"
-    # Decayed to now: a hair below the score at the crossing, never above.
-    assert sql["score"] - 1 < lead["score"] <= sql["score"] + 60
+    # Now: at least the score at the crossing (decay over a minute is a hair), at most every
+    # point of the journey undecayed: fit 50 (vp 20, 300 employees 15, software 15) + click 5,
+    # webinar 20, pricing 25 + 1, comparison 35 + 1, demo 50. Events after the crossing (the
+    # topics are read in no fixed order) may have added to it.
+    assert sql["score"] - 1 < lead["score"] <= 187 + 1e-6
     assert sum(c["points"] for c in lead["contributions"]) == pytest.approx(lead["score"], abs=1e-3)
     status, top = await worker.get("/leads/top?limit=5")
     assert status == 200 and top["leads"][0]["lead_id"] == "lead-e2e"
