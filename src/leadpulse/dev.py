@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faust
 import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -20,7 +19,7 @@ from .embedded import Stack
 from .model import load_model
 from .settings import Settings, load_settings
 from .simulate import journeys, key_for, topic_for
-from .worker import ScoringService, create_app
+from .worker import FaustWorker, ScoringService, create_app
 
 console = Console(highlight=False)
 
@@ -129,7 +128,7 @@ def run_dev(*, leads: int, rate: float, waves: int, http_port: int, model_path: 
             f"  API      http://127.0.0.1:{port}/leads/top  /leads/<id>  /metrics  /readyz\n"
             f"  traffic  {leads} leads per wave at {rate:g} events/s — Ctrl-C stops everything"
         )
-        worker = faust.Worker(app, service, simulator, printer, loglevel="warning", redirect_stdouts=False)
+        worker = FaustWorker(app, service, simulator, printer, loglevel="warning", redirect_stdouts=False)
         try:
             worker.execute_from_commandline()
         except SystemExit:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import Event
-from .model import GRADES, Predicate, Rule, ScoringModel
+from .model import GRADES, Predicate, ScoringModel
 
 LN2 = math.log(2)
 Check = Callable[[Any], bool]
@@ -37,7 +37,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def compile_predicate(pred: Predicate) -> Check:
+def _checks(pred: Predicate) -> list[Check]:
     checks: list[Check] = []
     if pred.exists is not None:
         want = pred.exists
@@ -72,6 +72,12 @@ def compile_predicate(pred: Predicate) -> Check:
             return True
 
         checks.append(in_range)
+    return checks
+
+
+def compile_predicate(pred: Predicate) -> Check:
+    checks = _checks(pred)
+
     def holds(value: Any) -> bool:
         # Properties are free-form JSON: a list or an object where a string was expected
         # simply does not match; it must never stop the worker.
@@ -83,9 +89,27 @@ def compile_predicate(pred: Predicate) -> Check:
     return holds
 
 
-def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool]:
-    compiled = [(key, compile_predicate(pred)) for key, pred in when.items()]
-    return lambda values: all(check(values.get(key)) for key, check in compiled)
+def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool] | None:
+    """One function for a rule's conditions, None when it has none; the common shapes (one
+    key, one test) become a single closure, since matching runs for every event. May raise
+    TypeError/ValueError on odd JSON: the caller treats that as no match."""
+    parts = [(key, _checks(pred)) for key, pred in when.items()]
+    if not parts:
+        return None
+    if len(parts) == 1 and len(parts[0][1]) == 1:
+        (key, [check]), = parts
+        return lambda values: check(values.get(key))
+    flat = [(key, check) for key, checks in parts for check in checks]
+    return lambda values: all(check(values.get(key)) for key, check in flat)
+
+
+def _holds(check: Callable[[Mapping[str, Any]], bool] | None, values: Mapping[str, Any]) -> bool:
+    if check is None:
+        return True
+    try:
+        return check(values)
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,32 +127,55 @@ def derived_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: a compiled rule: ((rule id, points), its conditions or None)
+_Compiled = tuple[tuple[str, float], Callable[[Mapping[str, Any]], bool] | None]
+
+
 class Scorer:
     """The model compiled for the hot path: rules indexed by (source, type)."""
 
     def __init__(self, model: ScoringModel) -> None:
         self.model = model
-        self._by_kind: dict[tuple[str, str | None], list[tuple[Rule, Callable[[Mapping[str, Any]], bool]]]] = {}
+        self._by_kind: dict[tuple[str, str | None], list[_Compiled]] = {}
         for rule in model.rules:
             check = _compile_when(rule.when.properties)
             for kind in rule.when.type or (None,):
-                self._by_kind.setdefault((rule.when.source, kind), []).append((rule, check))
+                self._by_kind.setdefault((rule.when.source, kind), []).append(((rule.id, rule.points), check))
+        #: per (source, type) seen: the rules of that type, then those of any type of the source
+        self._merged: dict[tuple[str, str], list[_Compiled]] = {}
         self._fit = [(r, _compile_when(r.when)) for r in model.fit.rules]
         #: the trait names fit rules read: only these are kept in Redis
         self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when})
 
-    def match(self, event: Event) -> list[Match]:
+    def _rules_for(self, source: str, type_: str) -> list[_Compiled]:
+        rules = self._merged.get((source, type_))
+        if rules is None:
+            # (source, type) pairs are closed by the event schema, so this stays small.
+            rules = [*self._by_kind.get((source, type_), ()), *self._by_kind.get((source, None), ())]
+            self._merged[(source, type_)] = rules
+        return rules
+
+    def matched(self, event: Event) -> list[tuple[str, float]]:
+        """(rule id, points) of every rule the event matches (the hot path's form)."""
         props = event.properties
-        out: list[Match] = []
-        for key in ((event.source, event.type), (event.source, None)):
-            for rule, check in self._by_kind.get(key, ()):
+        out = []
+        for pair, check in self._rules_for(event.source, event.type):
+            if check is None:
+                out.append(pair)
+                continue
+            try:
                 if check(props):
-                    out.append(Match(rule.id, rule.points))
+                    out.append(pair)
+            except (TypeError, ValueError):  # odd JSON where a string was expected: no match
+                pass
         return out
+
+    def match(self, event: Event) -> list[Match]:
+        return [Match(rule_id, points) for rule_id, points in self.matched(event)]
 
     def fit(self, traits: Mapping[str, Any]) -> dict[str, float]:
         values = derived_traits(traits)
-        return {rule.id: rule.points for rule, check in self._fit if check(values)}
+        return {rule.id: rule.points for rule, check in self._fit if _holds(check, values)}
 
     def kept_traits(self, traits: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in traits.items() if k in self.fit_traits}

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from .events import Event
 from .handoff import build, iso, publishes
 from .metrics import Metrics
 from .model import ScoringModel
-from .state import ANONYMOUS, LeadStore, Transition
+from .state import ANONYMOUS, BatchResult, LeadStore, Transition
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,13 @@ class Topics:
 
 
 class PublishedIds:
-    """Handoff ids known to be on the handoff topic: bounded, oldest forgotten first."""
+    """Handoff ids known to be on the handoff topic: bounded, oldest forgotten first.
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    A replay only re-decides the uncommitted tail of a partition (a few batches) and a start
+    re-reads the handoff topic's tail (worker.HANDOFF_TAIL per partition), so the capacity only
+    needs to hold those; it bounds the worker's memory however long it runs."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
 
@@ -104,6 +108,18 @@ def _observe_all(histogram: Any, amounts: Sequence[float]) -> None:
         buckets[i].inc(n)
 
 
+@dataclass(slots=True)
+class Batch:
+    """One batch of records on its way through prepare → apply → publish (then commit)."""
+
+    records: Sequence[Record]
+    now_ms: int
+    valid: list[tuple[Event, str]]
+    invalid: list[tuple[Record, InvalidEvent]]
+    result: BatchResult | None = None
+    counted: bool = False
+
+
 class Processor:
     def __init__(
         self, store: LeadStore, producer: Producer, topics: Topics, metrics: Metrics,
@@ -132,21 +148,40 @@ class Processor:
                 valid.append((event, f"{record.topic}:{record.partition}:{record.offset}"))
         return valid, invalid
 
-    async def process(self, records: Sequence[Record]) -> None:
-        """Score a batch and publish what it caused. Raises on any failure: nothing is committed."""
+    def prepare(self, records: Sequence[Record]) -> Batch:
+        """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
         now_ms = int(time.time() * 1000)
         valid, invalid = self.parse(records, now_ms)
-        sends = [self._dead_letter(record, error, now_ms) for record, error in invalid]
-        result = None
-        if valid:
+        return Batch(records, now_ms, valid, invalid)
+
+    async def apply(self, batch: Batch) -> None:
+        """Score the batch in Redis. Safe to repeat: a retry finds the events applied and hands
+        back the transitions they caused."""
+        if batch.valid:
             started = time.perf_counter()
-            result = await self.store.apply(valid, now_ms)
+            batch.result = await self.store.apply(batch.valid, batch.now_ms)
             self.metrics.redis_seconds.labels("apply").observe(time.perf_counter() - started)
+
+    async def publish(self, batch: Batch) -> None:
+        """Publish what the batch caused and wait for the broker's acknowledgements.
+
+        Safe to repeat: handoffs already acknowledged are not sent again."""
+        result = batch.result
+        sends = [self._dead_letter(record, error, batch.now_ms) for record, error in batch.invalid]
+        if result is not None:
             sends.extend(self._handoffs(result.transitions))
         if sends:
             # Every send is awaited to its broker acknowledgement before the caller commits.
             await asyncio.gather(*[await s for s in sends])
-        self._count(valid, invalid, result.outcomes if result else [])
+        if not batch.counted:
+            batch.counted = True
+            self._count(batch.valid, batch.invalid, result.outcomes if result else [])
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """Score a batch and publish what it caused. Raises on any failure: nothing is committed."""
+        batch = self.prepare(records)
+        await self.apply(batch)
+        await self.publish(batch)
 
     async def sweep(self, now_ms: int) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
@@ -195,18 +230,13 @@ class Processor:
         return acknowledged()
 
     def _count(self, valid: Sequence[tuple[Event, str]], invalid: Sequence[tuple[Record, InvalidEvent]], outcomes: Sequence[str]) -> None:
-        now_ms = time.time() * 1000
-        counts: dict[tuple[str, str, str], int] = {}
-        ages: list[float] = []
-        for (event, _), outcome in zip(valid, outcomes):
-            key = (event.source, event.type, outcome)
-            counts[key] = counts.get(key, 0) + 1
-            if outcome != ANONYMOUS:
-                ages.append(now_ms - event.occurred_at)
-        _observe_all(self.metrics.event_latency, [max(0.0, age / 1000) for age in ages])
-        for _, error in invalid:
-            key = ("unknown", "unknown", "invalid")
-            counts[key] = counts.get(key, 0) + 1
+        now_s = time.time()
+        counts = Counter((event.source, event.type, outcome) for (event, _), outcome in zip(valid, outcomes))
+        if invalid:
+            counts[("unknown", "unknown", "invalid")] += len(invalid)
+        _observe_all(self.metrics.event_latency, [
+            max(0.0, now_s - event.occurred_at / 1000) for (event, _), outcome in zip(valid, outcomes) if outcome != ANONYMOUS
+        ])
         for (source, type_, outcome), n in counts.items():
             self.metrics.events.labels(source, type_, outcome).inc(n)
         self.metrics.batch_size.observe(len(valid) + len(invalid))

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, description="partitions of topics created at start")
     replication_factor: int = Field(1, ge=1, description="replication of topics created at start")
     batch_max: int = Field(2000, ge=1, description="most events per batch")
-    batch_wait_ms: int = Field(20, ge=0, description="longest wait for a batch to fill")
+    batch_wait_ms: int = Field(20, ge=0, description="longest the broker holds a fetch open for events (fetch.max.wait.ms)")
     sweep_interval: float = Field(5.0, gt=0, description="seconds between decay-demotion sweeps")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger messages go to the DLQ")
     api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API")
