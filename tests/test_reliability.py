@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from leadpulse.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.model import ScoringModel
 from leadpulse.simulate import key_for
+from leadpulse.keys import Keys
 from leadpulse.state import LeadStore
 
 from .kafkatools import WorkerProcess, committed_all, committed_offsets, consume_until, produce, wait_for
@@ -84,7 +85,8 @@ async def assert_matches_reference(
             assert view is not None, lead
             assert math.isclose(view.score, expected, rel_tol=1e-9, abs_tol=1e-9), (lead, view.score, expected)
             assert view.stage == ref.stages[lead], (
-                lead, await client.hgetall(f"lp:l{{{lead}}}:s"), await client.hgetall(f"ref{worker.tag}:l{{{lead}}}:s"))
+                lead, store.fields(await client.get(store.keys.lead(lead).state)),
+                store.fields(await client.get(Keys(f"ref{worker.tag}").lead(lead).state)))
     finally:
         await client.aclose()
     records = await consume_until(bootstrap, worker.settings["handoff_topic"], lambda rs: len(rs) >= len(ref.handoff_ids), timeout=30)

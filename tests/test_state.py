@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+from importlib.resources import files
 from typing import Any
 
+import msgpack
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from leadpulse import events as contract
 from leadpulse.embedded import RedisServer
 from leadpulse.engine import reference_score
 from leadpulse.events import Event
+from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
+from leadpulse.simulate import journeys
 from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
 from .fixtures import DAY, T0, event
@@ -99,7 +106,7 @@ def test_score_equals_the_plain_sum_for_any_arrival_order(
     async def run() -> Any:
         client = Redis.from_url(redis_server.url)
         try:
-            await client.delete("lp:l{p}:s", "lp:l{p}:d", "lp:due", "lp:top")
+            await client.delete(*Keys().lead("p"), "lp:due", "lp:top")
             store = LeadStore(client, tmodel)
             for i in range(0, len(events), 7):  # several batches, as the worker would send
                 await store.apply(positions(events[i : i + 7]))
@@ -131,13 +138,15 @@ async def test_landmark_is_renormalised_long_before_exp_overflows(store: LeadSto
 async def test_an_event_applied_twice_changes_nothing(store: LeadStore, redis: Redis) -> None:
     e = event("web", "page_view", T0, lead="d", url="https://x.io/pricing")
     first = await store.apply([(e, "t:0:1")])
-    state = await redis.hgetall("lp:l{d}:s")
+    keys = Keys().lead("d")
+    state = [await redis.dump(k) for k in keys]
+    assert state[0] is not None
     again = await store.apply([(e, "t:0:9")])
     same_batch = await store.apply([(e, "t:0:10"), (e, "t:0:11")])
     assert first.outcomes == [SCORED]
     assert again.outcomes == [DUPLICATE]
     assert same_batch.outcomes == [DUPLICATE, DUPLICATE]
-    assert await redis.hgetall("lp:l{d}:s") == state
+    assert [await redis.dump(k) for k in keys] == state
 
 
 async def test_duplicates_within_one_batch_count_once(store: LeadStore) -> None:
@@ -160,6 +169,16 @@ async def test_the_dedup_window_runs_on_arrival_time_and_bounds_memory(store: Le
     assert 0 < await redis.pttl("lp:l{w}:d") <= 7 * DAY
     # Past the window the old event counts again: that is the documented bound.
     assert (await store.apply([(old, "t:0:4")], now=T0 + 30 * DAY)).outcomes == [SCORED]
+
+
+async def test_no_dedup_window_keeps_nothing(redis: Redis) -> None:
+    model = parse_model(MODEL.replace("dedup_window: 7d", "dedup_window: 0s"), "t")
+    store = LeadStore(redis, model)
+    e = event("web", "demo_request", T0, lead="nw")
+    (t,) = (await store.apply([(e, "t:0:1"), (e, "t:0:2")])).transitions
+    assert t.kind == "promoted"
+    assert (await store.apply([(e, "t:0:1")])).outcomes == [SCORED]  # no window: counted again
+    assert not await redis.exists(store.keys.lead("nw").dedup, store.keys.lead("nw").replay)
 
 
 # --- caps --------------------------------------------------------------------------------
@@ -249,6 +268,94 @@ async def test_replayed_message_returns_its_transitions_new_duplicate_does_not(s
     assert replay.outcomes == [DUPLICATE]
     assert [x.handoff_id for x in replay.transitions] == [t.handoff_id]
     assert (await store.apply([(e, "events.web:2:7")])).transitions == []
+    # The replay log lives apart from the state, only as long as a replay can come.
+    assert 0 < await store.redis.pttl(store.keys.lead("rp").replay) <= 7 * DAY
+
+
+# --- the packed state --------------------------------------------------------------------
+
+PACKED = [
+    0.1 + 0.2, 1 / 3, -40, 1.5, 0.1, -0.75, 2.0**53, 2.0**53 + 2, 1_790_000_000_000, 2.0**63, 3.4028234663852886e38,
+    20 * math.exp(599.9), 1e308, 5e-324, -1e-300, 16_777_217, 0.0, 25 * 2 ** (-1000 / (30 * DAY)),
+]
+
+
+async def test_packing_keeps_every_double_exactly(redis: Redis) -> None:
+    # cmsgpack writes whole numbers as integers and a float32 only where that is exact: what
+    # Lua packs, Lua and Python's msgpack read back bit for bit.
+    script = """
+    local xs = cjson.decode(ARGV[1])
+    xs[#xs + 1] = 0.1 + 0.2
+    xs[#xs + 1] = 20 * math.exp(599.9)
+    local back = cmsgpack.unpack(cmsgpack.pack(xs))
+    local out = {}
+    for i, x in ipairs(xs) do
+      if back[i] ~= x then return redis.error_reply('lost ' .. string.format('%.17g', x)) end
+      out[i] = string.format('%.17g', x)
+    end
+    return {cmsgpack.pack(xs), out}
+    """
+    packed, printed = await redis.eval(script, 0, json.dumps(PACKED))
+    values = msgpack.unpackb(packed)
+    assert [float(v) for v in values] == [float(p) for p in printed]
+    assert values[: len(PACKED)] == PACKED
+    assert values[-2] == 0.1 + 0.2 and values[-1] == pytest.approx(20 * math.exp(599.9), rel=1e-15)
+    assert b"\xca\x3f\xc0\x00\x00" in packed  # 1.5 went as a float32: the exact-only shortcut is taken
+
+
+async def test_the_stored_state_is_what_the_scripts_computed(store: LeadStore, redis: Redis) -> None:
+    # The 2-hour half-life rule over months moves the landmark; the snapshot of the transition
+    # prints the sums the script held (%.17g) and the stored state must hold exactly those.
+    events = [event("webinar", "attended", T0 + k * 20 * DAY, lead="ps", minutes=40) for k in range(8)]
+    events += [event("email", "click", T0 + 160 * DAY + k, lead="ps", url="u") for k in range(3)]
+    events += [event("web", "demo_request", T0 + 161 * DAY, lead="ps")]
+    (t,) = (await store.apply(positions(events))).transitions
+    fields = store.fields(await redis.get(store.keys.lead("ps").state))
+    assert fields is not None
+    rules = {k for k in t.snapshot if k[:2] in ("r:", "f:")}
+    assert rules == {k for k in fields if k[:2] in ("r:", "f:")} and len(rules) == 3
+    for k in rules:
+        assert [float(x) for x in fields[k].split()] == [float(x) for x in t.snapshot[k].split()], k
+    assert int(fields["L"]) > T0 + 100 * DAY  # renormalised
+    assert (fields["L"], fields["c"], fields["s"]) == (t.snapshot["L"], t.snapshot["c"], t.snapshot["s"])
+
+
+@pytest.mark.parametrize("which", ["default", "test"])
+async def test_due_times_solved_for_equal_the_searched_ones(redis: Redis, model: ScoringModel, tmodel: ScoringModel,
+                                                           which: str) -> None:
+    # The default model decays every rule alike: next_due solves for the crossing (lib.lua
+    # `crossing`) instead of searching. Both must give the same millisecond, on real journeys
+    # (caps, fit, negative points) at every stage floor and from several clocks.
+    used = model if which == "default" else tmodel
+    store = LeadStore(redis, used)
+    now = T0 + 400 * DAY
+    parsed = []
+    for e in journeys(150, seed=4, start_ms=T0, prefix="nd"):
+        e.setdefault("lead_id", e.pop("anonymous_id", "x").removeprefix("anon-"))
+        e.pop("anonymous_id", None)
+        parsed.append(contract.parse(orjson.dumps(e), now, used.clock_skew))
+    for i in range(0, len(parsed), 500):
+        await store.apply([(e, f"t:0:{i + j}") for j, e in enumerate(parsed[i : i + 500])], now)
+    keys = [store.keys.lead(lead).state for lead in sorted({e.lead_id for e in parsed if e.lead_id})]
+    script = files("leadpulse").joinpath("lua", "lib.lua").read_text() + """
+    local out, solved = {}, 0
+    for _, key in ipairs(KEYS) do
+      local st = load(key)
+      local c = st.c
+      for s = 1, NSTAGE - 1 do
+        for k = 0, 3 do
+          st.s, st.c = s, c + k * 86400000
+          local a, b = next_due(st), next_due(st, true)
+          if a ~= b then out[#out + 1] = key .. ' ' .. s .. ' ' .. k .. ': ' .. tostring(a) .. ' ~= ' .. tostring(b) end
+          if a then solved = solved + 1 end
+        end
+      end
+    end
+    return {solved, out}
+    """
+    solved, differing = await redis.eval(script, len(keys), *keys, store.spec)
+    assert differing == []
+    assert solved > 100
 
 
 # --- 5. anonymous visitors ------------------------------------------------------------------

@@ -79,11 +79,12 @@ async def rescore(
 
 
 async def forget(store: LeadStore, lead_id: str) -> bool:
-    """Erase a lead: its state, its dedup set, its index entries. True if it existed."""
+    """Erase a lead: its state, dedup set, replay log, traits, outbox and index entries.
+    True if it existed."""
     keys = store.keys.lead(lead_id)
     due, top = store.keys.indexes(store.keys.shard(lead_id))
     pipe = store.redis.pipeline(transaction=False)
-    pipe.delete(keys.state, keys.dedup)  # one slot: DEL of several keys is fine on a cluster too
+    pipe.delete(*keys)  # one slot: DEL of several keys is fine on a cluster too
     pipe.zrem(due, lead_id)
     pipe.zrem(top, lead_id)
     deleted, _, _ = await pipe.execute()

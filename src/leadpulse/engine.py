@@ -112,12 +112,6 @@ def _holds(check: Callable[[Mapping[str, Any]], bool] | None, values: Mapping[st
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    rule_id: str
-    points: float
-
-
 def derived_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     """Traits the fit rules may use besides the ones sent: `email_domain` from `email`."""
     out = dict(traits)
@@ -169,9 +163,6 @@ class Scorer:
             except (TypeError, ValueError):  # odd JSON where a string was expected: no match
                 pass
         return out
-
-    def match(self, event: Event) -> list[Match]:
-        return [Match(rule_id, points) for rule_id, points in self.matched(event)]
 
     def fit(self, traits: Mapping[str, Any]) -> dict[str, float]:
         values = derived_traits(traits)

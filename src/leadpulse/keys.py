@@ -3,15 +3,24 @@
 All keys of one lead share the hash tag `{<lead_id>}`, so a lead's state lives in one hash slot
 and its Lua scripts work on Redis Cluster. The prefix separates deployments sharing a Redis.
 
-  <p>:l{<lead>}:s   hash    the lead's state (fields documented in lua/lib.lua)
+  <p>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack, laid out in lua/lib.lua)
   <p>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: arrival ms)
+  <p>:l{<lead>}:x   string  transitions of recent events, re-emitted when a message is replayed
+                            (JSON; written only by events that cause one; expires after the
+                            dedup window)
+  <p>:l{<lead>}:p   string  the fit-relevant traits (JSON; identified leads only)
+  <p>:l{<lead>}:o   string  demotions the sweep decided and not yet acknowledged as published
   <p>:a{<anon>}:s   list    an anonymous visitor's scored events until it is linked to a lead
   <p>:a{<anon>}:d   zset    the visitor's dedup set
   <p>:a{<anon>}:a   string  the lead the visitor was linked to
+  <p>:rules         hash    rule id -> code (lead states store codes; lua/rules.lua). Never delete
+                            it alone: the states would lose their meaning
   <p>:due           zset    lead -> when decay alone takes it below its stage's floor
   <p>:top           zset    staged leads ranked by score (GET /leads/top)
 
-The `l`/`a` letter keeps a lead and a visitor with the same id apart.
+The `l`/`a` letter keeps a lead and a visitor with the same id apart. The state was a hash
+under `:s` before it was packed into one string; the new suffix means a hash left from then is
+never read as a packed state (it is not migrated: rescore from retention, docs/operations.md).
 
 On Redis Cluster a script may only touch keys of one slot, so the two indexes are sharded
 by slot: `<p>:due{<t>}` and `<p>:top{<t>}`, where `<t>` is a short tag hashing to the slot of
@@ -30,6 +39,9 @@ from redis.crc import key_slot
 class LeadKeys(NamedTuple):
     state: str
     dedup: str
+    replay: str
+    traits: str
+    outbox: str
 
 
 class AnonKeys(NamedTuple):
@@ -59,6 +71,7 @@ class Keys:
         self.cluster = cluster
         self.due = f"{prefix}:due"
         self.top = f"{prefix}:top"
+        self.rules = f"{prefix}:rules"
 
     def shard(self, lead_id: str) -> str:
         """The index shard of a lead: "" on a single Redis, its slot's tag on a cluster."""
@@ -77,7 +90,7 @@ class Keys:
 
     def lead(self, lead_id: str) -> LeadKeys:
         base = f"{self.prefix}:l{{{lead_id}}}"
-        return LeadKeys(base + ":s", base + ":d")
+        return LeadKeys(base + ":v", base + ":d", base + ":x", base + ":p", base + ":o")
 
     def anon(self, anonymous_id: str) -> AnonKeys:
         base = f"{self.prefix}:a{{{anonymous_id}}}"

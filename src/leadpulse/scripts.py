@@ -11,6 +11,9 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 _LIB = "lib.lua"
+#: how many times the scripts were found missing (Redis restarted or failed over): LeadStore
+#: re-reads the rule codes when this moves
+generation = 0
 _USES_LIB = {"apply.lua", "sweep.lua", "ack.lua"}
 
 
@@ -29,6 +32,8 @@ class Script:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             # The script cache is empty after a restart or failover: load and run once more.
+            global generation
+            generation += 1
             await redis.script_load(self.source)
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
@@ -39,7 +44,8 @@ ACK = Script("ack.lua")
 ANON = Script("anon.lua")
 LINK = Script("link.lua")
 RETIRE = Script("retire.lua")
-ALL = (APPLY, SWEEP, ACK, ANON, LINK, RETIRE)
+RULES = Script("rules.lua")
+ALL = (APPLY, SWEEP, ACK, ANON, LINK, RETIRE, RULES)
 
 
 async def load_all(redis: Redis) -> None:
@@ -59,6 +65,8 @@ async def pipelined(redis: Redis, calls: Sequence[tuple[Script, Sequence[str], S
     results: list[Any] = await pipe.execute(raise_on_error=False)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
+        global generation
+        generation += 1
         await load_all(redis)
         retry = redis.pipeline(transaction=False)
         for i in missing:

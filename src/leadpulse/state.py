@@ -12,10 +12,11 @@ import hashlib
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
@@ -33,30 +34,39 @@ LEADS_PER_CALL = 128
 ANON_MAX_OPS = 1000
 ANON_TTL_MS = 90 * 86_400_000
 ALIAS_TTL_MS = 400 * 86_400_000
+#: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
+ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
-def lua_spec(model: ScoringModel) -> str:
-    """The model as apply.lua needs it: decay rate per rule, categories, caps, stages, grades."""
+def lua_spec(model: ScoringModel, codes: Mapping[str, int]) -> bytes:
+    """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
+    category per rule, categories, caps, stages, grades."""
     cats = list(model.categories)
-    lam: dict[str, float] = {}
+    size = max(codes.values(), default=0)
+    # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
+    lam: list[float | None] = [None] * size
+    cat: list[int | None] = [None] * size
     for rule in model.rules:
         hl = model.half_life_ms(rule)
-        lam[rule.id] = 0.0 if hl is None else math.log(2) / hl
+        lam[codes[rule.id] - 1] = 0.0 if hl is None else math.log(2) / hl
     for fit_rule in model.fit.rules:
-        lam[fit_rule.id] = 0.0
-    half_lives = [math.log(2) / v for v in lam.values() if v > 0]
+        lam[codes[fit_rule.id] - 1] = 0.0
+    for r in (*model.rules, *model.fit.rules):
+        cat[codes[r.id] - 1] = cats.index(r.category) + 1
+    rates = [v for v in lam if v is not None]
+    half_lives = [math.log(2) / v for v in rates if v > 0]
     spec = {
         "lam": lam,
-        "lmax": max(lam.values(), default=0.0),
+        "lmax": max(rates, default=0.0),
         "hmin": min(half_lives, default=1e15),
         "hmax": max(half_lives, default=1e15),
-        "cat": {r.id: cats.index(r.category) + 1 for r in (*model.rules, *model.fit.rules)},
+        "cat": cat,
         "cats": [
             [c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()
         ],
         "caps": {
-            r.id: [cap.points, cap.window or 0]
+            codes[r.id]: [cap.points, cap.window or 0]
             for r in model.rules
             if (cap := r.effective_cap) is not None
         },
@@ -65,7 +75,54 @@ def lua_spec(model: ScoringModel) -> str:
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
     }
-    return orjson.dumps(spec).decode()
+    packed: bytes = msgpack.packb(spec)
+    return packed
+
+
+#: the layout of the packed lead state (lua/lib.lua)
+STATE_FORMAT = 2
+
+
+def unpack_state(raw: bytes | None) -> list[Any] | None:
+    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none."""
+    if raw is None:
+        return None
+    state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if not isinstance(state, list) or not state or state[0] != STATE_FORMAT:
+        raise StateError(f"lead state of an unknown format: {state[:1] if isinstance(state, list) else type(state)}")
+    return state
+
+
+def _by_code(table: Any) -> dict[int, Any]:
+    # cmsgpack packs a table keyed 1..n as an array, and an empty one as []
+    return dict(enumerate(table, 1)) if isinstance(table, list) else table
+
+
+def rule_name(code: int, names: Mapping[int, str]) -> str:
+    """The id of a rule code; "#<code>" for a code `names` lacks (no rule of this model)."""
+    return names.get(code) or f"#{code}"
+
+
+def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] | None:
+    """A packed lead state as the fields Explainer.view and handoff snapshots use: L, c, s, q,
+    u, r:<rule> "S t", f:<rule> points (decimal strings that read back exactly). `names`: rule
+    code -> id (LeadStore.rule_names)."""
+    state = unpack_state(raw)
+    if state is None:
+        return None
+    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state
+    fields = {"s": str(stage), "q": str(seq)}
+    if clock is not False:
+        fields["c"] = str(int(base + clock))
+        if due is not False:
+            fields["u"] = str(int(base + clock + due))
+    if landmark is not False:
+        fields["L"] = str(int(base + landmark))
+    for code, (total, last) in _by_code(sums).items():
+        fields[f"r:{rule_name(code, names)}"] = f"{float(total)!r} {int(base + last)}"
+    for code, points in _by_code(fit).items():
+        fields[f"f:{rule_name(code, names)}"] = repr(float(points))
+    return fields
 
 
 def connect(url: str, cluster: bool = False, **options: Any) -> Redis:
@@ -106,9 +163,15 @@ class Transition:
         return self._handoff_id
 
     @classmethod
-    def from_reply(cls, lead_id: str, raw: Sequence[Any]) -> Transition:
+    def from_reply(cls, lead_id: str, raw: Sequence[Any], names: Mapping[int, str]) -> Transition:
+        """A transition as the scripts report it; `names` turns the rule codes of its snapshot
+        (`r:<code>`, `f:<code>`) back into rule ids."""
         seq, kind, frm, to, at, event_id, score, threshold, snap = raw
         flat = [_text(x) for x in snap]
+        for i in range(0, len(flat), 2):
+            key = flat[i]
+            if key[:2] in ("r:", "f:"):
+                flat[i] = key[:2] + rule_name(int(key[2:]), names)
         return cls(
             lead_id=lead_id,
             seq=int(seq),
@@ -151,8 +214,38 @@ class LeadStore:
         self.keys = keys or Keys(cluster=isinstance(redis, RedisCluster))
         self.scorer = Scorer(model)
         self.explainer = Explainer(model)
-        self.spec = lua_spec(model)
+        #: rule id <-> code (rules.lua), and the spec built with them: read at first use
+        self.rule_codes: dict[str, int] = {}
+        self.rule_names: dict[int, str] = {}
+        self.spec = b""
+        self._generation = -1
         self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+
+    async def ready(self) -> None:
+        """Read (or give) the rule codes and build the spec: at first use, and again after the
+        scripts had to be reloaded (Redis restarted, perhaps without its data: then the codes
+        this process knew are given back, rules.lua)."""
+        if self._generation == scripts.generation:
+            return
+        ids = [r.id for r in (*self.model.rules, *self.model.fit.rules)]
+        args = [x for rule_id in ids for x in (rule_id, self.rule_codes.get(rule_id, 0))]
+        flat = [_text(x) for x in await scripts.RULES(self.redis, [self.keys.rules], args)]
+        table = dict(zip(flat[::2], flat[1::2]))
+        self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
+        self.rule_names = {code: name for name, code in self.rule_codes.items()}
+        self.spec = lua_spec(self.model, self.rule_codes)
+        self._generation = scripts.generation
+
+    def fields(self, raw: bytes | None) -> dict[str, str] | None:
+        """A lead's packed state (GET of its state key) as Explainer.view reads it."""
+        return state_fields(raw, self.rule_names)
+
+    def _alias(self, anonymous_id: str, lead_id: str) -> None:
+        """Remember a link; past ALIAS_CACHE the oldest is forgotten (Redis keeps every link and
+        a visitor missing here is looked up there), so the worker's memory stays bounded."""
+        self._aliases[anonymous_id] = lead_id
+        if len(self._aliases) > ALIAS_CACHE:
+            del self._aliases[next(iter(self._aliases))]
 
     async def apply(self, batch: Sequence[tuple[Event, str]], now: int | None = None) -> BatchResult:
         """Apply validated events (each with its source position, e.g. "events.web:3:1207").
@@ -160,6 +253,7 @@ class LeadStore:
         `now` (epoch ms, default the wall clock) only times the dedup window.
         """
         try:
+            await self.ready()
             return await self._apply(batch, int(time.time() * 1000) if now is None else now)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
@@ -197,7 +291,7 @@ class LeadStore:
             kind, value = _text(reply[0]), reply[1]
             if kind == "lead":  # linked by another worker meanwhile: score into the lead
                 lead_id = _text(value)
-                self._aliases[anon_id] = lead_id
+                self._alias(anon_id, lead_id)
                 slot = redirected.setdefault(lead_id, _LeadOps())
                 for i, op in items:
                     slot.ops.append(op)
@@ -212,13 +306,14 @@ class LeadStore:
         return result
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
-        matches = [[m.rule_id, m.points] for m in self.scorer.match(event)]
-        fit: dict[str, float] | bool = False
+        codes = self.rule_codes
+        matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
+        fit: list[Any] | bool = False
         traits: str | bool = False
         if event.source == "profile" and event.type == "identify" and lead_id is not None:
             merged = {**traits_now.get(lead_id, {}), **self.scorer.kept_traits(event.traits)}
             traits_now[lead_id] = merged
-            fit = self.scorer.fit(merged)
+            fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
             traits = orjson.dumps(merged).decode()
         return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits]
 
@@ -235,18 +330,18 @@ class LeadStore:
         for a in anon_ids:
             pipe.get(self.keys.anon(a).alias)
         for lead in lead_ids:
-            pipe.hget(self.keys.lead(lead).state, "p")
+            pipe.get(self.keys.lead(lead).traits)
         replies = await pipe.execute()
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
-                self._aliases[a] = _text(lead)
+                self._alias(a, _text(lead))
         return {lead: orjson.loads(raw) for lead, raw in zip(lead_ids, replies[len(anon_ids) :]) if raw}
 
     async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps], batch: Sequence[tuple[Event, str]]) -> None:
         calls = [(scripts.LINK, self.keys.anon(a), [lead, ALIAS_TTL_MS]) for a, lead in links]
         for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
             owner = _text(reply[0])
-            self._aliases[anon_id] = owner
+            self._alias(anon_id, owner)
             logged = [orjson.loads(op) for op in reply[1:]]
             if not logged:
                 continue
@@ -273,8 +368,9 @@ class LeadStore:
                 keys = [due, top]
                 args: list[Any] = [self.spec, now]
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
-                    keys.extend(self.keys.lead(lead_id))
-                    args.append(orjson.dumps([lead_id, slot.ops]).decode())
+                    k = self.keys.lead(lead_id)
+                    keys.extend((k.state, k.dedup, k.replay, k.traits))
+                    args.append(msgpack.packb([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
             ordered = [item for items in groups.values() for item in items]
@@ -291,20 +387,22 @@ class LeadStore:
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
-                result.transitions.extend(Transition.from_reply(lead_id, t) for t in transitions)
+                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names) for t in transitions)
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state."""
-        return [*self.keys.indexes(self.keys.shard(lead_id)), self.keys.lead(lead_id).state]
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state and outbox."""
+        k = self.keys.lead(lead_id)
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         try:
-            fields = await self.redis.hgetall(self.keys.lead(lead_id).state)
+            await self.ready()
+            fields = self.fields(await self.redis.get(self.keys.lead(lead_id).state))
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
-        if not fields:
+        if fields is None:
             return None
-        return self.explainer.view(lead_id, {_text(k): _text(v) for k, v in fields.items()}, at)
+        return self.explainer.view(lead_id, fields, at)
 
     async def top(self, limit: int, at: int) -> list[LeadView]:
         """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
@@ -317,15 +415,13 @@ class LeadStore:
             candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
             pipe = self.redis.pipeline(transaction=False)
             for lead in candidates:
-                pipe.hgetall(self.keys.lead(lead).state)
-            rows = await pipe.execute()
+                pipe.get(self.keys.lead(lead).state)
+            raws = await pipe.execute()
+            await self.ready()
+            rows = [self.fields(raw) for raw in raws]
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
-        views = [
-            self.explainer.view(lead, {_text(k): _text(v) for k, v in row.items()}, at)
-            for lead, row in zip(candidates, rows)
-            if row
-        ]
+        views = [self.explainer.view(lead, fields, at) for lead, fields in zip(candidates, rows) if fields is not None]
         views.sort(key=lambda v: -v.score)
         return views[:limit]
 
@@ -335,6 +431,7 @@ class LeadStore:
         Returns their transitions; call `ack` for each lead once they are published.
         """
         try:
+            await self.ready()
             pipe = self.redis.pipeline(transaction=False)
             for shard in self.keys.shards():
                 pipe.zrangebyscore(self.keys.indexes(shard)[0], "-inf", now, start=0, num=limit)
@@ -345,15 +442,16 @@ class LeadStore:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            out.extend(Transition.from_reply(lead, t) for t in reply)
+            out.extend(Transition.from_reply(lead, t, self.rule_names) for t in reply)
         return out
 
     async def ack(self, transitions: Sequence[Transition]) -> None:
         last: dict[str, int] = {}
         for t in transitions:
             last[t.lead_id] = max(t.seq, last.get(t.lead_id, 0))
-        calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq]) for lead, seq in last.items()]
         try:
+            await self.ready()
+            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq]) for lead, seq in last.items()]
             await scripts.pipelined(self.redis, calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc

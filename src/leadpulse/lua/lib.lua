@@ -1,87 +1,94 @@
--- lib.lua: shared by apply.lua and sweep.lua; prepended to them when they are loaded (Redis
--- has no `require`). Holds the lead state, the forward-decay arithmetic and stage decisions.
+-- lib.lua: shared by apply.lua, sweep.lua and ack.lua; prepended to them when they are loaded
+-- (Redis has no `require`). Holds the lead state, the forward-decay arithmetic and stage decisions.
 --
--- Lead state hash fields (see keys.py):
---   L        landmark of the forward-decayed sums (epoch ms)
---   c        the lead's clock: latest event time applied (or demotion time swept)
---   s        stage index (0 = first stage)        q   transitions so far (for handoff ids)
---   u        when the lead falls below its stage's floor by decay alone (absent: never)
---   r:<rule> "<S> <t>": S = Σ p·e^{λ(tᵢ−L)}, t = latest occurrence
---   f:<rule> fit points (not decayed)             k:<rule>  cap ledger
---   p        the fit-relevant traits (JSON, written by the worker)
---   x        recent transitions by event, for re-emitting them when a message is replayed
---   o        demotions decided by the sweep and not yet acknowledged as published
-local SPEC = cjson.decode(ARGV[1])
+-- The lead state is one string (key `…:v`, keys.py): a cmsgpack array, read with one GET and
+-- written with one SET, only when something changed. Parsing a hash of decimal strings cost
+-- more than the scoring itself, and `%.17g` is slow in Redis's Lua; msgpack keeps every double
+-- exactly (whole numbers become integers, float32 only where that is exact). Rules are kept by
+-- code (a small integer, rules.lua) and times as offsets from a base B of the lead (times in ms
+-- were most of the bytes). The tables unpack as the scripts use them: no conversion per rule.
+--   [1] format version   [2] B: base of the lead's times (epoch ms) | false
+--   [3] c - B: c is the lead's clock, latest event time applied (or demotion time swept) | false
+--   [4] L - B: L is the landmark of the forward-decayed sums | false
+--   [5] s: stage index (0 = first stage)     [6] q: transitions so far (for handoff ids)
+--   [7] u - c: u is when the lead falls below its stage's floor by decay alone | false (never)
+--   [8] m: arrival time (epoch s, rounded down) of the oldest dedup entry: the set is trimmed
+--       only once that has left the window | false
+--   [9] ix: 1 = in the due index at u, 2 = in the top index, 4 = an index may be stale
+--   [10] r: {rule -> {S, t - B}}: S = sum of p*e^{lambda(t_i - L)}, t = latest occurrence
+--   [11] f: {rule -> fit points (not decayed)}
+--   [12] k: {rule -> cap ledger}: a lifetime total, or {t1 - B, a1, t2 - B, a2, ...} (awards
+--        within a window)
+-- B moves up to the clock when offsets from it would outgrow 32 bits (every ~50 days of
+-- activity). Kept apart (read rarely, and too big to unpack on every event): the traits `…:p`
+-- (written by apply.lua, read by the worker), the replay log `…:x` and the sweep's outbox `…:o`.
+-- The spec (ARGV[1], msgpack, state.py) is indexed by rule code. Transitions name rules by code
+-- too (`r:<code>` in snapshots): state.py puts the names back.
+local SPEC = cmsgpack.unpack(ARGV[1])
 local LAM, CAT, CATS, CAPS, STAGES = SPEC.lam, SPEC.cat, SPEC.cats, SPEC.caps, SPEC.stages
 local NSTAGE, HYST, DEDUP, GRADES = #STAGES, SPEC.hyst, SPEC.dedup, SPEC.grades
 -- e^709 overflows a double; move the landmark long before any exponent gets there.
 local RENORM = 600
+local FORMAT = 2
+local IN_DUE, IN_TOP, STALE = 1, 2, 4
+local REBASE = 4294967296
 
 local function fmt(x)
   return string.format('%.17g', x)
 end
 
 local function load(key)
-  local raw = redis.call('HGETALL', key)
-  local st = {key = key, r = {}, f = {}, k = {}, dirty = {}, gone = {}}
-  for i = 1, #raw, 2 do
-    local name, v = raw[i], raw[i + 1]
-    local p = string.sub(name, 1, 2)
-    if p == 'r:' then
-      local s, t = string.match(v, '^(%S+) (%S+)$')
-      st.r[string.sub(name, 3)] = {tonumber(s), tonumber(t)}
-    elseif p == 'f:' then
-      st.f[string.sub(name, 3)] = tonumber(v)
-    elseif p == 'k:' then
-      st.k[string.sub(name, 3)] = v
-    else
-      st[name] = v
-    end
+  local raw = redis.call('GET', key)
+  local st
+  if raw then
+    local v = cmsgpack.unpack(raw)
+    if v[1] ~= FORMAT then error('lead state ' .. key .. ': unknown format ' .. tostring(v[1])) end
+    local B = v[2] or nil
+    local c = v[3] and B + v[3] or nil
+    st = {key = key, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6], u = v[7] and c + v[7] or nil,
+          m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11], k = v[12]}
+  else
+    st = {key = key, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}}
   end
-  st.L = tonumber(st.L)
-  st.c = tonumber(st.c)
   -- A model with fewer stages than the lead was in: the lead is in the top stage left.
-  st.s = math.min(tonumber(st.s or '0'), NSTAGE - 1)
-  st.q = tonumber(st.q or '0')
-  st.u = tonumber(st.u)
+  if st.s > NSTAGE - 1 then
+    st.s = NSTAGE - 1
+    st.dirty, st.moved = true, true
+  end
   return st
 end
 
+-- Something the score, the stage or the due time depends on changed (the indexes follow it).
+local function moved(st)
+  st.dirty, st.moved, st.memo_t = true, true, nil
+end
+
+-- t as an offset from the lead's base (its first time, when it has none yet).
+local function rel(st, t)
+  if not st.B then st.B = t end
+  return t - st.B
+end
+
 local function save(st)
-  -- A field both set and cleared during the call ends as its last value says.
-  local args = {}
-  for name, _ in pairs(st.dirty) do
-    local p, id = string.sub(name, 1, 2), string.sub(name, 3)
-    local v
-    if p == 'r:' then
-      if st.r[id] then v = fmt(st.r[id][1]) .. ' ' .. string.format('%d', st.r[id][2]) end
-    elseif p == 'f:' then
-      if st.f[id] then v = fmt(st.f[id]) end
-    elseif p == 'k:' then
-      v = st.k[id]
-    elseif name == 'L' or name == 'c' or name == 'u' then
-      if st[name] then v = string.format('%d', st[name]) end
-    elseif st[name] ~= nil then
-      v = tostring(st[name])
+  if not st.dirty then return end
+  local B, c = st.B, st.c
+  if c and not B then
+    B = c
+    st.B = B
+  elseif c and c - B >= REBASE then
+    local shift = c - B
+    for _, rs in pairs(st.r) do rs[2] = rs[2] - shift end
+    for _, ledger in pairs(st.k) do
+      if type(ledger) == 'table' then
+        for x = 1, #ledger, 2 do ledger[x] = ledger[x] - shift end
+      end
     end
-    if v == nil then
-      st.gone[name] = true
-    else
-      st.gone[name] = nil
-      args[#args + 1] = name
-      args[#args + 1] = v
-    end
+    B = c
+    st.B = B
   end
-  if #args > 0 then
-    redis.call('HSET', st.key, unpack(args))
-  end
-  local gone = {}
-  for name, _ in pairs(st.gone) do
-    gone[#gone + 1] = name
-  end
-  if #gone > 0 then
-    redis.call('HDEL', st.key, unpack(gone))
-  end
+  redis.call('SET', st.key, cmsgpack.pack({FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
+    st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k}))
+  st.dirty = false
 end
 
 local function renormalise(st, landmark)
@@ -89,18 +96,16 @@ local function renormalise(st, landmark)
     local l = LAM[id]
     if l and l > 0 then
       rs[1] = rs[1] * math.exp(-l * (landmark - st.L))
-      st.dirty['r:' .. id] = true
     end
   end
   st.L = landmark
-  st.dirty.L = true
+  moved(st)
 end
 
 local function add(st, id, p, t)
   local l = LAM[id] or 0
   if not st.L then
     st.L = t
-    st.dirty.L = true
   elseif SPEC.lmax * (t - st.L) > RENORM then
     renormalise(st, t)
   end
@@ -108,14 +113,15 @@ local function add(st, id, p, t)
   if l > 0 then
     v = p * math.exp(l * (t - st.L))
   end
+  local tr = rel(st, t)
   local rs = st.r[id]
   if rs then
     rs[1] = rs[1] + v
-    if t > rs[2] then rs[2] = t end
+    if tr > rs[2] then rs[2] = tr end
   else
-    st.r[id] = {v, t}
+    st.r[id] = {v, tr}
   end
-  st.dirty['r:' .. id] = true
+  moved(st)
 end
 
 -- Points a capped rule may still award at t. A window cap counts awards in (t - window, t];
@@ -127,56 +133,69 @@ local function award(st, id, p, t)
   local ledger = st.k[id]
   if window == 0 then
     -- A ledger written under a window cap (the model changed) counts as what it awarded.
-    local used = tonumber(ledger or '0')
-    if not used then
-      used = 0
-      for _, ps in string.gmatch(ledger, '(%S+) (%S+)') do used = used + tonumber(ps) end
+    local used = 0
+    if type(ledger) == 'number' then
+      used = ledger
+    elseif ledger then
+      for j = 2, #ledger, 2 do used = used + ledger[j] end
     end
     local a = math.min(p, limit - used)
     if a <= 0 then return 0 end
-    st.k[id] = fmt(used + a)
-    st.dirty['k:' .. id] = true
+    st.k[id] = used + a
+    st.dirty = true
     return a
   end
-  local kept, used, newest = {}, 0, t
-  local entries = {}
-  if ledger and string.find(ledger, ' ') then  -- a lifetime total (no space) starts afresh
-    for ts, ps in string.gmatch(ledger, '(%S+) (%S+)') do
-      local tt = tonumber(ts)
-      entries[#entries + 1] = {ts, ps, tt, tonumber(ps)}
-      if tt > newest then newest = tt end
-    end
+  -- Ledger times are offsets from the lead's base: the window arithmetic is the same.
+  t = rel(st, t)
+  local entries = type(ledger) == 'table' and ledger or {}  -- a lifetime total starts afresh
+  local n, newest = #entries, t
+  for j = 1, n, 2 do
+    if entries[j] > newest then newest = entries[j] end
   end
   -- Awards this far behind the rule's newest one only matter to events that late; forgetting
   -- them bounds the ledger (a cap is exact for events up to `dedup_window` out of order).
   -- Only this rule's own awards move the horizon, so other sources' timing cannot change it.
-  local horizon = newest - DEDUP - window
-  for _, e in ipairs(entries) do
-    local ts, ps, tt, pp = e[1], e[2], e[3], e[4]
+  -- The ledger is compacted in place.
+  local horizon, used, kept = newest - DEDUP - window, 0, 0
+  for j = 1, n, 2 do
+    local tt, pp = entries[j], entries[j + 1]
     if tt > horizon then
-      kept[#kept + 1] = ts .. ' ' .. ps
+      entries[kept + 1], entries[kept + 2] = tt, pp
+      kept = kept + 2
       if tt > t - window and tt <= t then used = used + pp end
     end
   end
+  for j = n, kept + 1, -1 do entries[j] = nil end
   local a = math.min(p, limit - used)
   if a > 0 then
-    kept[#kept + 1] = string.format('%d', t) .. ' ' .. fmt(a)
+    entries[kept + 1], entries[kept + 2] = t, a
   else
     a = 0
   end
-  st.k[id] = table.concat(kept, ' ')
-  st.dirty['k:' .. id] = true
+  st.k[id] = entries
+  st.dirty = true
   return a
 end
 
+-- The score at the lead's clock is asked for by evaluate, next_due and the top index in turn:
+-- kept (st.memo at st.memo_t) until the lead moves.
 local function score_at(st, t)
-  local sums = {}
+  if t == st.memo_t then return st.memo end
+  local sums, decay = {}, {}
   for id, rs in pairs(st.r) do
     local c = CAT[id]
     if c then
       local l = LAM[id]
       local v = rs[1]
-      if l > 0 then v = v * math.exp(-l * (t - st.L)) end
+      if l > 0 then
+        -- rules share a few decay rates: one exponential per rate (the same number each time)
+        local e = decay[l]
+        if not e then
+          e = math.exp(-l * (t - st.L))
+          decay[l] = e
+        end
+        v = v * e
+      end
       sums[c] = (sums[c] or 0) + v
     end
   end
@@ -191,6 +210,7 @@ local function score_at(st, t)
     if cs[2] >= 0 and v > cs[2] then v = cs[2] end
     total = total + v
   end
+  if t == st.c then st.memo_t, st.memo = t, total end
   return total
 end
 
@@ -209,7 +229,7 @@ local function snapshot(st)
   local out = {'L', string.format('%d', st.L or 0), 's', tostring(st.s), 'c', string.format('%d', st.c or 0)}
   for id, rs in pairs(st.r) do
     out[#out + 1] = 'r:' .. id
-    out[#out + 1] = fmt(rs[1]) .. ' ' .. string.format('%d', rs[2])
+    out[#out + 1] = fmt(rs[1]) .. ' ' .. string.format('%d', st.B + rs[2])
   end
   for id, p in pairs(st.f) do
     out[#out + 1] = 'f:' .. id
@@ -245,8 +265,7 @@ local function evaluate(st, t, trigger, out)
   if kind == 'promoted' then threshold = STAGES[best + 1][1] else threshold = STAGES[cur + 1][1] - HYST end
   st.q = st.q + 1
   st.s = best
-  st.dirty.q = true
-  st.dirty.s = true
+  moved(st)
   -- crossed_at as a decimal string: exact in a JSON reply or log (cjson keeps 14 digits)
   out[#out + 1] = {st.q, kind, cur, best, string.format('%d', t), trigger, fmt(score), fmt(threshold), snapshot(st)}
 end
@@ -307,7 +326,7 @@ end
 
 -- score_at with the lead's sums folded per category and decay rate: a few exponentials per
 -- probe instead of one per rule. Nil when a sum could rise with time (a negative decaying sum):
--- the fold is only used where the score never increases.
+-- the fold is only used where the score never increases. Returns the folded categories too.
 local function folded_score(st)
   -- per category: [weight, cap, non-decaying sum, rate 1, sum 1, rate 2, sum 2, ...]
   -- (weights are > 0: the model refuses others)
@@ -346,7 +365,7 @@ local function folded_score(st)
     end
   end
   local n, L, exp = #list, st.L, math.exp
-  return function(t)
+  return list, function(t)
     local total = 0
     for i = 1, n do
       local g = list[i]
@@ -362,23 +381,70 @@ local function folded_score(st)
   end
 end
 
+-- Where the folded score has one decay rate (every decaying rule of the model decays alike, as in
+-- the default model) it is f(x) = sum over categories of min(cap, w(a + b x)), x = e^{-rate(t - L)}:
+-- piecewise linear in x, so the crossing is solved for, not searched. Returns the (real) time of
+-- the crossing, false when f never gets below the floor, nil when this does not apply.
+local function crossing(list, L, t0, floor)
+  local rate
+  for _, g in ipairs(list) do
+    if #g > 5 then return nil end
+    if g[4] then
+      if rate and g[4] ~= rate then return nil end
+      rate = g[4]
+    end
+  end
+  if not rate then return nil end
+  local function f(x)
+    local total = 0
+    for _, g in ipairs(list) do
+      local v = g[1] * (g[3] + (g[5] or 0) * x)
+      if g[2] >= 0 and v > g[2] then v = g[2] end
+      total = total + v
+    end
+    return total
+  end
+  local x0 = math.exp(-rate * (t0 - L))
+  local points = {0, x0}
+  for _, g in ipairs(list) do
+    local b = g[5] or 0
+    if g[2] >= 0 and b > 0 then
+      local x = (g[2] / g[1] - g[3]) / b  -- where the category reaches its cap
+      if x > 0 and x < x0 then points[#points + 1] = x end
+    end
+  end
+  table.sort(points)
+  local lo, flo = 0, f(0)
+  if flo >= floor then return false end
+  for i = 2, #points do
+    local hi = points[i]
+    local fhi = f(hi)
+    if fhi >= floor then
+      local x = lo + (hi - lo) * (floor - flo) / (fhi - flo)
+      if x <= 0 then return nil end
+      return L - math.log(x) / rate
+    end
+    lo, flo = hi, fhi
+  end
+  return nil
+end
+
+-- The last point of first_below's grid: a crossing after it counts as none.
+local function grid_end(t0)
+  local d, span = math.max(1, math.floor(SPEC.hmin / 16)), SPEC.hmax * 64
+  if d > span then return t0 end
+  while d * 2 <= span do d = d * 2 end
+  return t0 + d
+end
+
 -- When decay alone takes the lead below its stage's floor: the first t after the clock with
 -- score(t) < floor, found on a doubling grid and refined by bisection to the millisecond.
 -- The search runs on the folded score; score_at itself then confirms the millisecond found
 -- (score_at(hi) < floor <= score_at(hi - 1), or no crossing on the grid), and where it does
 -- not (rounding differs at the very boundary) the search is redone with score_at.
-local function next_due(st)
-  if st.s == 0 or not st.c then return nil end
-  local floor = STAGES[st.s + 1][1] - HYST
+local function search_due(st, floor, fast)
   local t0 = st.c
-  local decaying = false
-  for id, rs in pairs(st.r) do
-    if LAM[id] and LAM[id] > 0 and rs[1] ~= 0 then decaying = true end
-  end
-  if not decaying then return nil end
   local exact = function(t) return score_at(st, t) end
-  if exact(t0) < floor then return t0 end
-  local fast = folded_score(st)
   if fast then
     local hi, last = first_below(fast, t0, floor, true)
     if hi then
@@ -390,6 +456,45 @@ local function next_due(st)
   return (first_below(exact, t0, floor))
 end
 
+-- next_due: the crossing solved for where it can be (`crossing`) and confirmed to the
+-- millisecond with score_at exactly as the search confirms its own (the score only falls, so
+-- that millisecond is the search's too); searched for otherwise.
+local function next_due(st, search)
+  if st.s == 0 or not st.c then return nil end
+  local floor = STAGES[st.s + 1][1] - HYST
+  local t0 = st.c
+  local decaying = false
+  for id, rs in pairs(st.r) do
+    if LAM[id] and LAM[id] > 0 and rs[1] ~= 0 then decaying = true end
+  end
+  if not decaying then return nil end
+  if score_at(st, t0) < floor then return t0 end
+  local list, fast = folded_score(st)
+  if fast and not search then
+    local at, last = crossing(list, st.L, t0, floor), grid_end(t0)
+    if at == false then
+      if score_at(st, last) >= floor then return nil end
+    elseif at then
+      local hi = math.max(t0 + 1, math.ceil(at))
+      if hi > last then
+        if score_at(st, last) >= floor then return nil end
+      else
+        for _ = 1, 4 do
+          if hi > last then break end
+          if score_at(st, hi) >= floor then
+            hi = hi + 1
+          elseif hi - 1 > t0 and score_at(st, hi - 1) < floor then
+            hi = hi - 1
+          else
+            return hi
+          end
+        end
+      end
+    end
+  end
+  return search_due(st, floor, fast)
+end
+
 -- Apply every decay-driven demotion due by `t`, each at the instant it happens: the same
 -- transitions whether the sweep found them in time or a later event arrived first.
 local function catch_up(st, t, out)
@@ -397,32 +502,43 @@ local function catch_up(st, t, out)
   while st.s > 0 and st.u and st.u <= t and rounds < NSTAGE do
     rounds = rounds + 1
     local u = st.u
-    if not st.c or u > st.c then
-      st.c = u
-      st.dirty.c = true
-    end
+    if not st.c or u > st.c then st.c = u end
+    moved(st)
     evaluate(st, u, false, out)
     st.u = next_due(st)
-    st.dirty.u = true
+    -- The due index still holds the time just passed: re-index even if nothing else moves.
+    st.ix = bit.bor(st.ix, STALE)
+    moved(st)
   end
 end
 
--- Keep the due index (sweep) and the top index (hottest leads) in step with the lead.
-local function reindex(st, due_key, top_key, lead)
+-- Keep the due index (sweep) and the top index (hottest leads) in step with the lead. Their
+-- values only change when the lead moved (or the model did, which a later event catches up
+-- with); `ix` says which index holds the lead, so a lead in neither costs no ZREM. `force`
+-- trusts none of that (the sweep and its ack, for leads the index may hold wrongly).
+local function reindex(st, due_key, top_key, lead, force)
+  local stale = force or bit.band(st.ix, STALE) ~= 0
+  if not (st.moved or stale) then return end
   local u = next_due(st)
-  st.u = u
-  st.dirty.u = true
   if u then
-    redis.call('ZADD', due_key, u, lead)
-  else
+    if stale or bit.band(st.ix, IN_DUE) == 0 or u ~= st.u then
+      redis.call('ZADD', due_key, string.format('%d', u), lead)
+    end
+  elseif stale or bit.band(st.ix, IN_DUE) ~= 0 then
     redis.call('ZREM', due_key, lead)
   end
   local score = st.c and score_at(st, st.c) or 0
-  if st.s > 0 and score > 0 then
+  local top = st.s > 0 and score > 0
+  if top then
     -- log2(score) plus the clock in half-lives of the slowest decay: ordering by this value
     -- ranks leads by their score at any common later instant (exact for one half-life).
     redis.call('ZADD', top_key, math.log(score) / math.log(2) + st.c / SPEC.hmax, lead)
-  else
+  elseif stale or bit.band(st.ix, IN_TOP) ~= 0 then
     redis.call('ZREM', top_key, lead)
+  end
+  local ix = (u and IN_DUE or 0) + (top and IN_TOP or 0)
+  if ix ~= st.ix or u ~= st.u then
+    st.ix, st.u = ix, u
+    st.dirty = true
   end
 end
