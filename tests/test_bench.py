@@ -3,6 +3,8 @@
 Benchmarks are not timed tests: nothing here asserts a speed. It checks that every stage ran,
 that the numbers are non-zero, and that the naive baseline and LeadPulse processed the same
 events and reached the same final scores (as do one worker and two workers with a rebalance).
+The rss stage (off by default) runs alone and tiny: every event streamed through the worker,
+its RSS sampled at every tenth.
 """
 
 from __future__ import annotations
@@ -67,3 +69,47 @@ def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     assert memory["state_bytes_per_lead"] > 0 and memory["dedup_bytes_per_lead"] > 0
     assert report["worker_memory"]["peak_rss_mib"] > 0
     assert report["machine"]["nproc"] >= 1
+
+
+RSS_EVENTS = 3000
+
+
+@pytest.fixture(scope="module")
+def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The rss stage alone, tiny: events generated and produced while the worker consumes them."""
+    workdir = tmp_path_factory.mktemp("bench-rss")
+    others = [a for stage in ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    command = [
+        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        "--rss-events", str(RSS_EVENTS), *others, "--data-dir", str(workdir), "--json",
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
+    return orjson.loads(done.stdout)
+
+
+def test_rss_stage_streams_every_event_through_the_worker(rss_report: dict) -> None:
+    soak = rss_report["rss_soak"]
+    assert soak["events"] == soak["produced"] == soak["processed"] == RSS_EVENTS
+    assert 0 < soak["leads"] <= soak["max_leads"] and soak["leads_recycled_after_events"] is None
+    assert 0 < soak["ahead_max"] < RSS_EVENTS  # produced while consumed, not all up front
+    assert soak["events_per_s"] > 0 and soak["topics_deleted"] is True
+    assert rss_report["rows"] == [] and rss_report["events"] == 0  # the other stages were skipped
+
+
+def test_rss_stage_samples_the_worker_at_every_tenth(rss_report: dict) -> None:
+    soak = rss_report["rss_soak"]
+    series = soak["series"]
+    assert series and series[-1]["pct"] == 100 and series[-1]["events"] == RSS_EVENTS
+    pcts = [s["pct"] for s in series]
+    assert pcts == sorted(set(pcts)) and all(p % 10 == 0 and 10 <= p <= 100 for p in pcts)
+    for s in series:
+        assert s["events"] >= RSS_EVENTS * s["pct"] / 100
+        assert 20 < s["worker_rss_mib"] < 2048, s  # a Python worker: tens to hundreds of MiB
+        assert s["redis_used_mib"] > 0 and s["broker_rss_mib"] > 0, s
+    rss = [s["worker_rss_mib"] for s in series]
+    assert soak["worker_rss_min_mib"] == min(rss) and soak["worker_rss_max_mib"] == max(rss)
+    assert soak["worker_rss_spread"] == pytest.approx((max(rss) - min(rss)) / min(rss), abs=1e-3)
+    assert soak["worker_peak_rss_mib"] >= max(rss)
+    assert soak["redis_used_end_mib"] > soak["redis_used_start_mib"]
+    assert "worker RSS over 3,000 streamed events" in rss_report["table"]

@@ -143,6 +143,7 @@ class Report:
     worker_memory: dict[str, Any] = field(default_factory=dict)
     redis_memory: dict[str, Any] = field(default_factory=dict)
     two_workers: dict[str, Any] = field(default_factory=dict)
+    rss_soak: dict[str, Any] = field(default_factory=dict)  # stage "rss", bench_rss.py
     checks: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -421,16 +422,17 @@ async def final_scores(redis_url: str, leads: Sequence[str], at: int) -> dict[st
     client = Redis.from_url(redis_url)
     try:
         store = LeadStore(client, load_model())
+        await store.ready()
         out: dict[str, float] = {}
         for i in range(0, len(leads), 1000):
             chunk = leads[i : i + 1000]
             pipe = client.pipeline(transaction=False)
             for lead in chunk:
-                pipe.hgetall(store.keys.lead(lead).state)
+                pipe.get(store.keys.lead(lead).state)
             for lead, raw in zip(chunk, await pipe.execute()):
                 # as LeadStore.view reads a lead, one pipelined round trip per thousand
-                fields = {k.decode(): v.decode() for k, v in raw.items()}
-                out[lead] = store.explainer.view(lead, fields, at).score if fields else math.nan
+                fields = store.fields(raw)
+                out[lead] = store.explainer.view(lead, fields, at).score if fields is not None else math.nan
         return out
     finally:
         await client.aclose()
@@ -561,7 +563,7 @@ class Sample:
 
 async def follow(
     child: Child, count: Callable[[], Awaitable[int]], target: int, pids: tuple[int, int], *,
-    on_progress: Callable[[int], None], time_box: float | None = None, interval: float = 0.25,
+    on_progress: Callable[[int], None], time_box: float | None = None, interval: float = 1.0,
     until: Callable[[], Awaitable[bool]] | None = None,
 ) -> list[Sample]:
     """Sample a process until `target` events are done (or `until()`), or the time box runs out."""
@@ -739,7 +741,8 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
 async def redis_memory(port: int, source_db: int, target_db: int, target_leads: int,
                        on_progress: Callable[[int], None]) -> dict[str, Any]:
     """Bytes per lead: sampled MEMORY USAGE of the measured leads, and used_memory growth when the
-    measured leads are copied (under new ids) up to `target_leads`: state, indexes, dedup apart."""
+    measured leads are copied (under new ids) up to `target_leads`: state, indexes, dedup apart,
+    and apart too the replay logs and traits (only some leads have them)."""
     from redis.asyncio import Redis
 
     from .keys import Keys
@@ -749,29 +752,41 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
     dst = Redis(host="127.0.0.1", port=port, db=target_db)
     try:
         leads: list[str] = []
-        async for key in src.scan_iter(match=f"{keys.prefix}:l{{*}}:s", count=5000):
+        async for key in src.scan_iter(match=f"{keys.prefix}:l{{*}}:v", count=5000):
             k = key.decode()
             leads.append(k[len(keys.prefix) + 3 : -3])
         if not leads:
             return {}
+        pipe = src.pipeline(transaction=False)
+        for lead in leads:
+            pipe.exists(keys.lead(lead).replay)
+            pipe.exists(keys.lead(lead).traits)
+        got = await pipe.execute()
+        with_replay = {lead for lead, n in zip(leads, got[0::2]) if n}
+        with_traits = {lead for lead, n in zip(leads, got[1::2]) if n}
         rng = random.Random(5)
         sample = rng.sample(leads, min(2000, len(leads)))
         pipe = src.pipeline(transaction=False)
         for lead in sample:
-            pipe.memory_usage(keys.lead(lead).state, samples=0)
-            pipe.memory_usage(keys.lead(lead).dedup, samples=0)
-            pipe.hlen(keys.lead(lead).state)
-            pipe.zcard(keys.lead(lead).dedup)
-            pipe.object("encoding", keys.lead(lead).state)
+            k = keys.lead(lead)
+            pipe.memory_usage(k.state, samples=0)
+            pipe.memory_usage(k.dedup, samples=0)
+            pipe.strlen(k.state)
+            pipe.zcard(k.dedup)
+            pipe.object("encoding", k.state)
+            pipe.memory_usage(k.replay, samples=0)
+            pipe.memory_usage(k.traits, samples=0)
         got = await pipe.execute()
-        state_b = [x or 0 for x in got[0::5]]
-        dedup_b = [x or 0 for x in got[1::5]]
-        fields = got[2::5]
-        dedup_n = got[3::5]
+        state_b = [x or 0 for x in got[0::7]]
+        dedup_b = [x or 0 for x in got[1::7]]
+        value_b = got[2::7]
+        dedup_n = got[3::7]
         encodings: dict[str, int] = {}
-        for e in got[4::5]:
+        for e in got[4::7]:
             name = e.decode() if isinstance(e, bytes) else str(e)
             encodings[name] = encodings.get(name, 0) + 1
+        replay_b = [x for x in got[5::7] if x]
+        traits_b = [x for x in got[6::7] if x]
         due = {m.decode(): s for m, s in await src.zrange(keys.due, 0, -1, withscores=True)}
         top = {m.decode(): s for m, s in await src.zrange(keys.top, 0, -1, withscores=True)}
 
@@ -791,10 +806,17 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
             for c in range(copies):
                 for lead in leads:
                     new = f"{lead}~{c}"
+                    old_keys, new_keys = keys.lead(lead), keys.lead(new)
                     if kind == "state":
-                        batch.execute_command("COPY", keys.lead(lead).state, keys.lead(new).state, "DB", target_db)
+                        batch.execute_command("COPY", old_keys.state, new_keys.state, "DB", target_db)
                     elif kind == "dedup":
-                        batch.execute_command("COPY", keys.lead(lead).dedup, keys.lead(new).dedup, "DB", target_db)
+                        batch.execute_command("COPY", old_keys.dedup, new_keys.dedup, "DB", target_db)
+                    elif kind == "replay":
+                        if lead in with_replay:
+                            batch.execute_command("COPY", old_keys.replay, new_keys.replay, "DB", target_db)
+                    elif kind == "traits":
+                        if lead in with_traits:
+                            batch.execute_command("COPY", old_keys.traits, new_keys.traits, "DB", target_db)
                     else:
                         if lead in due:
                             batch.zadd(keys.due, {new: due[lead]})
@@ -814,6 +836,8 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
         state = await copy("state")
         index = await copy("index")
         dedup = await copy("dedup")
+        replay = await copy("replay")
+        traits = await copy("traits")
         await dst.flushdb()
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
         return {
@@ -821,7 +845,7 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
             "sampled": len(sample),
             "memory_usage_state_bytes": round(mean(state_b), 1),
             "memory_usage_dedup_bytes": round(mean(dedup_b), 1),
-            "state_fields_mean": round(mean(fields), 1),
+            "state_value_bytes_mean": round(mean(value_b), 1),
             "dedup_events_mean": round(mean(dedup_n), 1),
             "state_encodings": encodings,
             "at_leads": n_target,
@@ -830,6 +854,13 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
             "dedup_bytes_per_lead": round(dedup / n_target, 1),
             "dedup_bytes_per_event": round(dedup / n_target / max(1e-9, mean(dedup_n)), 1),
             "staged_share": round(len(top) / len(leads), 3),
+            # kept apart from the state, for the leads that have them
+            "replay_share": round(len(with_replay) / len(leads), 3),
+            "replay_bytes_per_lead": round(replay / n_target, 1),
+            "memory_usage_replay_bytes": round(mean(replay_b), 1),
+            "traits_share": round(len(with_traits) / len(leads), 3),
+            "traits_bytes_per_lead": round(traits / n_target, 1),
+            "memory_usage_traits_bytes": round(mean(traits_b), 1),
         }
     finally:
         await src.aclose()
@@ -842,7 +873,8 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
 class Runner:
     def __init__(self, *, events: int, leads: int, seed: int, rate: float, latency_seconds: float,
                  baseline_seconds: float, memory_leads: int, partitions: int, workdir: Path,
-                 stages: set[str], progress: Any, batch_max: int | None = None) -> None:
+                 stages: set[str], progress: Any, batch_max: int | None = None, rss_events: int = 0,
+                 rss_max_leads: int = 1_000_000) -> None:
         self.n_events = events
         self.n_leads = leads
         self.seed = seed
@@ -861,6 +893,7 @@ class Runner:
         self.extra = {"batch_max": batch_max} if batch_max else {}
         self.baseline_done = 0
         self.leadpulse_done = 0
+        self.rss_events, self.rss_max_leads = rss_events, rss_max_leads
 
     # progress bar helpers
     def task(self, description: str, total: float | None) -> Callable[[int], None]:
@@ -911,6 +944,17 @@ class Runner:
         # bench's earlier stages would fork and take a core from whichever stage runs then.
         await admin.config_set("auto-aof-rewrite-percentage", 0)
         await admin.aclose()
+
+        # the RSS soak (off unless --rss-events): its own topics and Redis db, first on a fresh broker
+        if "rss" in self.stages and self.rss_events > 0:
+            from .bench_rss import DB_RSS, rss_soak
+
+            report.rss_soak = await rss_soak(
+                bootstrap=bootstrap, redis_url=url(DB_RSS), pids=pids, workdir=self.workdir, events=self.rss_events,
+                max_leads=self.rss_max_leads, seed=self.seed, partitions=self.partitions, tag=self.tag,
+                extra=self.extra, children=self.children, task=self.task)
+            if not self.stages - {"rss"}:
+                return
 
         # 0. the event set, produced once
         start_ms = int(time.time() * 1000) - 4 * 86_400_000  # in the past; no decay crossing is due during the run
@@ -1115,14 +1159,18 @@ def render(report: Report) -> str:
     d = report.as_dict()
     lines = []
     m = report.machine
-    lines.append(f"LeadPulse bench — {report.events:,} events touching {report.leads:,} leads "
-                 f"(the first events, in time order, of {report.journeys:,} leads' journeys)")
+    if not report.events and report.rss_soak:
+        lines.append("LeadPulse bench — the RSS soak alone (stage rss)")
+    else:
+        lines.append(f"LeadPulse bench — {report.events:,} events touching {report.leads:,} leads "
+                     f"(the first events, in time order, of {report.journeys:,} leads' journeys)")
     lines.append(f"machine: {m['nproc']} × {m['cpu']}, {m['ram_gib']} GiB RAM, Python {m['python']}; "
                  f"broker and Redis on the same machine; load average {report.load_before:.2f} before, {report.load_after:.2f} after")
     lines.append("")
     header = f"{'':48} {'events/s':>10} {'CPU s/M':>9} {'× baseline':>10} {'Redis CPU s/M':>14} {'broker CPU s/M':>15}"
-    lines.append(header)
-    lines.append("-" * len(header))
+    if d["rows"]:
+        lines.append(header)
+        lines.append("-" * len(header))
     for r in d["rows"]:
         ratio = f"{r['ratio_to_baseline']:.1f}×" if r["ratio_to_baseline"] else "–"
         lines.append(f"{r['name']:48} {r['events_per_s']:>10,.0f} {r['cpu_s_per_million']:>9.1f} {ratio:>10} "
@@ -1144,20 +1192,26 @@ def render(report: Report) -> str:
         rm = report.redis_memory
         lines.append(f"Redis per lead at {rm['at_leads']:,} leads: state {rm['state_bytes_per_lead']:,.0f} B "
                      f"+ indexes {rm['index_bytes_per_lead']:,.0f} B; dedup window {rm['dedup_bytes_per_lead']:,.0f} B "
-                     f"({rm['dedup_bytes_per_event']:.0f} B per event kept) — MEMORY USAGE state {rm['memory_usage_state_bytes']:,.0f} B, "
-                     f"{rm['state_fields_mean']} fields, encodings {rm['state_encodings']}")
+                     f"({rm['dedup_bytes_per_event']:.0f} B per event kept); replay logs {rm['replay_bytes_per_lead']:,.0f} B "
+                     f"({rm['replay_share'] * 100:.0f} % of leads), traits {rm['traits_bytes_per_lead']:,.0f} B "
+                     f"({rm['traits_share'] * 100:.0f} % of leads) — MEMORY USAGE state {rm['memory_usage_state_bytes']:,.0f} B, "
+                     f"value {rm['state_value_bytes_mean']:,.0f} B, encodings {rm['state_encodings']}")
     if report.two_workers:
         tw = report.two_workers
         lines.append(f"two workers, one group, second started at 1/3: processed {tw['processed_by_each']} "
                      f"(partitions assigned over time {tw['assignments']}), {tw['replayed_after_rebalance']} replayed, "
                      f"leads differing from one worker: {tw.get('leads_differing_from_one_worker', 'n/a')}")
+    if report.rss_soak:
+        from .bench_rss import render_line
+
+        lines.append(render_line(report.rss_soak))
     if report.checks:
         lines.append(f"checks: {report.checks}")
     lines.append(f"command: {report.command}   ({report.seconds:.0f} s)")
     return "\n".join(lines)
 
 
-STAGES = ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency")
+STAGES = ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency", "rss")
 
 
 @click.command()
@@ -1171,10 +1225,16 @@ STAGES = ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency")
 @click.option("--partitions", default=8, show_default=True, help="partitions per input topic")
 @click.option("--batch-max", type=int, default=None, help="LEADPULSE_BATCH_MAX of the LeadPulse workers (default: theirs)")
 @click.option("--skip", multiple=True, type=click.Choice(STAGES), help="leave a stage out (repeatable)")
+@click.option("--rss-events", default=0, show_default=True,
+              help="stage rss, off at 0: stream this many events through a worker while producing them "
+                   "(a tenth of them, ≤ 1 M, ahead) and sample its RSS at every 10 %; 10000000 is the issue #4 goal (long)")
+@click.option("--rss-max-leads", default=1_000_000, show_default=True,
+              help="distinct leads the rss stage makes before it recycles lead ids (~20 events a lead)")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="keep logs and data here")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: float, baseline_seconds: float,
-          memory_leads: int, partitions: int, batch_max: int | None, skip: tuple[str, ...], data_dir: Path | None,
+          memory_leads: int, partitions: int, batch_max: int | None, rss_events: int, rss_max_leads: int,
+          skip: tuple[str, ...], data_dir: Path | None,
           as_json: bool) -> None:
     """Throughput, latency and memory: LeadPulse beside a naive Faust worker and the ceilings."""
     from rich.console import Console
@@ -1182,7 +1242,10 @@ def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: floa
 
     from .embedded import Stack
 
-    command = "leadpulse bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "leadpulse bench"
+    args = sys.argv[1:]
+    if args[:1] == ["bench"]:  # run as `leadpulse bench`, not as a module
+        args = args[1:]
+    command = " ".join(["leadpulse bench", *args])
     report = Report(machine=machine(), command=command.strip(), load_before=loadavg())
     started = time.perf_counter()
     tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="leadpulse-bench-")
@@ -1196,7 +1259,8 @@ def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: floa
         with Stack(workdir / "services") as stack, progress:
             runner = Runner(events=events, leads=leads, seed=seed, rate=rate, latency_seconds=latency_seconds,
                             baseline_seconds=baseline_seconds, memory_leads=memory_leads, partitions=partitions,
-                            workdir=workdir, stages=set(STAGES) - set(skip), progress=progress, batch_max=batch_max)
+                            workdir=workdir, stages=set(STAGES) - set(skip), progress=progress, batch_max=batch_max,
+                            rss_events=rss_events, rss_max_leads=rss_max_leads)
             try:
                 asyncio.run(runner.run(stack, report))
             finally:

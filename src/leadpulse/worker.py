@@ -157,7 +157,10 @@ class ScoringService(mode.Service):
             max_poll_records=s.batch_max,
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Kafka's default. Fetched records wait in aiokafka's buffer while the worker is behind,
+            # up to this much per partition: 4 MiB on 40 partitions let a backlog hold up to
+            # 160 MiB of fetched records in the worker.
+            max_partition_fetch_bytes=1024 * 1024,
             # The broker answers a fetch as soon as it holds any event, or after this long:
             # a short wait costs idle fetches, never throughput, and keeps handoffs prompt.
             fetch_max_wait_ms=s.batch_wait_ms,
