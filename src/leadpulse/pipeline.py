@@ -177,12 +177,6 @@ class Processor:
             batch.counted = True
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
 
-    async def process(self, records: Sequence[Record]) -> None:
-        """Score a batch and publish what it caused. Raises on any failure: nothing is committed."""
-        batch = self.prepare(records)
-        await self.apply(batch)
-        await self.publish(batch)
-
     async def sweep(self, now_ms: int) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
         transitions = await self.store.sweep(now_ms)
