@@ -75,8 +75,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int]) -> bytes:
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
     }
-    packed: bytes = msgpack.packb(spec)
-    return packed
+    return bytes(msgpack.packb(spec))
 
 
 #: the layout of the packed lead state (lua/lib.lua)
