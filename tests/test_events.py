@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leadpulse.errors import InvalidEvent
-from leadpulse.events import from_dict, load_schema, parse
+from leadpulse.events import from_dict, integer_paths, load_schema, parse
 
 NOW = 1_790_000_000_000
 SKEW = 300_000
@@ -55,7 +55,15 @@ def test_a_valid_event_parses_with_epoch_or_rfc3339_time() -> None:
         (raw(occurred_at="yesterday"), "schema", "occurred_at"),
         (raw(occurred_at="2026-09-21T12:00:00"), "schema", "occurred_at"),
         (raw(occurred_at=-1), "schema", "occurred_at"),
-        (raw(occurred_at=1.5), "schema", "occurred_at"),
+        (raw(occurred_at=-0.5), "schema", "occurred_at"),
+        (raw(occurred_at=True), "schema", "occurred_at"),
+        (raw(occurred_at=1e300), "schema", "occurred_at"),
+        (raw(source="profile", type="identify", traits={"email_domain": [[["x"]]]}), "schema", "traits.email_domain[0]"),
+        (raw(source="profile", type="identify", traits={"team": {"name": "x"}}), "schema", "traits.team"),
+        (raw(source="profile", type="identify", traits={"note": "x" * 1025}), "schema", "traits.note"),
+        (raw(source="profile", type="identify", traits={"tags": ["a"] * 33}), "schema", "traits.tags"),
+        (raw(source="profile", type="identify", traits={"employees": 1e300}), "schema", "traits.employees"),
+        (raw(source="profile", type="identify", traits={"employees": 2.5}), "schema", "traits.employees"),
         (raw(occurred_at="1969-12-31T23:59:59Z"), "bad_timestamp", "occurred_at"),
         (raw(occurred_at=NOW + SKEW + 1), "future_timestamp", "occurred_at"),
         (raw(lead_id="x" * 10_000), "schema", "lead_id"),
@@ -73,6 +81,49 @@ def test_bad_input_is_a_typed_error_naming_the_reason(payload: bytes, reason: st
     assert info.value.reason == reason
     assert info.value.field == field
     assert str(info.value).startswith(reason)
+
+
+def test_numeric_times_may_be_floats_and_keep_whole_milliseconds() -> None:
+    """What `time.time() * 1000` gives a tracker: a float, integral or not."""
+    assert parse(raw(occurred_at=1.7e12), NOW, SKEW).occurred_at == 1_700_000_000_000
+    at = parse(raw(occurred_at=1_700_000_000_123.9), NOW, SKEW).occurred_at
+    assert at == 1_700_000_000_123 and type(at) is int
+    assert parse(raw(occurred_at=0.0), NOW, SKEW).occurred_at == 0
+
+
+def test_integral_floats_where_integers_are_due_arrive_as_ints() -> None:
+    event = parse(raw(source="profile", type="identify", properties=..., traits={"employees": 300.0}), NOW, SKEW)
+    assert event.traits["employees"] == 300 and type(event.traits["employees"]) is int
+
+
+def test_every_integer_of_the_contract_is_bounded_and_found_by_the_normaliser() -> None:
+    """An integral float becomes an int (events.integer_paths): it must stay a small one."""
+    schema = load_schema("event.schema.json")
+    found: list[dict[str, object]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            kinds = node.get("type")
+            if kinds == "integer" or (isinstance(kinds, list) and "integer" in kinds):
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert found and len(found) == len(integer_paths(schema))
+    for node in found:
+        assert isinstance(node.get("minimum"), int) and isinstance(node.get("maximum"), int)
+        assert -(2**53) <= node["minimum"] <= node["maximum"] <= 2**53
+
+
+def test_custom_traits_are_scalars_or_flat_lists_and_kept_ones_serialise() -> None:
+    traits = {"plan": "pro", "seats": 12.5, "beta": True, "gone": None, "tags": ["a", 1, False, None]}
+    event = parse(raw(source="profile", type="identify", properties=..., traits=traits), NOW, SKEW)
+    assert event.traits == traits
+    orjson.dumps(event.traits)  # what state.py stores for fit rules must serialise, always
 
 
 def test_awkward_but_valid_ids_are_accepted() -> None:
@@ -96,9 +147,12 @@ FIELDS = st.fixed_dictionaries(
         "anonymous_id": st.text(min_size=1, max_size=3),
         "source": st.sampled_from(["web", "email", "webinar", "profile", "crm", "fax"]),
         "type": st.sampled_from(["page_view", "open", "attended", "identify", "alias", "won", "x"]),
-        "occurred_at": st.integers(-5, 2 * NOW) | st.sampled_from(["2026-09-21T12:00:00Z", "2026-09-21", "now"]),
+        "occurred_at": st.integers(-5, 2 * NOW) | st.floats(-5, 2 * NOW) | st.floats(allow_nan=False, allow_infinity=False)
+        | st.sampled_from(["2026-09-21T12:00:00Z", "2026-09-21", "now", 1.7e12, 1e300, True]),
         "properties": st.dictionaries(st.sampled_from(["url", "minutes", "title", "other"]), JSONISH, max_size=3),
-        "traits": st.dictionaries(st.sampled_from(["email", "employees", "industry"]), JSONISH, max_size=3),
+        "traits": st.dictionaries(st.sampled_from(["email", "employees", "industry", "budget", "custom"]),
+                                  JSONISH | st.integers(-(2**60), 2**60).map(float) | st.text(min_size=250, max_size=1100)
+                                  | st.lists(st.text(max_size=300), max_size=40), max_size=3),
     },
 )
 

@@ -109,6 +109,16 @@ def test_traits_of_the_wrong_type_are_dropped_not_the_identify() -> None:
     assert person_traits({"employees": "1,200", "company": "Globex"}) == {"employees": 1200, "company": "Globex"}
 
 
+def test_custom_traits_are_mapped_within_the_contracts_bounds_so_the_identify_is_kept() -> None:
+    """The contract bounds every trait (schemas/event.schema.json): what the collector maps must
+    fit them, or the whole identify would be refused for one odd trait."""
+    e = mapped({"type": "identify", "userId": "u1", "messageId": "i-2", "timestamp": ISO_NOW, "traits": {
+        "plan": "p" * 5000, "nested": {"a": [[["deep"]]]}, "tags": ["a", "b"], "score": 1e300,
+        "employees": 1e300, "annual_revenue": 1e20, "budget": "b" * 1000, "seats": 12}})
+    assert e["traits"] == {"plan": "p" * 1024, "score": 1e300, "budget": "b" * 256, "seats": 12}
+    parse(orjson.dumps(e), NOW, 300_000)
+
+
 def test_group_sets_company_traits_only() -> None:
     e = mapped({"type": "group", "userId": "u1", "groupId": "g1", "messageId": "g-1", "timestamp": ISO_NOW,
                 "traits": {"name": "Acme", "email": "info@acme.io", "employees": 250, "industry": "saas",

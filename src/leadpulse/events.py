@@ -176,7 +176,8 @@ class _FastCheck:
             raise _Unsupported(repr(schema))
         unknown = set(schema) - _ANNOTATIONS - {
             "$ref", "type", "enum", "const", "minLength", "maxLength", "pattern", *_COMPARE, "required",
-            "maxProperties", "minProperties", "properties", "allOf", "anyOf", "not", "if", "then", "else",
+            "maxProperties", "minProperties", "properties", "additionalProperties", "maxItems", "minItems", "items",
+            "allOf", "anyOf", "not", "if", "then", "else",
         }
         if unknown:
             raise _Unsupported(", ".join(sorted(unknown)))
@@ -270,6 +271,17 @@ class _FastCheck:
                 if is_object:
                     out.append(f"{pad}if {is_object}:")
                 out.extend(block)
+        extra = schema.get("additionalProperties", True)
+        if extra is not True and is_object is not None:
+            self._each(v, out, indent, is_object, depth, sure, extra, self._const(frozenset(schema.get("properties", ()))))
+        is_array = guard(list, f"isinstance({v}, (list, tuple))", f"isinstance({v}, (list, tuple))")
+        for key, op in (("maxItems", ">"), ("minItems", "<")):
+            if key in schema:
+                check(is_array, f"len({v}) {op} {int(schema[key])}")
+        if "items" in schema and is_array is not None:
+            if not isinstance(schema["items"], (dict, bool)):
+                raise _Unsupported("items as a list")
+            self._each(v, out, indent, is_array, depth, sure, schema["items"], None)
         for sub in schema.get("allOf", ()):
             found = self._emit(sub, v, out, indent, depth, sure, facts)
             if sure:
@@ -308,6 +320,26 @@ class _FastCheck:
                     out.extend(then + other or [f"{pad}    pass"])
         return facts
 
+    def _each(self, v: str, out: list[str], indent: int, applies: str, depth: int, sure: bool, schema: Any,
+              known: str | None) -> None:
+        """Check `schema` on every item of an array (`known` None) or on every value of an object
+        whose key is not in the constant `known` (additionalProperties)."""
+        pad = "    " * indent
+        body = indent + (1 if applies else 0)
+        item = self._name("_x")
+        inner: list[str] = []
+        self._emit(schema, item, inner, body + (2 if known else 1), depth, sure, _Facts())
+        if not inner:
+            return
+        if applies:
+            out.append(f"{pad}if {applies}:")
+        if known is None:
+            out.append(f"{'    ' * body}for {item} in {v}:")
+        else:
+            key = self._name("_k")
+            out += [f"{'    ' * body}for {key}, {item} in {v}.items():", f"{'    ' * (body + 1)}if {key} not in {known}:"]
+        out.extend(inner)
+
     @staticmethod
     def _merge(lines: list[str]) -> list[str]:
         """Consecutive `if A: return False` / `if B: …` at one depth → `if (A) or (B): return False`."""
@@ -343,6 +375,50 @@ def _fast_check(schema: dict[str, Any]) -> Any:
 _fast_valid = _fast_check(_SCHEMA)
 
 
+def integer_paths(schema: dict[str, Any]) -> frozenset[tuple[str, ...]]:
+    """Where the contract wants an integer (not any number), as key paths: JSON Schema's integer
+    is a number without a fraction, so the validator takes 2.0 there, and `_integral` turns it
+    into 2 before any code that counts on an int sees it."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(node: Any, path: tuple[str, ...], depth: int) -> None:
+        if not isinstance(node, dict) or depth > 32:
+            return
+        if "$ref" in node:
+            target: Any = schema
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            walk(target, path, depth + 1)
+        kinds = node.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else kinds or []
+        if "integer" in kinds and "number" not in kinds:
+            found.add(path)
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(key, ()):
+                walk(sub, path, depth + 1)
+        for key in ("then", "else"):
+            walk(node.get(key), path, depth + 1)
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, (*path, name), depth + 1)
+
+    walk(schema, (), 0)
+    return frozenset(found)
+
+
+_INTEGERS = integer_paths(_SCHEMA)
+
+
+def _integral(data: dict[str, Any]) -> None:
+    """Integral floats where the contract wants an integer become ints (validated data only:
+    the schema bounds each such field, so the int stays small)."""
+    for path in _INTEGERS:
+        parent: Any = data
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and type(parent.get(path[-1])) is float:
+            parent[path[-1]] = int(parent[path[-1]])
+
+
 class Event(NamedTuple):
     event_id: str
     source: str
@@ -374,9 +450,9 @@ def _check_finite(values: dict[str, Any], where: str) -> None:
             raise InvalidEvent("non_finite", "numbers must be finite", f"{where}.{key}")
 
 
-def parse_time(value: str | int) -> int:
-    if isinstance(value, int):
-        return value
+def parse_time(value: str | float) -> int:
+    if isinstance(value, (int, float)):  # epoch ms: a fraction of a millisecond is dropped
+        return int(value)
     try:
         stamp = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
@@ -404,6 +480,7 @@ def _from_dict(data: Any, now_ms: int, skew_ms: int, check_finite: bool) -> Even
             _validate_source[data["source"]](data)
         except fastjsonschema.JsonSchemaValueException as exc:
             raise _reason(exc) from None
+        _integral(data)  # the fast check accepts ints only where integers are due
     occurred_at = data["occurred_at"]
     if type(occurred_at) is not int:
         occurred_at = parse_time(occurred_at)

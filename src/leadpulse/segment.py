@@ -68,6 +68,9 @@ _PERSONAL = frozenset({
     "firstName", "lastName", "first_name", "last_name", "name", "phone", "avatar", "birthday",
     "age", "gender", "username", "address", "id", "description", "createdAt", "created_at",
 })
+#: the contract's bounds on traits, so that a mapped trait is never what refuses an event
+_TRAIT_SCHEMA = _DEFS["envelope"]["properties"]["traits"]["properties"]
+_CUSTOM_TEXT = _DEFS["custom_trait"]["maxLength"]
 _TEXT_LIMITS = {"email": 320, "job_title": 256, "seniority": 64, "department": 128, "company": 256,
                 "company_domain": 256, "industry": 128, "country": 64, "timeline": 64}
 
@@ -222,7 +225,9 @@ def _extras(source: Mapping[str, Any], skip: set[str] | frozenset[str], out: dic
             return
         if key in skip or key in out or not isinstance(key, str):
             continue
-        if isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        if isinstance(value, str):
+            out[key] = value[:_CUSTOM_TEXT]
+        elif isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
             out[key] = value
 
 
@@ -262,16 +267,13 @@ def person_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
         text = _text(value, _TEXT_LIMITS[name])
         if text is not None:
             out[name] = text
-    employees = _count(_first(traits.get("employees"), traits.get("employee_count"),
-                              company_obj.get("employee_count"), company_obj.get("employees")))
-    if employees is not None:
-        out["employees"] = employees
-    revenue = _number(_first(traits.get("annual_revenue"), traits.get("annualRevenue"),
-                             company_obj.get("annual_revenue")))
-    if revenue is not None and revenue >= 0:
-        out["annual_revenue"] = revenue
+    _company_size(out, _first(traits.get("employees"), traits.get("employee_count"), company_obj.get("employee_count"),
+                              company_obj.get("employees")),
+                  _first(traits.get("annual_revenue"), traits.get("annualRevenue"), company_obj.get("annual_revenue")))
     budget = traits.get("budget")
-    if isinstance(budget, (str, bool, int)) or (isinstance(budget, float) and math.isfinite(budget)):
+    if isinstance(budget, str):
+        out["budget"] = budget[: _TRAIT_SCHEMA["budget"]["maxLength"]]
+    elif isinstance(budget, (bool, int)) or (isinstance(budget, float) and math.isfinite(budget)):
         out["budget"] = budget
     consumed = {"email", "job_title", "title", "jobTitle", "seniority", "department", "company",
                 "company_domain", "companyDomain", "website", "industry", "country", "timeline",
@@ -294,13 +296,19 @@ def company_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
         text = _text(value, _TEXT_LIMITS[name])
         if text is not None:
             out[name] = text
-    employees = _count(_first(traits.get("employees"), traits.get("employee_count")))
-    if employees is not None:
-        out["employees"] = employees
-    revenue = _number(_first(traits.get("annual_revenue"), traits.get("annualRevenue")))
-    if revenue is not None and revenue >= 0:
-        out["annual_revenue"] = revenue
+    _company_size(out, _first(traits.get("employees"), traits.get("employee_count")),
+                  _first(traits.get("annual_revenue"), traits.get("annualRevenue")))
     return out
+
+
+def _company_size(out: dict[str, Any], employees: Any, revenue: Any) -> None:
+    """Head count and revenue within the contract's bounds; a value out of them is dropped."""
+    count = _count(employees)
+    if count is not None and count <= _TRAIT_SCHEMA["employees"]["maximum"]:
+        out["employees"] = count
+    amount = _number(revenue)
+    if amount is not None and 0 <= amount <= _TRAIT_SCHEMA["annual_revenue"]["maximum"]:
+        out["annual_revenue"] = amount
 
 
 # --- properties per source -------------------------------------------------------------------
