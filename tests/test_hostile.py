@@ -10,16 +10,27 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from leadpulse import events as contract
+from leadpulse import kafka
+from leadpulse.admin import rescore
 from leadpulse.embedded import RedisServer, TansuBroker
-from leadpulse.errors import InvalidEvent
+from leadpulse.errors import InvalidEvent, StateError
+from leadpulse.isolate import retriable
+from leadpulse.keys import Keys
+from leadpulse.model import ScoringModel
+from leadpulse.settings import Settings
+from leadpulse.state import LeadStore
 
-from .kafkatools import WorkerProcess, running, consume_until, produce, wait_for
+from .fixtures import event as fixture_event
+from .kafkatools import WorkerProcess, committed_all, consume_until, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 SKEW = 300_000
@@ -136,3 +147,103 @@ MESSAGES = st.lists(EVENTS.map(orjson.dumps) | st.binary(max_size=64), min_size=
 @given(messages=MESSAGES)
 def test_generated_messages(worker: WorkerProcess, broker: TansuBroker, messages: list[bytes]) -> None:
     asyncio.run(run_round(worker, broker, messages))
+
+
+async def test_a_lead_redis_refuses_is_dead_lettered_alone_and_its_batch_goes_on(
+        worker: WorkerProcess, broker: TansuBroker, redis_server: RedisServer) -> None:
+    """A Lua runtime error for one lead (its dedup set is a string; its state of a format no
+    script reads) is deterministic: the batch is split, that lead's events go to the dead-letter
+    topic as `internal` with the exception, every other event of the batch is scored, the offsets
+    move past them, and the worker never stops."""
+    tag = f"p{time.monotonic_ns()}"
+    keys = Keys()
+    wrong_type, bad_state = f"{tag}-wrongtype", f"{tag}-badstate"
+    client = Redis.from_url(redis_server.url)
+    await client.set(keys.lead(wrong_type).dedup, b"not a sorted set")
+    await client.set(keys.lead(bad_state).state, msgpack.packb([99]))
+    try:
+        await _refused_lead_round(worker, broker, tag, wrong_type, bad_state)
+    finally:
+        await client.delete(*keys.lead(wrong_type), *keys.lead(bad_state))
+        await client.aclose()
+
+
+async def _refused_lead_round(worker: WorkerProcess, broker: TansuBroker, tag: str, wrong_type: str, bad_state: str) -> None:
+    good = [f"{tag}-good-{i}" for i in range(12)]
+    leads = [*good[:4], wrong_type, *good[4:8], bad_state, *good[8:], wrong_type]
+    topic = worker.topic("email")
+    messages = [(topic, b"one-key", orjson.dumps(base(event_id=f"{tag}-{i}", lead_id=lead)))
+                for i, lead in enumerate(leads)]  # one key: one partition, most likely one batch
+    await produce(broker.bootstrap, messages)
+
+    async def all_good_scored() -> bool:
+        return all([(await worker.get("/leads/" + lead))[0] == 200 for lead in good])
+
+    await wait_for(all_good_scored, 60, "the events of the other leads to be scored")
+    poisoned = {value for _, _, value in messages if orjson.loads(value)["lead_id"] in (wrong_type, bad_state)}
+    records = await consume_until(broker.bootstrap, worker.settings["dlq_topic"],
+                                  lambda rs: {r.value for r in rs} >= poisoned, timeout=60)
+    letters = {r.value: dict(r.headers) for r in records if r.value in poisoned}
+    assert set(letters) == poisoned
+    for value, headers in letters.items():
+        assert headers["leadpulse.dlq.reason"] == b"internal"
+        assert headers["leadpulse.dlq.exception"] == b"leadpulse.errors.RedisRefused"
+        lead = orjson.loads(value)["lead_id"]
+        assert (b"WRONGTYPE" if lead == wrong_type else b"unknown format") in headers["leadpulse.dlq.message"]
+
+    async def committed() -> bool:
+        return await committed_all(broker.bootstrap, worker.settings["group_id"], [topic])
+
+    await wait_for(committed, 60, "the offsets to be committed past the poisoned events")
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert "Traceback" not in worker.log.read_text(errors="replace")
+
+
+async def test_rescore_skips_what_it_cannot_apply_and_counts_it_by_reason(
+        broker: TansuBroker, redis_server: RedisServer, model: ScoringModel) -> None:
+    tag = f"rs{time.monotonic_ns()}"
+    settings = Settings(kafka_bootstrap=broker.bootstrap, redis_url=redis_server.url, topic_prefix=f"{tag}.",
+                        partitions=1, group_id=tag)
+    await kafka.ensure_topics(settings, list(settings.input_topics))
+    poisoned = f"{tag}-poisoned"
+    good = [orjson.dumps(base(event_id=f"{tag}-{i}", lead_id=f"{tag}-good-{i}")) for i in range(6)]
+    bad = [b"{not json", orjson.dumps(base(event_id=f"{tag}-s", occurred_at=True)),
+           orjson.dumps(base(event_id=f"{tag}-p1", lead_id=poisoned)), orjson.dumps(base(event_id=f"{tag}-p2", lead_id=poisoned))]
+    await produce(broker.bootstrap, [(f"{tag}.email", None, value) for value in [*good[:3], *bad, *good[3:]]])
+    client = Redis.from_url(redis_server.url)
+    await client.set(Keys().lead(poisoned).dedup, b"not a sorted set")
+    try:
+        result = await rescore(settings, model)
+        assert all([await client.exists(Keys().lead(f"{tag}-good-{i}").state) for i in range(len(good))])
+    finally:
+        await client.delete(*Keys().lead(poisoned))
+        await client.aclose()
+    # The events Redis took before it refused the poisoned lead's are duplicates when the parts
+    # of the batch are applied again (as in any replay): applied either way, once.
+    assert result.events == len(good) + len(bad) and result.scored + result.duplicates == len(good)
+    assert result.invalid == len(bad) and result.skipped == {"invalid_json": 1, "schema": 1, "internal": 2}
+    assert result.transitions == 0
+
+
+async def test_a_redis_out_of_memory_is_retried_never_blamed_on_the_events(
+        model: ScoringModel, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The line between "split the batch" and "retry it": a full Redis refuses every write,
+    and dead-lettering the batch for it would lose good events. It must stay a StateError."""
+    server = RedisServer(tmp_path_factory.mktemp("oom"), appendonly=False,
+                         extra=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction"))
+    server.start()
+    client = Redis.from_url(server.url)
+    try:
+        store = LeadStore(client, model)
+        now = int(time.time() * 1000)
+        await store.apply([(fixture_event("web", "page_view", now - 1000, lead="before", url="u"), "t:0:0")], now)
+        with pytest.raises(OutOfMemoryError):
+            for i in range(10_000):
+                await client.set(f"fill-{i}", b"x" * 1000)
+        batch = [(fixture_event("web", "page_view", now - 1000, lead=f"full-{i}", url="u"), f"t:0:{i + 1}") for i in range(20)]
+        with pytest.raises(StateError) as info:
+            await store.apply(batch, now)
+        assert isinstance(info.value.__cause__, OutOfMemoryError) and retriable(info.value)
+    finally:
+        await client.aclose()
+        server.stop()

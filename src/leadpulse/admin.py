@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
@@ -23,6 +23,8 @@ class RescoreResult:
     duplicates: int = 0
     invalid: int = 0
     transitions: int = 0
+    #: records skipped, by dead-letter reason (`internal`: one that failed while being applied)
+    skipped: Counter[str] = field(default_factory=Counter)
 
 
 class _NoProducer:
@@ -41,6 +43,8 @@ async def rescore(
 
     Idempotent: events Redis already holds are duplicates and change nothing, so it is safe
     while workers run. After Redis lost its data, this restores every lead's score and stage.
+    No record stops it: one that is invalid, or fails while being applied, is skipped and
+    counted by reason (the worker dead-lettered it when it first came).
     """
     redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
     store = LeadStore(redis, model)
@@ -63,13 +67,15 @@ async def rescore(
             pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
             if not records:
                 continue
-            valid, invalid = processor.parse(records, int(time.time() * 1000))
-            outcome = await store.apply(valid)
+            prepared = processor.prepare(records)
+            await processor.apply(prepared)  # splits a batch Redis refuses, like the worker
+            outcomes = prepared.result.outcomes if prepared.result else []
             result.events += len(records)
-            result.invalid += len(invalid)
-            result.scored += sum(1 for o in outcome.outcomes if o == SCORED)
-            result.duplicates += sum(1 for o in outcome.outcomes if o != SCORED)
-            result.transitions += len(outcome.transitions)
+            result.invalid += len(prepared.invalid)
+            result.skipped.update(error.reason for _, error in prepared.invalid)
+            result.scored += sum(1 for o in outcomes if o == SCORED)
+            result.duplicates += sum(1 for o in outcomes if o != SCORED)
+            result.transitions += len(prepared.result.transitions) if prepared.result else 0
             if on_progress:
                 on_progress(result.events, total)
         return result

@@ -206,9 +206,11 @@ def rescore(**options: Any) -> None:
             progress.update(task, completed=done, total=total)
 
         result = asyncio.run(run(settings, model, on_progress=advance))
+    skipped = ", ".join(f"{reason} {n}" for reason, n in result.skipped.most_common())
     click.echo(
         f"rescored {result.events} events: {result.scored} applied, {result.duplicates} already held, "
-        f"{result.invalid} invalid (skipped), {result.transitions} stage transitions re-derived"
+        f"{result.invalid} invalid (skipped{': ' + skipped if skipped else ''}), "
+        f"{result.transitions} stage transitions re-derived"
     )
 
 

@@ -28,10 +28,27 @@ class InvalidEvent(LeadPulseError):
         return f"{self.reason}: {detail}" if self.field is None else f"{self.reason} ({self.field}): {detail}"
 
 
+class InternalFailure(InvalidEvent):
+    """Handling one record failed in a way a retry would not change (a bug, or an input the
+    contract let through): that record is dead-lettered with reason `internal`, the rest go on."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__("internal", f"{type(exc).__name__}: {exc}")
+        kind = type(exc)
+        self.exception = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 class StateError(LeadPulseError):
-    """Redis could not be reached or answered with an error: retry, never dead-letter."""
+    """Redis could not be reached or cannot serve now (failover, loading, out of memory…):
+    retry, never dead-letter."""
 
     retriable = True
+
+
+class RedisRefused(LeadPulseError):
+    """Redis refused a batch for a reason a retry would not change (a Lua runtime error, a key
+    holding the wrong type, keys of one call in different slots): the batch is split to find
+    the records that cause it."""
 
 
 class UnknownLead(LeadPulseError):

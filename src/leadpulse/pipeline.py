@@ -5,6 +5,13 @@ and every handoff and dead letter of the batch are acknowledged by Kafka; a cras
 before that replays the batch, and the replay changes nothing (events are deduplicated in
 Redis) except to hand back the transitions the first attempt decided, which are published
 under the same deterministic handoff_id and skipped if they already were.
+
+No record can hold up its partition. A failure while handling one record that a retry would not
+change (parsing, matching, packing, a Lua runtime error, building or serialising its handoff)
+sends that record to the dead-letter topic with reason `internal`, and the batch goes on without
+it: parsing and handoffs are handled record by record; a batch Redis refuses is split until the
+records that cause it are found (isolate.py). Failures that say "not now" (Redis or the broker
+unavailable) are retried with the whole batch, as before.
 """
 
 from __future__ import annotations
@@ -16,14 +23,17 @@ from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError
 
 from . import events as event_contract
-from .errors import InvalidEvent
+from .errors import InternalFailure, InvalidEvent
 from .events import Event
 from .handoff import build, iso, publishes
+from .isolate import bisect, retriable
 from .metrics import Metrics
 from .model import ScoringModel
 from .state import ANONYMOUS, BatchResult, LeadStore, Transition
@@ -75,17 +85,33 @@ class PublishedIds:
         return len(self._ids)
 
 
+def _header(text: str) -> bytes:
+    # Messages may quote the input: never let the header's encoding be what fails.
+    return text.encode("utf-8", "backslashreplace")[:2048]
+
+
 def dead_letter_headers(record: Record, error: InvalidEvent, now_ms: int) -> list[tuple[str, bytes]]:
     """The original bytes stay the message value (replayable as is); the context rides in headers."""
-    return [
-        ("leadpulse.dlq.reason", error.reason.encode()),
-        ("leadpulse.dlq.message", str(error).encode()[:2048]),
-        ("leadpulse.dlq.field", (error.field or "").encode()),
-        ("leadpulse.dlq.topic", record.topic.encode()),
+    headers = [
+        ("leadpulse.dlq.reason", _header(error.reason)),
+        ("leadpulse.dlq.message", _header(str(error))),
+        ("leadpulse.dlq.field", _header(error.field or "")),
+        ("leadpulse.dlq.topic", _header(record.topic)),
         ("leadpulse.dlq.partition", str(record.partition).encode()),
         ("leadpulse.dlq.offset", str(record.offset).encode()),
         ("leadpulse.dlq.time", iso(now_ms).encode()),
     ]
+    if isinstance(error, InternalFailure):
+        headers.append(("leadpulse.dlq.exception", _header(error.exception)))
+    return headers
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame a failure was raised in, for the log line."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else "?"
 
 
 def _observe_all(histogram: Any, amounts: Sequence[float]) -> None:
@@ -108,6 +134,17 @@ def _observe_all(histogram: Any, amounts: Sequence[float]) -> None:
         buckets[i].inc(n)
 
 
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A transition as published: its record serialised once, whatever the retries."""
+
+    transition: Transition
+    key: bytes
+    value: bytes
+    stage: str
+    previous_stage: str
+
+
 @dataclass(slots=True)
 class Batch:
     """One batch of records on its way through prepare → apply → publish (then commit)."""
@@ -116,7 +153,11 @@ class Batch:
     now_ms: int
     valid: list[tuple[Event, str]]
     invalid: list[tuple[Record, InvalidEvent]]
+    #: the record each valid event came from
+    origins: list[Record]
     result: BatchResult | None = None
+    #: built at the first publish, kept for its retries
+    handoffs: list[Handoff] | None = None
     counted: bool = False
 
 
@@ -133,9 +174,12 @@ class Processor:
         self.max_event_bytes = max_event_bytes
         self.published = published or PublishedIds()
 
-    def parse(self, records: Sequence[Record], now_ms: int) -> tuple[list[tuple[Event, str]], list[tuple[Record, InvalidEvent]]]:
+    def prepare(self, records: Sequence[Record]) -> Batch:
+        """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
+        now_ms = int(time.time() * 1000)
         valid: list[tuple[Event, str]] = []
         invalid: list[tuple[Record, InvalidEvent]] = []
+        origins: list[Record] = []
         skew = self.model.clock_skew
         for record in records:
             try:
@@ -144,32 +188,51 @@ class Processor:
                 event = event_contract.parse(record.value, now_ms, skew, self.max_event_bytes)
             except InvalidEvent as exc:
                 invalid.append((record, exc))
+            except Exception as exc:  # noqa: BLE001 - the contract let through what parsing cannot take
+                invalid.append((record, _internal(record, exc)))
             else:
                 valid.append((event, f"{record.topic}:{record.partition}:{record.offset}"))
-        return valid, invalid
-
-    def prepare(self, records: Sequence[Record]) -> Batch:
-        """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
-        now_ms = int(time.time() * 1000)
-        valid, invalid = self.parse(records, now_ms)
-        return Batch(records, now_ms, valid, invalid)
+                origins.append(record)
+        return Batch(records, now_ms, valid, invalid, origins)
 
     async def apply(self, batch: Batch) -> None:
         """Score the batch in Redis. Safe to repeat: a retry finds the events applied and hands
-        back the transitions they caused."""
+        back the transitions they caused. A batch refused for good is applied in parts, and the
+        records that fail alone are moved to `batch.invalid`."""
         if batch.valid:
             started = time.perf_counter()
-            batch.result = await self.store.apply(batch.valid, batch.now_ms)
+            try:
+                batch.result = await self.store.apply(batch.valid, batch.now_ms)
+            except Exception as exc:
+                if retriable(exc):
+                    raise
+                await self._isolate(batch, exc)
             self.metrics.redis_seconds.labels("apply").observe(time.perf_counter() - started)
+
+    async def _isolate(self, batch: Batch, failure: Exception) -> None:
+        valid, now_ms = batch.valid, batch.now_ms
+        log.warning("a batch of %d events failed (%s: %s at %s); applying it in parts to find the records that cause it",
+                    len(valid), type(failure).__name__, failure, _where(failure))
+        split = await bisect(len(valid), lambda start, end: self.store.apply(valid[start:end], now_ms), failure)
+        # Nothing changes in `batch` until the split is complete: a transient failure during it
+        # retries the whole batch, which is then a replay.
+        outcomes = [""] * len(valid)
+        transitions: list[Transition] = []
+        for start, end, result in split.parts:
+            outcomes[start:end] = result.outcomes
+            transitions.extend(result.transitions)
+        batch.result = BatchResult(outcomes, transitions)
+        _drop(batch, split.culprits)
 
     async def publish(self, batch: Batch) -> None:
         """Publish what the batch caused and wait for the broker's acknowledgements.
 
         Safe to repeat: handoffs already acknowledged are not sent again."""
+        if batch.handoffs is None:
+            batch.handoffs = self._batch_handoffs(batch)
         result = batch.result
         sends = [self._dead_letter(record, error, batch.now_ms) for record, error in batch.invalid]
-        if result is not None:
-            sends.extend(self._handoffs(result.transitions))
+        sends.extend(self._send_handoff(h) for h in batch.handoffs if h.transition.handoff_id not in self.published)
         if sends:
             # Every send is awaited to its broker acknowledgement before the caller commits.
             await asyncio.gather(*[await s for s in sends])
@@ -182,40 +245,75 @@ class Processor:
         transitions = await self.store.sweep(now_ms)
         if not transitions:
             return 0
-        sends = self._handoffs(transitions)
+        handoffs, failed = self._handoffs(transitions)
+        for t, exc in failed:  # decay alone caused it: there is no record to dead-letter
+            log.error("handoff %s of lead %r could not be built (%s: %s at %s); it is not published",
+                      t.handoff_id, t.lead_id, type(exc).__name__, exc, _where(exc))
+        sends = [self._send_handoff(h) for h in handoffs]
         if sends:
             await asyncio.gather(*[await s for s in sends])
         await self.store.ack(transitions)
         return len(transitions)
 
-    def _handoffs(self, transitions: Iterable[Transition]) -> list[Any]:
-        sends = []
+    def _handoffs(self, transitions: Iterable[Transition]) -> tuple[list[Handoff], list[tuple[Transition, Exception]]]:
+        """The handoffs to publish, each built and serialised on its own: (built, failed)."""
+        built: list[Handoff] = []
+        failed: list[tuple[Transition, Exception]] = []
         for t in transitions:
-            if not publishes(self.model, t) or t.handoff_id in self.published:
-                continue
-            record = build(self.model, self.store.explainer, t)
-            sends.append(self._send_handoff(t, record))
-        return sends
+            try:
+                if not publishes(self.model, t) or t.handoff_id in self.published:
+                    continue
+                record = build(self.model, self.store.explainer, t)
+                built.append(Handoff(t, t.lead_id.encode(), orjson.dumps(record), record["stage"], record["previous_stage"]))
+            except Exception as exc:  # noqa: BLE001 - this transition's record only; the caller decides
+                failed.append((t, exc))
+        return built, failed
 
-    async def _send_handoff(self, t: Transition, record: dict[str, Any]) -> Any:
+    def _batch_handoffs(self, batch: Batch) -> list[Handoff]:
+        """The batch's handoffs; a record whose handoff cannot be built is dead-lettered (its
+        points stay applied: the handoff is what is lost, and the dead letter says so)."""
+        if batch.result is None:
+            return []
+        handoffs, failed = self._handoffs(batch.result.transitions)
+        if failed:
+            first: dict[str, int] = {}
+            for i, (event, _) in enumerate(batch.valid):
+                first.setdefault(event.event_id, i)
+            culprits: dict[int, Exception] = {}
+            for t, exc in failed:
+                culprit = first.get(t.event_id) if t.event_id is not None else None
+                if culprit is None:  # caused by a visitor's earlier events merged into the lead
+                    log.error("handoff %s of lead %r could not be built (%s: %s at %s); it is not published",
+                              t.handoff_id, t.lead_id, type(exc).__name__, exc, _where(exc))
+                else:
+                    culprits.setdefault(culprit, exc)
+            _drop(batch, culprits)
+        return handoffs
+
+    async def _send_handoff(self, h: Handoff) -> Any:
+        t = h.transition
         fut = await self.producer.send(
-            self.topics.handoff, orjson.dumps(record), key=t.lead_id.encode(),
-            headers=[("leadpulse.handoff_id", t.handoff_id.encode())],
+            self.topics.handoff, h.value, key=h.key, headers=[("leadpulse.handoff_id", t.handoff_id.encode())],
         )
 
         async def acknowledged() -> None:
             await fut
             self.published.add(t.handoff_id)
-            self.metrics.handoffs.labels(record["stage"], t.kind).inc()
-            log.info("handoff %s %s %s -> %s score=%.1f", t.kind, t.lead_id, record["previous_stage"],
-                     record["stage"], t.score)
+            self.metrics.handoffs.labels(h.stage, t.kind).inc()
+            log.info("handoff %s %s %s -> %s score=%.1f", t.kind, t.lead_id, h.previous_stage, h.stage, t.score)
 
         return acknowledged()
 
     async def _dead_letter(self, record: Record, error: InvalidEvent, now_ms: int) -> Any:
-        fut = await self.producer.send(
-            self.topics.dlq, record.value or b"", key=record.key, headers=dead_letter_headers(record, error, now_ms)
-        )
+        value, key, headers = record.value or b"", record.key, dead_letter_headers(record, error, now_ms)
+        try:
+            fut = await self.producer.send(self.topics.dlq, value, key=key, headers=headers)
+        except MessageSizeTooLargeError:
+            # The input topic took more than one producer request holds once headers are added:
+            # keep the head of it and say how long it was, rather than stop the partition.
+            headers.append(("leadpulse.dlq.truncated_from", str(len(value)).encode()))
+            fut = await self.producer.send(self.topics.dlq, value[: self.max_event_bytes],
+                                           key=key[:1024] if key else key, headers=headers)
 
         async def acknowledged() -> None:
             await fut
@@ -234,3 +332,23 @@ class Processor:
         for (source, type_, outcome), n in counts.items():
             self.metrics.events.labels(source, type_, outcome).inc(n)
         self.metrics.batch_size.observe(len(valid) + len(invalid))
+
+
+def _internal(record: Record, exc: Exception) -> InternalFailure:
+    log.warning("dead-lettering %s:%d:%d (reason internal): %s: %s at %s", record.topic, record.partition,
+                record.offset, type(exc).__name__, exc, _where(exc))
+    return InternalFailure(exc)
+
+
+def _drop(batch: Batch, culprits: dict[int, Exception]) -> None:
+    """Move the valid records at these indexes to `batch.invalid`, as internal failures."""
+    if not culprits:
+        return
+    keep = [i for i in range(len(batch.valid)) if i not in culprits]
+    for i, exc in sorted(culprits.items()):
+        record = batch.origins[i]
+        batch.invalid.append((record, _internal(record, exc)))
+    batch.valid = [batch.valid[i] for i in keep]
+    batch.origins = [batch.origins[i] for i in keep]
+    if batch.result is not None:
+        batch.result.outcomes = [batch.result.outcomes[i] for i in keep]

@@ -18,12 +18,13 @@ from typing import Any
 
 import msgpack
 import orjson
+from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import scripts
 from .engine import Explainer, LeadView, Scorer, grade_rank
-from .errors import StateError
+from .errors import LeadPulseError, RedisRefused, StateError
 from .events import Event
 from .keys import Keys
 from .model import ScoringModel
@@ -122,6 +123,32 @@ def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] 
     for code, points in _by_code(fit).items():
         fields[f"f:{rule_name(code, names)}"] = repr(float(points))
     return fields
+
+
+#: Redis cannot serve for now (a failover, resharding, a dataset loading, a long script, memory,
+#: persistence or credentials trouble): the same batch is retried. Every other error reply (a Lua
+#: runtime error, WRONGTYPE, CROSSSLOT) would recur on a retry: the batch is split instead.
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.ReadOnlyError, rx.NoPermissionError,
+                rx.ClusterError, rx.AskError, rx.TryAgainError, rx.NoScriptError)
+_UNAVAILABLE_CODES = frozenset({"BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "MASTERDOWN",
+                                "NOREPLICAS", "MISCONF", "OOM", "NOAUTH", "WRONGPASS", "NOPERM", "UNBLOCKED"})
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when a Redis error says "not now" (retry) rather than "never" (split the batch)."""
+    if isinstance(exc, RedisClusterException):  # the client's own: only a cross-slot call is for good
+        return not isinstance(exc, rx.CrossSlotTransactionError) and "same key slot" not in str(exc)
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if isinstance(exc, rx.ResponseError):
+        # A script's failing redis.call keeps the error's code in front (Redis 7) or after "-" (6).
+        text = str(exc)
+        return text.split(" ", 1)[0] in _UNAVAILABLE_CODES or any(f" -{code} " in text for code in _UNAVAILABLE_CODES)
+    return not isinstance(exc, rx.DataError)  # DataError: an argument the client cannot encode
+
+
+def _failure(exc: RedisError | RedisClusterException) -> LeadPulseError:
+    return StateError(f"redis: {exc}") if unavailable(exc) else RedisRefused(f"redis: {exc}")
 
 
 def connect(url: str, cluster: bool = False, **options: Any) -> Redis:
@@ -249,13 +276,17 @@ class LeadStore:
     async def apply(self, batch: Sequence[tuple[Event, str]], now: int | None = None) -> BatchResult:
         """Apply validated events (each with its source position, e.g. "events.web:3:1207").
 
-        `now` (epoch ms, default the wall clock) only times the dedup window.
+        `now` (epoch ms, default the wall clock) only times the dedup window. Raises StateError
+        when Redis cannot serve for now, RedisRefused when it refused something in the batch.
         """
         try:
             await self.ready()
-            return await self._apply(batch, int(time.time() * 1000) if now is None else now)
-        except RedisError as exc:
+        except RedisError as exc:  # the rule codes, not the batch: never blamed on its events
             raise StateError(f"redis: {exc}") from exc
+        try:
+            return await self._apply(batch, int(time.time() * 1000) if now is None else now)
+        except (RedisError, RedisClusterException) as exc:
+            raise _failure(exc) from exc
 
     async def _apply(self, batch: Sequence[tuple[Event, str]], now: int) -> BatchResult:
         outcomes = [SCORED] * len(batch)
