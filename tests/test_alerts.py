@@ -414,3 +414,26 @@ async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.integration
+async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_goes_on(
+        start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
+    """Valid by the schema (its date-time format takes year 0), yet unreadable: fromisoformat
+    fails on it. It used to stop the consumer, and again after every restart."""
+    service = await start_alerts()
+    year_zero, good = handoff(lead="odd-1"), handoff(lead="fine-1")
+    year_zero["crossed_at"] = "0000-01-01T00:00:00Z"
+    topic = service.settings.handoff_topic
+    await produce(service.settings.kafka_bootstrap, [
+        (topic, b"same-key", orjson.dumps(year_zero)), (topic, b"same-key", None), (topic, b"same-key", orjson.dumps(good))])
+    await eventually(lambda: receiver.on("/hook"), what="the handoff behind the odd ones delivered")
+    assert [orjson.loads(r.body)["handoff_id"] for r in receiver.on("/hook")] == [good["handoff_id"]]
+    dead = await consume_until(service.settings.kafka_bootstrap, service.config.alerts_dlq_topic, lambda rs: len(rs) >= 2)
+    reasons = {int(dict(r.headers)["leadpulse.alert.offset"]):
+               (dict(r.headers)["leadpulse.alert.reason"], dict(r.headers)["leadpulse.alert.message"]) for r in dead}
+    assert reasons[0] == (b"internal", b"ValueError: year 0 is out of range")
+    assert reasons[1][0] == b"invalid_handoff"  # a tombstone
+    await eventually(lambda: _equals(committed(service), 3), what="committed past every record")
+    assert not service.crashed.is_set()
+    assert await metric(service, "leadpulse_alert_handoffs_total", outcome="internal") == 1

@@ -6,7 +6,9 @@ exponential backoff and jitter (Retry-After is honoured); after `alerts_max_atte
 once on another 4xx, the handoff goes to the alert dead-letter topic with the reason in headers.
 Offsets are committed only once every handoff of the batch is delivered or dead-lettered, so a
 crash re-announces rather than loses; receivers dedupe on `Idempotency-Key` = handoff_id, the
-same id a redelivered handoff carries. docs/integrations.md documents the payloads.
+same id a redelivered handoff carries. No record stops the consumer: one it cannot read or render
+(schema-valid but odd, such as a `crossed_at` in year 0) is dead-lettered with reason
+`invalid_handoff` or `internal`, and the rest go on. docs/integrations.md documents the payloads.
 """
 
 from __future__ import annotations
@@ -268,7 +270,10 @@ class Destination:
         raise NotImplementedError
 
     async def send(self, http: aiohttp.ClientSession, handoff: dict[str, Any], raw: bytes, attempt: int) -> Attempt:
-        body, headers = self.request(handoff, raw, attempt)
+        try:
+            body, headers = self.request(handoff, raw, attempt)
+        except Exception as exc:  # noqa: BLE001 - a handoff this destination cannot render: no retry helps
+            return Attempt(False, False, "internal", f"{type(exc).__name__}: {exc}")
         headers = {"Content-Type": "application/json", "User-Agent": f"leadpulse/{__version__}",
                    IDEMPOTENCY_HEADER: str(handoff["handoff_id"]), **headers}
         try:
@@ -343,7 +348,7 @@ class AlertMetrics:
             "(ok, retry, failed, dead_letter).", ["destination", "outcome"], registry=r)
         self.handoffs = Counter(
             "leadpulse_alert_handoffs", "Handoffs consumed, by kind and what was done (announced, skipped, "
-            "stale, duplicate, invalid).", ["kind", "outcome"], registry=r)
+            "stale, duplicate, invalid, internal).", ["kind", "outcome"], registry=r)
         self.seconds = Histogram(
             "leadpulse_alert_delivery_seconds", "One delivery attempt, by destination.", ["destination"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
@@ -534,26 +539,34 @@ class AlertService:
         try:
             handoff = orjson.loads(record.value)
             _validate_handoff(handoff)
-        except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaException) as exc:
+        except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaException, TypeError) as exc:
             self.metrics.handoffs.labels("unknown", "invalid").inc()
             await self._dead_letter(record, "-", "invalid_handoff", str(exc), 0)
             return
+        try:
+            pending = self._pending(handoff)
+        except Exception as exc:  # noqa: BLE001 - schema-valid, yet unreadable here (crossed_at in year 0…)
+            self.metrics.handoffs.labels("unknown", "internal").inc()
+            await self._dead_letter(record, "-", "internal", f"{type(exc).__name__}: {exc}", 0)
+            return
+        if pending:
+            await _all(*(self._deliver(d, handoff, record) for d in pending))
+
+    def _pending(self, handoff: dict[str, Any]) -> list[Destination]:
+        """The destinations still to hear of a handoff (none when it is skipped)."""
         kind = handoff["kind"]
         if kind == "demoted" and not self.config.alerts_demotions:
             self.metrics.handoffs.labels(kind, "skipped").inc()
-            return
+            return []
         max_age = self.config.alerts_max_age
         crossed = datetime.fromisoformat(handoff["crossed_at"]).timestamp()
         if max_age and time.time() - crossed > max_age:
             self.metrics.handoffs.labels(kind, "stale").inc()
             log.info("skipping handoff %s: crossed %.0f s ago", handoff["handoff_id"], time.time() - crossed)
-            return
+            return []
         pending = [d for d in self.destinations if (d.name, handoff["handoff_id"]) not in self.delivered]
-        if not pending:
-            self.metrics.handoffs.labels(kind, "duplicate").inc()
-            return
-        self.metrics.handoffs.labels(kind, "announced").inc()
-        await _all(*(self._deliver(d, handoff, record) for d in pending))
+        self.metrics.handoffs.labels(kind, "announced" if pending else "duplicate").inc()
+        return pending
 
     async def _deliver(self, dest: Destination, handoff: dict[str, Any], record: Any) -> None:
         assert self.http is not None
@@ -583,7 +596,7 @@ class AlertService:
         headers = [
             ("leadpulse.alert.destination", destination.encode()),
             ("leadpulse.alert.reason", reason.encode()),
-            ("leadpulse.alert.message", detail.encode()[:2048]),
+            ("leadpulse.alert.message", detail.encode("utf-8", "backslashreplace")[:2048]),
             ("leadpulse.alert.attempts", str(attempts).encode()),
             ("leadpulse.alert.topic", record.topic.encode()),
             ("leadpulse.alert.partition", str(record.partition).encode()),
