@@ -13,7 +13,7 @@ from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Processor, Topics
 from .settings import Settings
-from .state import SCORED, LeadStore, connect
+from .state import SCORED, LeadStore, Retention, connect
 
 
 @dataclass
@@ -43,7 +43,7 @@ async def rescore(
     while workers run. After Redis lost its data, this restores every lead's score and stage.
     """
     redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
-    store = LeadStore(redis, model)
+    store = LeadStore(redis, model, retention=Retention.from_settings(settings))
     processor = Processor(store, _NoProducer(), Topics(settings.handoff_topic, settings.dlq_topic), Metrics())
     consumer = AIOKafkaConsumer(**kafka.client_options(settings), group_id=None, enable_auto_commit=False)
     result = RescoreResult()

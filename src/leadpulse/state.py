@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import orjson
@@ -23,25 +23,55 @@ from redis.exceptions import RedisError
 
 from . import scripts
 from .engine import Explainer, LeadView, Scorer, grade_rank
-from .errors import StateError
+from .errors import ConfigError, StateError
 from .events import Event
 from .keys import Keys
 from .model import ScoringModel
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
-#: an anonymous visitor's log: most events kept, and how long an unlinked visitor is kept
-ANON_MAX_OPS = 1000
-ANON_TTL_MS = 90 * 86_400_000
-ALIAS_TTL_MS = 400 * 86_400_000
+_DAY_MS = 86_400_000
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
-def lua_spec(model: ScoringModel, codes: Mapping[str, int]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long Redis keeps what (LEADPULSE_LEAD_TTL and the others, settings.py); 0 = forever."""
+
+    #: a lead in the first stage, after its last event (lib.lua: expiry)
+    lead_ttl_ms: int = 400 * _DAY_MS
+    #: an anonymous visitor not linked to a lead, after its last event; and its most events kept
+    anon_ttl_ms: int = 90 * _DAY_MS
+    anon_max_events: int = 1000
+    #: a visitor's link to its lead, from the first link
+    alias_ttl_ms: int = 400 * _DAY_MS
+    #: an erased lead's tombstone (admin.forget): its events are refused this long
+    tombstone_ttl_ms: int = 400 * _DAY_MS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(settings.lead_ttl, settings.anon_ttl, settings.anon_max_events, settings.alias_ttl,
+                   settings.tombstone_ttl)
+
+    def check(self, model: ScoringModel) -> None:
+        if 0 < self.lead_ttl_ms < model.dedup_window:
+            raise ConfigError(
+                f"lead_ttl (LEADPULSE_LEAD_TTL) must be 0 (keep forever) or at least the model's dedup_window "
+                f"({model.dedup_window} ms): a lead must not be forgotten while its events can still be redelivered"
+            )
+        if self.anon_ttl_ms <= 0 or self.anon_max_events <= 0:
+            raise ConfigError("anon_ttl and anon_max_events must be > 0: an unlinked visitor is never kept forever")
+
+
+def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
-    category per rule, categories, caps, stages, grades."""
+    category per rule, categories, caps, stages, grades; and how long an idle lead in the
+    first stage is kept (0: forever)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -74,6 +104,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int]) -> bytes:
         "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
+        "ttl": lead_ttl_ms,
     }
     return bytes(msgpack.packb(spec))
 
@@ -109,7 +140,7 @@ def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] 
     state = unpack_state(raw)
     if state is None:
         return None
-    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state
+    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state[:12]
     fields = {"s": str(stage), "q": str(seq)}
     if clock is not False:
         fields["c"] = str(int(base + clock))
@@ -207,10 +238,13 @@ class _LeadOps:
 
 
 class LeadStore:
-    def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None) -> None:
+    def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None,
+                 retention: Retention | None = None) -> None:
         self.redis = redis
         self.model = model
         self.keys = keys or Keys(cluster=isinstance(redis, RedisCluster))
+        self.retention = retention or Retention()
+        self.retention.check(model)
         self.scorer = Scorer(model)
         self.explainer = Explainer(model)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
@@ -232,7 +266,7 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self.spec = lua_spec(self.model, self.rule_codes)
+        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
         self._generation = scripts.generation
 
     def fields(self, raw: bytes | None) -> dict[str, str] | None:
@@ -277,10 +311,14 @@ class LeadStore:
         if links:
             await self._link(links, leads, batch)
         calls = self._apply_calls(leads, now)
+        keep = self.retention
         for anon_id, items in anon.items():
             k = self.keys.anon(anon_id)
-            logged = [orjson.dumps([*op[:4], 0, *op[5:]]).decode() for _, op in items]
-            calls.append((scripts.ANON, k, [ANON_TTL_MS, ANON_MAX_OPS, now, self.model.dedup_window, *logged]))
+            # A logged op is merged unevaluated (5th field 0): its event id and position, which
+            # only name a transition's trigger and a replay, are dropped. What is left (hash,
+            # time, matches) is bounded by the model, not by the input.
+            logged = [orjson.dumps([op[0], op[1], "", "", 0, *op[5:]]).decode() for _, op in items]
+            calls.append((scripts.ANON, k, [keep.anon_ttl_ms, keep.anon_max_events, now, self.model.dedup_window, *logged]))
         replies = await scripts.pipelined(self.redis, calls)
         result = BatchResult(outcomes)
         n_apply = len(calls) - len(anon)
@@ -329,15 +367,20 @@ class LeadStore:
         for a in anon_ids:
             pipe.get(self.keys.anon(a).alias)
         for lead in lead_ids:
-            pipe.get(self.keys.lead(lead).traits)
+            k = self.keys.lead(lead)
+            pipe.get(k.traits)
+            pipe.exists(k.state)
         replies = await pipe.execute()
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
                 self._alias(a, _text(lead))
-        return {lead: orjson.loads(raw) for lead, raw in zip(lead_ids, replies[len(anon_ids) :]) if raw}
+        traits = replies[len(anon_ids) :]
+        # Traits may outlive an expired state by up to lead_ttl/8 (lib.lua): a lead that comes
+        # back after expiring starts afresh, without them.
+        return {lead: orjson.loads(raw) for lead, raw, state in zip(lead_ids, traits[::2], traits[1::2]) if raw and state}
 
     async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps], batch: Sequence[tuple[Event, str]]) -> None:
-        calls = [(scripts.LINK, self.keys.anon(a), [lead, ALIAS_TTL_MS]) for a, lead in links]
+        calls = [(scripts.LINK, self.keys.anon(a), [lead, self.retention.alias_ttl_ms]) for a, lead in links]
         for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
             owner = _text(reply[0])
             self._alias(anon_id, owner)
@@ -389,9 +432,9 @@ class LeadStore:
                 result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names) for t in transitions)
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state and outbox."""
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
         k = self.keys.lead(lead_id)
-        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox]
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         try:

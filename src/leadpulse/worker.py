@@ -35,7 +35,7 @@ from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, PublishedIds, Topics
 from .settings import Settings
-from .state import LeadStore, connect
+from .state import LeadStore, Retention, connect
 
 log = logging.getLogger("leadpulse.worker")
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class ScoringService(mode.Service):
             settings.redis_url.get_secret_value(), settings.redis_cluster, socket_timeout=5,
             socket_connect_timeout=3, health_check_interval=10,
         )
-        self.store = LeadStore(self.redis, model)
+        self.store = LeadStore(self.redis, model, retention=Retention.from_settings(settings))
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
             self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,

@@ -1,5 +1,6 @@
 -- ack.lua: the sweep's demotions for this lead were published; clear them and re-index.
 -- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state   KEYS[4] lead outbox (JSON)
+-- KEYS[5] lead traits (its expiry follows the state's, lib.lua)
 -- ARGV[1] model spec  ARGV[2] lead id     ARGV[3] seq of the last transition published
 local pending = redis.call('GET', KEYS[4])
 if pending then
@@ -8,7 +9,7 @@ if pending then
     redis.call('DEL', KEYS[4])
   end
 end
-local st = load(KEYS[3])
+local st = load(KEYS[3], KEYS[5])
 reindex(st, KEYS[1], KEYS[2], ARGV[2], true)
 save(st)
 return st.s

@@ -29,7 +29,7 @@ for i = 1, #ARGV - 2 do
   local skey, dkey, xkey, pkey = KEYS[base], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
   local lead_ops = cmsgpack.unpack(ARGV[2 + i])
   local lead, ops = lead_ops[1], lead_ops[2]
-  local st = load(skey)
+  local st = load(skey, pkey)
   local statuses, out = {}, {}
   local replays, logged, traits, added = nil, false, nil, false
   for _, op in ipairs(ops) do
@@ -95,7 +95,12 @@ for i = 1, #ARGV - 2 do
     st.m = oldest[2] and tonumber(oldest[2]) or nil
     st.dirty = true
   end
-  if traits then redis.call('SET', pkey, traits) end
+  if traits then
+    redis.call('SET', pkey, traits)
+    st.traits_set = true
+  end
+  -- An expiring lead is kept `ttl` after its last event: rewrite the state (with PX) on each.
+  if added and TTL > 0 and st.s == 0 then st.dirty = true end
   -- A replay comes within the dedup window, or the event counts as new anyway (with no window,
   -- nothing is ever a replay).
   if logged and DEDUP > 0 then redis.call('SET', xkey, cjson.encode(replays), 'PX', DEDUP_S) end
