@@ -5,15 +5,22 @@ Against a real redis-server. Expiry itself is Redis's; the tests check the TTLs 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import msgpack
+import orjson
 import pytest
 from redis.asyncio import Redis
 
+from leadpulse.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.model import ScoringModel
 from leadpulse.state import DUPLICATE, SCORED, LeadStore, Retention
 
 from .fixtures import DAY, T0, event
+from .kafkatools import WorkerProcess, produce, running, wait_for
+from .test_worker import metric_value
 
 TTL = 400 * DAY
 
@@ -135,3 +142,64 @@ def test_a_lead_ttl_shorter_than_the_dedup_window_is_refused(model: ScoringModel
         Retention(anon_ttl_ms=0).check(model)
     Retention(lead_ttl_ms=0).check(model)
     Retention(lead_ttl_ms=model.dedup_window).check(model)
+
+
+# --- Redis refusing writes: a real worker, a real redis-server at maxmemory or read-only ---------
+
+
+@pytest.mark.integration
+async def test_refused_writes_say_not_ready_with_the_reason_and_scoring_resumes(
+        broker: TansuBroker, tmp_path: Path) -> None:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    server.start()
+    client = Redis.from_url(server.url)
+    worker = WorkerProcess(broker.bootstrap, server.url, tmp_path)
+    try:
+        async with running(worker):
+            async def scored(lead: str) -> bool:
+                return (await worker.get(f"/leads/{lead}"))[0] == 200
+
+            await send(worker, broker, "before")
+            await wait_for(lambda: scored("before"), 60, "the first event to be scored")
+            refuse_and_allow = {
+                # maxmemory below what Redis holds, without eviction: every write answers OOM
+                "oom": ([("CONFIG", "SET", "maxmemory-policy", "noeviction"), ("CONFIG", "SET", "maxmemory", "1")],
+                        [("CONFIG", "SET", "maxmemory", "0")]),
+                # a replica of a primary that is not there: every write answers READONLY
+                "readonly": ([("REPLICAOF", "127.0.0.1", str(free_port()))], [("REPLICAOF", "NO", "ONE")]),
+            }
+            for reason, (refuse, allow) in refuse_and_allow.items():
+                for command in refuse:
+                    await client.execute_command(*command)
+                await send(worker, broker, f"during-{reason}")
+
+                async def refused() -> bool:
+                    status, body = await worker.get("/readyz")
+                    return status == 503 and body["redis_write_refused"] == reason
+
+                await wait_for(refused, 60, f"/readyz to report {reason}")
+                status, body = await worker.get("/readyz")
+                assert body["redis"] is True and body["reason"].startswith(f"redis refuses writes: {reason.upper()}")
+                assert await metric_value(worker, "leadpulse_redis_write_refused", reason=reason) == 1
+                assert await metric_value(worker, "leadpulse_ready") == 0
+                assert not await scored(f"during-{reason}")  # waits, is not skipped
+                for command in allow:
+                    await client.execute_command(*command)
+                await wait_for(lambda: scored(f"during-{reason}"), 60, f"scoring to resume after {reason}")
+
+                async def ready_again() -> bool:
+                    return (await worker.get("/readyz"))[0] == 200
+
+                await wait_for(ready_again, 60, "/readyz to say ready again")
+                assert await metric_value(worker, "leadpulse_redis_write_refused", reason=reason) == 0
+            assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def send(worker: WorkerProcess, broker: TansuBroker, lead: str) -> None:
+    value = orjson.dumps({"event_id": f"{lead}-1", "lead_id": lead, "source": "web", "type": "demo_request",
+                          "occurred_at": int(time.time() * 1000) - 1000})
+    await produce(broker.bootstrap, [(worker.topic("web"), lead.encode(), value)])

@@ -125,12 +125,14 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
             redis_ok = False
         checks = {
             "redis": redis_ok,
+            "redis_write_refused": service.write_refused,  # "oom" | "readonly" | None
             "kafka": service.kafka_ok,
             "partitions_assigned": len(service.assigned),
             "started": service.prepared.is_set(),
         }
         ok = redis_ok and service.ready
-        return web.json({"ready": ok, **checks}, status=200 if ok else 503)
+        reason = None if ok else (service.not_ready_because or "redis unreachable")
+        return web.json({"ready": ok, "reason": reason, **checks}, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics_view(web: View, request: Request) -> Response:

@@ -17,6 +17,9 @@ scripts work on Redis Cluster. The prefix separates deployments sharing a Redis.
                             it alone: the states would lose their meaning
   <p>:due           zset    lead -> when decay alone takes it below its stage's floor
   <p>:top           zset    staged leads ranked by score (GET /leads/top)
+  <p>:sweep-lock    string  one sweeper at a time (worker.py)
+  <p>:write-probe   string  written by a worker Redis refused writes to, to see when it takes them
+                            again (10 s expiry)
 
 The `l`/`a` letter keeps a lead and a visitor with the same id apart. The state was a hash
 under `:s` before it was packed into one string; the new suffix means a hash left from then is
@@ -91,6 +94,7 @@ class Keys:
         self.due = f"{prefix}:due"
         self.top = f"{prefix}:top"
         self.rules = f"{prefix}:rules"
+        self.probe = f"{prefix}:write-probe"
 
     def shard(self, lead_id: str) -> str:
         """The index shard of a lead: "" on a single Redis, its slot's tag on a cluster."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 
 from . import scripts
 from .engine import Explainer, LeadView, Scorer, grade_rank
@@ -153,6 +153,18 @@ def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] 
     for code, points in _by_code(fit).items():
         fields[f"f:{rule_name(code, names)}"] = repr(float(points))
     return fields
+
+
+def write_refusal(exc: BaseException) -> str | None:
+    """"oom" or "readonly" when Redis refused a write (maxmemory reached under noeviction; a
+    replica), else None. Transient: the write succeeds as is once Redis accepts writes again (a
+    script refused this way wrote nothing), so the batch is retried, never dead-lettered."""
+    cause = exc.__cause__ if isinstance(exc, StateError) and exc.__cause__ is not None else exc
+    if isinstance(cause, OutOfMemoryError):
+        return "oom"
+    if isinstance(cause, ReadOnlyError):
+        return "readonly"
+    return None
 
 
 def connect(url: str, cluster: bool = False, **options: Any) -> Redis:
@@ -435,6 +447,13 @@ class LeadStore:
         """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
         k = self.keys.lead(lead_id)
         return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
+
+    async def probe_write(self) -> None:
+        """One small write (raises as a refused batch would): is Redis taking writes again?"""
+        try:
+            await self.redis.set(self.keys.probe, b"1", px=10_000)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         try:
