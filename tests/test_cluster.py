@@ -13,7 +13,9 @@ import aiohttp
 import orjson
 import pytest
 from redis.asyncio import RedisCluster
+from redis.crc import key_slot
 
+from leadpulse.admin import forget
 from leadpulse.collector import Collector, CollectorSettings
 from leadpulse.embedded import TansuBroker
 from leadpulse.model import ScoringModel
@@ -146,3 +148,23 @@ async def test_ids_with_braces_through_the_topics_and_the_collector_on_a_cluster
             await collector.stop()
         status, ready = await worker.get("/readyz")
         assert status == 200 and worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_erasure_on_a_cluster_removes_links_in_other_slots(cluster_store: LeadStore) -> None:
+    # The lead's keys and its visitors' links live in different slots (and nodes): erase.lua
+    # works in the lead's, unlink.lua in each visitor's.
+    store = cluster_store
+    cookies = ["{c}-1", "c-2", "}c-3"]
+    await store.apply([(event("web", "page_view", T0, lead=None, anon=c, url="/pricing"), f"t:0:{i}")
+                       for i, c in enumerate(cookies)])
+    links = [event("profile", "identify", T0 + 1 + i, lead="}gone", anon=c, traits={}) for i, c in enumerate(cookies)]
+    await store.apply([(e, f"t:1:{i}") for i, e in enumerate(links)])
+    assert len({key_slot(store.keys.anon(c).alias.encode()) for c in cookies} | {key_slot(store.keys.lead("}gone").state.encode())}) == 4
+    assert await forget(store, "}gone") is True
+    for c in cookies:
+        assert not await store.redis.exists(*store.keys.anon(c))
+    later = [event("web", "page_view", T0 + 10 + i, lead=None, anon=c, url="/pricing") for i, c in enumerate(cookies)]
+    assert (await store.apply([(e, f"t:2:{i}") for i, e in enumerate(later)])).outcomes == ["anonymous"] * 3
+    assert (await store.apply([(links[0], "t:1:0")])).outcomes == ["erased"]
+    assert await store.view("}gone", T0 + 20) is None
+    assert not await store.redis.exists(*store.keys.anon(cookies[0]))

@@ -79,13 +79,7 @@ async def rescore(
 
 
 async def forget(store: LeadStore, lead_id: str) -> bool:
-    """Erase a lead: its state, dedup set, replay log, traits, outbox and index entries.
-    True if it existed."""
-    keys = store.keys.lead(lead_id)
-    due, top = store.keys.indexes(store.keys.shard(lead_id))
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.delete(*keys)  # one slot: DEL of several keys is fine on a cluster too
-    pipe.zrem(due, lead_id)
-    pipe.zrem(top, lead_id)
-    deleted, _, _ = await pipe.execute()
-    return bool(deleted)
+    """Erase a lead (LeadStore.erase): its data and its visitors' links go, a tombstone stays
+    so that its events (replayed, rescored, merged) cannot bring it back. True if it existed.
+    What stays in Kafka: docs/operations.md, Erasure."""
+    return await store.erase(lead_id)

@@ -3,13 +3,16 @@
 All keys of one lead share one hash tag, so a lead's state lives in one hash slot and its Lua
 scripts work on Redis Cluster. The prefix separates deployments sharing a Redis.
 
-  <p>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack, laid out in lua/lib.lua)
+  <p>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack, laid out in lua/lib.lua),
+                            or the tombstone of an erased lead (lua/erase.lua)
   <p>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: arrival ms)
   <p>:l{<lead>}:x   string  transitions of recent events, re-emitted when a message is replayed
                             (JSON; written only by events that cause one; expires after the
                             dedup window)
   <p>:l{<lead>}:p   string  the fit-relevant traits (JSON; identified leads only)
   <p>:l{<lead>}:o   string  demotions the sweep decided and not yet acknowledged as published
+  <p>:l{<lead>}:n   set     anonymous ids linked (or being linked) to the lead, so that erasing
+                            it can remove their links (expires with the links: alias ttl)
   <p>:a{<anon>}:s   list    an anonymous visitor's scored events until it is linked to a lead
   <p>:a{<anon>}:d   zset    the visitor's dedup set
   <p>:a{<anon>}:a   string  the lead the visitor was linked to
@@ -54,6 +57,7 @@ class LeadKeys(NamedTuple):
     replay: str
     traits: str
     outbox: str
+    visitors: str
 
 
 class AnonKeys(NamedTuple):
@@ -113,7 +117,7 @@ class Keys:
 
     def lead(self, lead_id: str) -> LeadKeys:
         base = f"{self.prefix}:{hash_tag('l', lead_id)}"
-        return LeadKeys(base + ":v", base + ":d", base + ":x", base + ":p", base + ":o")
+        return LeadKeys(base + ":v", base + ":d", base + ":x", base + ":p", base + ":o", base + ":n")
 
     def anon(self, anonymous_id: str) -> AnonKeys:
         base = f"{self.prefix}:{hash_tag('a', anonymous_id)}"

@@ -12,7 +12,7 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.events = Counter(
             "leadpulse_events", "Events consumed, by source, type and outcome "
-            "(scored, duplicate, anonymous, invalid).", ["source", "type", "outcome"], registry=r,
+            "(scored, duplicate, anonymous, erased, invalid).", ["source", "type", "outcome"], registry=r,
         )
         self.event_latency = Histogram(
             "leadpulse_event_latency_seconds", "From an event's occurred_at to its score being stored.",

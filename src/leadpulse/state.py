@@ -109,15 +109,19 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
     return bytes(msgpack.packb(spec))
 
 
-#: the layout of the packed lead state (lua/lib.lua)
+#: the layout of the packed lead state (lua/lib.lua); format 0 is an erased lead's tombstone
 STATE_FORMAT = 2
+ERASED_FORMAT = 0
 
 
 def unpack_state(raw: bytes | None) -> list[Any] | None:
-    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none."""
+    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none
+    (or the lead was erased)."""
     if raw is None:
         return None
     state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if isinstance(state, list) and state[:1] == [ERASED_FORMAT]:
+        return None
     if not isinstance(state, list) or not state or state[0] != STATE_FORMAT:
         raise StateError(f"lead state of an unknown format: {state[:1] if isinstance(state, list) else type(state)}")
     return state
@@ -232,9 +236,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-#: outcome of each event in a batch
-SCORED, DUPLICATE, ANONYMOUS = "scored", "duplicate", "anonymous"
-_STATUS = {"o": SCORED, "d": DUPLICATE}
+#: outcome of each event in a batch; ERASED: refused, its lead was erased (its tombstone, erase.lua)
+SCORED, DUPLICATE, ANONYMOUS, ERASED = "scored", "duplicate", "anonymous", "erased"
+_STATUS = {"o": SCORED, "d": DUPLICATE, "e": ERASED}
 
 
 @dataclass(slots=True)
@@ -309,6 +313,7 @@ class LeadStore:
         leads: dict[str, _LeadOps] = {}
         anon: dict[str, list[tuple[int, list[Any]]]] = {}
         links: list[tuple[str, str]] = []
+        routed: dict[str, set[str]] = {}  # lead -> visitors whose events went to it in this batch
         for i, (event, pos) in enumerate(batch):
             lead_id = event.lead_id or self._aliases.get(event.anonymous_id or "")
             op = self._op(event, pos, lead_id, traits_now)
@@ -317,11 +322,15 @@ class LeadStore:
                 continue
             if event.lead_id and event.anonymous_id and event.source == "profile":
                 links.append((event.anonymous_id, event.lead_id))
+            elif event.lead_id is None and event.anonymous_id:
+                routed.setdefault(lead_id, set()).add(event.anonymous_id)
             slot = leads.setdefault(lead_id, _LeadOps())
             slot.ops.append(op)
             slot.index.append(i)
         if links:
-            await self._link(links, leads, batch)
+            links = await self._link(links, leads, batch)
+            for anon_id, owner in links:
+                routed.setdefault(owner, set()).add(anon_id)
         calls = self._apply_calls(leads, now)
         keep = self.retention
         for anon_id, items in anon.items():
@@ -334,13 +343,14 @@ class LeadStore:
         replies = await scripts.pipelined(self.redis, calls)
         result = BatchResult(outcomes)
         n_apply = len(calls) - len(anon)
-        self._collect(leads, replies[:n_apply], result)
+        erased = self._collect(leads, replies[:n_apply], result)
         redirected: dict[str, _LeadOps] = {}
         for (anon_id, items), reply in zip(anon.items(), replies[n_apply:]):
             kind, value = _text(reply[0]), reply[1]
             if kind == "lead":  # linked by another worker meanwhile: score into the lead
                 lead_id = _text(value)
                 self._alias(anon_id, lead_id)
+                routed.setdefault(lead_id, set()).add(anon_id)
                 slot = redirected.setdefault(lead_id, _LeadOps())
                 for i, op in items:
                     slot.ops.append(op)
@@ -349,9 +359,12 @@ class LeadStore:
                 for i, _ in items:
                     outcomes[i] = ANONYMOUS
         if redirected:
-            self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
+            erased |= self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
         if links:
-            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, _ in links])
+            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
+                                                 if owner not in erased])
+        if erased:  # visitors of an erased lead (a stale link, a rescore's identify) lose the link
+            await self._unlink(erased, routed)
         return result
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
@@ -391,10 +404,24 @@ class LeadStore:
         # back after expiring starts afresh, without them.
         return {lead: orjson.loads(raw) for lead, raw, state in zip(lead_ids, traits[::2], traits[1::2]) if raw and state}
 
-    async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps], batch: Sequence[tuple[Event, str]]) -> None:
-        calls = [(scripts.LINK, self.keys.anon(a), [lead, self.retention.alias_ttl_ms]) for a, lead in links]
+    async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps],
+                    batch: Sequence[tuple[Event, str]]) -> list[tuple[str, str]]:
+        """Link visitors to leads (link.lua); returns (visitor, the lead it belongs to) per link."""
+        ttl = self.retention.alias_ttl_ms
+        # First, in its own round trip, each lead's set of visitors (keys.py `:n`) names the
+        # visitor, so that no link exists that erasing the lead could not find.
+        register = self.redis.pipeline(transaction=False)
+        for anon_id, lead in links:
+            key = self.keys.lead(lead).visitors
+            register.sadd(key, anon_id)
+            if ttl > 0:
+                register.pexpire(key, ttl)
+        await register.execute()
+        calls = [(scripts.LINK, self.keys.anon(a), [lead, ttl]) for a, lead in links]
+        owners = []
         for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
             owner = _text(reply[0])
+            owners.append((anon_id, owner))
             self._alias(anon_id, owner)
             logged = [orjson.loads(op) for op in reply[1:]]
             if not logged:
@@ -405,6 +432,38 @@ class LeadStore:
             logged.sort(key=lambda op: op[1])
             slot.ops[0:0] = logged
             slot.index[0:0] = [-1] * len(logged)
+        return owners
+
+    async def _unlink(self, leads: set[str], routed: Mapping[str, set[str]]) -> None:
+        """Remove every link to these erased leads: of the visitors in their sets and of those
+        routed to them in this batch (unlink.lua deletes a link only if it is to that lead)."""
+        ordered = sorted(leads)
+        pipe = self.redis.pipeline(transaction=False)
+        for lead in ordered:
+            pipe.smembers(self.keys.lead(lead).visitors)
+        found = await pipe.execute()
+        calls = [(scripts.UNLINK, self.keys.anon(a), [lead]) for lead, members in zip(ordered, found)
+                 for a in sorted({_text(m) for m in members} | routed.get(lead, set()))]
+        await scripts.pipelined(self.redis, calls)
+        pipe = self.redis.pipeline(transaction=False)
+        for lead in ordered:
+            pipe.delete(self.keys.lead(lead).visitors)
+        await pipe.execute()
+        for anon_id in [a for a, lead in self._aliases.items() if lead in leads]:
+            del self._aliases[anon_id]
+
+    async def erase(self, lead_id: str) -> bool:
+        """Erase a lead: its state (replaced by a tombstone that refuses its events for
+        `tombstone_ttl`), dedup set, replay log, traits, outbox, index entries, and the links of
+        its visitors with whatever they logged. True if the lead had a state."""
+        try:
+            k = self.keys.lead(lead_id)
+            keys = [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.dedup, k.replay, k.traits, k.outbox]
+            existed = await scripts.ERASE(self.redis, keys, [lead_id, self.retention.tombstone_ttl_ms])
+            await self._unlink({lead_id}, {})
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+        return bool(existed)
 
     def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
         """apply.lua calls for `leads`, in the order of `leads` (the replies are read in it).
@@ -432,7 +491,9 @@ class LeadStore:
             leads.update(ordered)
         return calls
 
-    def _collect(self, leads: dict[str, _LeadOps], replies: list[Any], result: BatchResult) -> None:
+    def _collect(self, leads: dict[str, _LeadOps], replies: list[Any], result: BatchResult) -> set[str]:
+        """Outcomes and transitions into `result`; returns the leads found erased."""
+        erased = set()
         items = iter(leads.items())
         for reply in replies:
             for lead_reply in orjson.loads(reply):  # apply.lua answers one JSON text per call
@@ -441,7 +502,10 @@ class LeadStore:
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
+                if statuses[:1] == "e":
+                    erased.add(lead_id)
                 result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names) for t in transitions)
+        return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
         """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""

@@ -10,6 +10,7 @@ if pending then
   end
 end
 local st = load(KEYS[3], KEYS[5])
+if st.erased then return 0 end
 reindex(st, KEYS[1], KEYS[2], ARGV[2], true)
 save(st)
 return st.s

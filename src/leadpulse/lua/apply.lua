@@ -11,7 +11,7 @@
 --                (rules by code)
 -- Returns one JSON text (one bulk string is far cheaper to read than nested replies): a list
 -- with, per lead, [statuses, transitions, stage]
---   statuses: one character per event: o applied, d duplicate
+--   statuses: one character per event: o applied, d duplicate, e refused: the lead was erased
 --   transitions: [seq, kind, from, to, crossed_at, event_id | false, score, threshold, snapshot]
 --   (an empty list may be encoded as {})
 local NOW = tonumber(ARGV[2])
@@ -31,6 +31,11 @@ for i = 1, #ARGV - 2 do
   local lead, ops = lead_ops[1], lead_ops[2]
   local st = load(skey, pkey)
   local statuses, out = {}, {}
+  if st.erased then
+    -- The lead's tombstone (erase.lua): refuse every event and write nothing.
+    for _ = 1, #ops do statuses[#statuses + 1] = 'e' end
+    ops = {}
+  end
   local replays, logged, traits, added = nil, false, nil, false
   for _, op in ipairs(ops) do
     local member, t, event_id, pos, eval = op[1], op[2], op[3], op[4], op[5]

@@ -7,6 +7,8 @@
 -- exactly (whole numbers become integers, float32 only where that is exact). Rules are kept by
 -- code (a small integer, rules.lua) and times as offsets from a base B of the lead (times in ms
 -- were most of the bytes). The tables unpack as the scripts use them: no conversion per rule.
+-- An erased lead's key holds the tombstone {0} (format 0, erase.lua) instead: `load` marks the
+-- state `erased`; the scripts refuse to score into it and `save` never writes over it.
 --   [1] format version   [2] B: base of the lead's times (epoch ms) | false
 --   [3] c - B: c is the lead's clock, latest event time applied (or demotion time swept) | false
 --   [4] L - B: L is the landmark of the forward-decayed sums | false
@@ -39,7 +41,7 @@ local LAM, CAT, CATS, CAPS, STAGES = SPEC.lam, SPEC.cat, SPEC.cats, SPEC.caps, S
 local NSTAGE, HYST, DEDUP, GRADES = #STAGES, SPEC.hyst, SPEC.dedup, SPEC.grades
 -- e^709 overflows a double; move the landmark long before any exponent gets there.
 local RENORM = 600
-local FORMAT = 2
+local FORMAT, ERASED = 2, 0
 local IN_DUE, IN_TOP, STALE = 1, 2, 4
 local REBASE = 4294967296
 local TTL = SPEC.ttl or 0
@@ -55,6 +57,7 @@ local function load(key, pkey)
   local st
   if raw then
     local v = cmsgpack.unpack(raw)
+    if v[1] == ERASED then return {key = key, erased = true, s = 0} end
     if v[1] ~= FORMAT then error('lead state ' .. key .. ': unknown format ' .. tostring(v[1])) end
     local B = v[2] or nil
     local c = v[3] and B + v[3] or nil
@@ -84,7 +87,7 @@ local function rel(st, t)
 end
 
 local function save(st)
-  if not st.dirty then return end
+  if st.erased or not st.dirty then return end
   local B, c = st.B, st.c
   if c and not B then
     B = c

@@ -11,6 +11,11 @@ if pending then
   return cjson.decode(pending)
 end
 local st = load(KEYS[3], KEYS[5])
+if st.erased then  -- erased meanwhile: nothing to demote, nothing to index
+  redis.call('ZREM', KEYS[1], lead)
+  redis.call('ZREM', KEYS[2], lead)
+  return {}
+end
 local out = {}
 catch_up(st, now, out)
 if #out > 0 then
