@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from leadpulse.admin import forget
 from leadpulse.embedded import RedisServer, TansuBroker
 from leadpulse.model import ScoringModel
-from leadpulse.state import ANONYMOUS, ERASED, SCORED, LeadStore, Retention
+from leadpulse.bounds import Retention
+from leadpulse.state import ANONYMOUS, ERASED, SCORED, LeadStore
 
 from .fixtures import DAY, T0, event
 from .kafkatools import WorkerProcess, produce, running, wait_for

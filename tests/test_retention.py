@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from leadpulse.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.model import ScoringModel
-from leadpulse.state import DUPLICATE, SCORED, LeadStore, Retention
+from leadpulse.bounds import Retention
+from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
 from .fixtures import DAY, T0, event
 from .kafkatools import WorkerProcess, produce, running, wait_for

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
-from . import kafka, scripts
+from . import erasure, kafka, scripts
 from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Processor, Topics
 from .settings import Settings
-from .state import SCORED, LeadStore, Retention, connect
+from .bounds import Retention
+from .state import SCORED, LeadStore, connect
 
 
 @dataclass
@@ -79,7 +80,7 @@ async def rescore(
 
 
 async def forget(store: LeadStore, lead_id: str) -> bool:
-    """Erase a lead (LeadStore.erase): its data and its visitors' links go, a tombstone stays
+    """Erase a lead (erasure.erase): its data and its visitors' links go, a tombstone stays
     so that its events (replayed, rescored, merged) cannot bring it back. True if it existed.
     What stays in Kafka: docs/operations.md, Erasure."""
-    return await store.erase(lead_id)
+    return await erasure.erase(store, lead_id)

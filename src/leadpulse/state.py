@@ -14,58 +14,26 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import RedisError
 
-from . import scripts
+from . import erasure, scripts
+from .bounds import Retention
 from .engine import Explainer, LeadView, Scorer, grade_rank
-from .errors import ConfigError, StateError
+from .errors import StateError
 from .events import Event
 from .keys import Keys
 from .model import ScoringModel
 
-if TYPE_CHECKING:
-    from .settings import Settings
-
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
-_DAY_MS = 86_400_000
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How long Redis keeps what (LEADPULSE_LEAD_TTL and the others, settings.py); 0 = forever."""
-
-    #: a lead in the first stage, after its last event (lib.lua: expiry)
-    lead_ttl_ms: int = 400 * _DAY_MS
-    #: an anonymous visitor not linked to a lead, after its last event; and its most events kept
-    anon_ttl_ms: int = 90 * _DAY_MS
-    anon_max_events: int = 1000
-    #: a visitor's link to its lead, from the first link
-    alias_ttl_ms: int = 400 * _DAY_MS
-    #: an erased lead's tombstone (admin.forget): its events are refused this long
-    tombstone_ttl_ms: int = 400 * _DAY_MS
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Retention:
-        return cls(settings.lead_ttl, settings.anon_ttl, settings.anon_max_events, settings.alias_ttl,
-                   settings.tombstone_ttl)
-
-    def check(self, model: ScoringModel) -> None:
-        if 0 < self.lead_ttl_ms < model.dedup_window:
-            raise ConfigError(
-                f"lead_ttl (LEADPULSE_LEAD_TTL) must be 0 (keep forever) or at least the model's dedup_window "
-                f"({model.dedup_window} ms): a lead must not be forgotten while its events can still be redelivered"
-            )
-        if self.anon_ttl_ms <= 0 or self.anon_max_events <= 0:
-            raise ConfigError("anon_ttl and anon_max_events must be > 0: an unlinked visitor is never kept forever")
 
 
 def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
@@ -157,18 +125,6 @@ def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] 
     for code, points in _by_code(fit).items():
         fields[f"f:{rule_name(code, names)}"] = repr(float(points))
     return fields
-
-
-def write_refusal(exc: BaseException) -> str | None:
-    """"oom" or "readonly" when Redis refused a write (maxmemory reached under noeviction; a
-    replica), else None. Transient: the write succeeds as is once Redis accepts writes again (a
-    script refused this way wrote nothing), so the batch is retried, never dead-lettered."""
-    cause = exc.__cause__ if isinstance(exc, StateError) and exc.__cause__ is not None else exc
-    if isinstance(cause, OutOfMemoryError):
-        return "oom"
-    if isinstance(cause, ReadOnlyError):
-        return "readonly"
-    return None
 
 
 def connect(url: str, cluster: bool = False, **options: Any) -> Redis:
@@ -364,7 +320,7 @@ class LeadStore:
             await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
                                                  if owner not in erased])
         if erased:  # visitors of an erased lead (a stale link, a rescore's identify) lose the link
-            await self._unlink(erased, routed)
+            await erasure.unlink(self, erased, routed)
         return result
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
@@ -407,17 +363,8 @@ class LeadStore:
     async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps],
                     batch: Sequence[tuple[Event, str]]) -> list[tuple[str, str]]:
         """Link visitors to leads (link.lua); returns (visitor, the lead it belongs to) per link."""
-        ttl = self.retention.alias_ttl_ms
-        # First, in its own round trip, each lead's set of visitors (keys.py `:n`) names the
-        # visitor, so that no link exists that erasing the lead could not find.
-        register = self.redis.pipeline(transaction=False)
-        for anon_id, lead in links:
-            key = self.keys.lead(lead).visitors
-            register.sadd(key, anon_id)
-            if ttl > 0:
-                register.pexpire(key, ttl)
-        await register.execute()
-        calls = [(scripts.LINK, self.keys.anon(a), [lead, ttl]) for a, lead in links]
+        await erasure.register(self, links)  # first: no link that erasing its lead could not find
+        calls = [(scripts.LINK, self.keys.anon(a), [lead, self.retention.alias_ttl_ms]) for a, lead in links]
         owners = []
         for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
             owner = _text(reply[0])
@@ -434,36 +381,10 @@ class LeadStore:
             slot.index[0:0] = [-1] * len(logged)
         return owners
 
-    async def _unlink(self, leads: set[str], routed: Mapping[str, set[str]]) -> None:
-        """Remove every link to these erased leads: of the visitors in their sets and of those
-        routed to them in this batch (unlink.lua deletes a link only if it is to that lead)."""
-        ordered = sorted(leads)
-        pipe = self.redis.pipeline(transaction=False)
-        for lead in ordered:
-            pipe.smembers(self.keys.lead(lead).visitors)
-        found = await pipe.execute()
-        calls = [(scripts.UNLINK, self.keys.anon(a), [lead]) for lead, members in zip(ordered, found)
-                 for a in sorted({_text(m) for m in members} | routed.get(lead, set()))]
-        await scripts.pipelined(self.redis, calls)
-        pipe = self.redis.pipeline(transaction=False)
-        for lead in ordered:
-            pipe.delete(self.keys.lead(lead).visitors)
-        await pipe.execute()
+    def forget_links(self, leads: set[str]) -> None:
+        """Drop remembered links to these (erased) leads."""
         for anon_id in [a for a, lead in self._aliases.items() if lead in leads]:
             del self._aliases[anon_id]
-
-    async def erase(self, lead_id: str) -> bool:
-        """Erase a lead: its state (replaced by a tombstone that refuses its events for
-        `tombstone_ttl`), dedup set, replay log, traits, outbox, index entries, and the links of
-        its visitors with whatever they logged. True if the lead had a state."""
-        try:
-            k = self.keys.lead(lead_id)
-            keys = [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.dedup, k.replay, k.traits, k.outbox]
-            existed = await scripts.ERASE(self.redis, keys, [lead_id, self.retention.tombstone_ttl_ms])
-            await self._unlink({lead_id}, {})
-        except RedisError as exc:
-            raise StateError(f"redis: {exc}") from exc
-        return bool(existed)
 
     def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
         """apply.lua calls for `leads`, in the order of `leads` (the replies are read in it).
@@ -511,13 +432,6 @@ class LeadStore:
         """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
         k = self.keys.lead(lead_id)
         return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
-
-    async def probe_write(self) -> None:
-        """One small write (raises as a refused batch would): is Redis taking writes again?"""
-        try:
-            await self.redis.set(self.keys.probe, b"1", px=10_000)
-        except RedisError as exc:
-            raise StateError(f"redis: {exc}") from exc
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         try:

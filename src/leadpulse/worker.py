@@ -35,7 +35,8 @@ from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, PublishedIds, Topics
 from .settings import Settings
-from .state import LeadStore, Retention, connect, write_refusal
+from .bounds import Retention, write_refusal
+from .state import LeadStore, connect
 
 log = logging.getLogger("leadpulse.worker")
 T = TypeVar("T")
@@ -294,9 +295,9 @@ class ScoringService(mode.Service):
         if self.write_refused and self.redis_ok and self._in_flight == 0:
             # No batch is retrying to find out (an idle worker): a write of our own does.
             try:
-                await asyncio.wait_for(self.store.probe_write(), timeout=2.0)
+                await asyncio.wait_for(self.redis.set(self.store.keys.probe, b"1", px=10_000), timeout=2.0)
                 self._write_refused(None)
-            except (StateError, RedisError, OSError, TimeoutError):
+            except (RedisError, OSError, TimeoutError):
                 pass
         self._update_ready()
 
