@@ -490,7 +490,8 @@ class LeadStore:
             last[t.lead_id] = max(t.seq, last.get(t.lead_id, 0))
         try:
             await self.ready()
-            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq]) for lead, seq in last.items()]
+            now = int(time.time() * 1000)
+            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq, now]) for lead, seq in last.items()]
             await scripts.pipelined(self.redis, calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc

@@ -110,7 +110,7 @@ for i = 1, #ARGV - 2 do
   -- nothing is ever a replay).
   if logged and DEDUP > 0 then redis.call('SET', xkey, cjson.encode(replays), 'PX', DEDUP_S) end
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
-  save(st)
+  save(st, NOW)
   results[#results + 1] = {table.concat(statuses), out, st.s}
 end
 return cjson.encode(results)

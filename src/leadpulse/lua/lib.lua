@@ -21,7 +21,7 @@
 --   [11] f: {rule -> fit points (not decayed)}
 --   [12] k: {rule -> cap ledger}: a lifetime total, or {t1 - B, a1, t2 - B, a2, ...} (awards
 --        within a window)
---   [13] e: wall-clock time (epoch s, Redis's clock) until which the traits key `…:p` is known to
+--   [13] e: wall-clock time (epoch s, the scripts' `now`) until which the traits key `…:p` is known to
 --        live; absent or false while it has no expiry (optional: states written before have 12)
 -- B moves up to the clock when offsets from it would outgrow 32 bits (every ~50 days of
 -- activity). Kept apart (read rarely, and too big to unpack on every event): the traits `…:p`
@@ -86,7 +86,8 @@ local function rel(st, t)
   return t - st.B
 end
 
-local function save(st)
+-- `now`: the wall clock (epoch ms, the worker's), for the traits' expiry
+local function save(st, now)
   if st.erased or not st.dirty then return end
   local B, c = st.B, st.c
   if c and not B then
@@ -105,7 +106,7 @@ local function save(st)
   end
   local expire = TTL > 0 and st.s == 0
   if expire then
-    local now_s = tonumber(redis.call('TIME')[1])
+    local now_s = math.floor(now / 1000)
     -- `traits_set`: apply.lua wrote the traits in this call (a SET clears their expiry)
     if st.traits_set or not st.e or st.e < now_s + TTL_S then
       redis.call('PEXPIRE', st.pkey, TTL + SLACK_S * 1000)

@@ -29,5 +29,5 @@ if #out > 0 then
 else
   reindex(st, KEYS[1], KEYS[2], lead, true)
 end
-save(st)
+save(st, now)
 return out
