@@ -11,6 +11,7 @@ only the first MATCH_LIMIT characters of a value are matched (docs/scoring.md, P
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import re2
 
@@ -29,7 +30,7 @@ def _options(*, case_sensitive: bool = True, dot_nl: bool = False) -> re2.Option
     return options
 
 
-def _compile(pattern: str, options: re2.Options) -> re2._Regexp:
+def _compile(pattern: str, options: re2.Options) -> Any:  # a compiled RE2 pattern
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
