@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import aiohttp
 import orjson
 import pytest
 from redis.asyncio import RedisCluster
+from redis.crc import key_slot
 
+from leadpulse.admin import forget
+from leadpulse.collector import Collector, CollectorSettings
 from leadpulse.embedded import TansuBroker
 from leadpulse.model import ScoringModel
+from leadpulse.settings import Settings
 from leadpulse.state import LeadStore, connect
 
 from .clustertools import LocalCluster
 from .fixtures import DAY, T0, event
-from .kafkatools import WorkerProcess, consume_until, produce, running
+from .kafkatools import WorkerProcess, consume_until, produce, running, wait_for
 from .test_worker import journey
 
 pytestmark = pytest.mark.integration
@@ -76,3 +84,87 @@ async def test_worker_end_to_end_on_a_cluster(broker: TansuBroker, cluster: Loca
         assert status == 200 and top["leads"][0]["lead_id"] == "lead-cluster"
         status, ready = await worker.get("/readyz")
         assert status == 200 and ready["redis"] is True
+
+
+BRACE_LEADS = ("}x", "{x}", "a{b}c")
+
+
+async def test_ids_with_braces_through_the_topics_and_the_collector_on_a_cluster(
+        broker: TansuBroker, cluster: LocalCluster, tmp_path: Path) -> None:
+    # A lead id starting with "}" once gave its keys an empty hash tag: EVALSHA failed with
+    # CROSSSLOT and the worker exited. keys.py puts such ids in the tag encoded.
+    worker = WorkerProcess(broker.bootstrap, cluster.url, tmp_path, redis_cluster="true")
+    async with running(worker):
+        now = int(time.time() * 1000)
+        items = [(worker.topic(s), lead.encode(), orjson.dumps(e)) for lead in BRACE_LEADS for s, e in journey(lead, now)]
+        # a visitor whose id starts with "}" too, linked to a lead by identify
+        visit = {"event_id": "anon-visit", "anonymous_id": "}cookie", "source": "web", "type": "page_view",
+                 "occurred_at": now - 120_000, "properties": {"url": "https://acme.io/customers/x"}}
+        link = {"event_id": "anon-link", "lead_id": "a{b}c", "anonymous_id": "}cookie", "source": "profile",
+                "type": "identify", "occurred_at": now - 110_000, "traits": {}}
+        await produce(broker.bootstrap, [(worker.topic("web"), b"}cookie", orjson.dumps(visit)), *items])
+        await produce(broker.bootstrap, [(worker.topic("profile"), b"}cookie", orjson.dumps(link))])
+        records = await consume_until(broker.bootstrap, worker.settings["handoff_topic"], lambda rs: {
+            orjson.loads(r.value)["lead_id"] for r in rs if orjson.loads(r.value)["stage"] == "sql"} == set(BRACE_LEADS))
+        assert {orjson.loads(r.value)["lead_id"] for r in records if orjson.loads(r.value)["stage"] == "sql"} == set(BRACE_LEADS)
+
+        async def merged() -> bool:
+            status, lead = await worker.get("/leads/" + quote("a{b}c", safe=""))
+            return status == 200 and "case_study" in {c["rule_id"] for c in lead["contributions"]}
+
+        await wait_for(merged, 60, "the visitor's page view to merge into a{b}c")
+        for lead in BRACE_LEADS:
+            status, body = await worker.get("/leads/" + quote(lead, safe=""))
+            assert status == 200 and body["stage"] == "sql", (lead, body)
+
+        # The same through the collector: Segment userId / anonymousId with braces.
+        collector = Collector(Settings(kafka_bootstrap=broker.bootstrap, partitions=4, topic_prefix=worker.settings["topic_prefix"]),
+                              CollectorSettings(write_keys="wk-braces", collector_port=0))
+        await collector.start()
+        try:
+            messages = [
+                {"type": "page", "anonymousId": "}seg-anon", "messageId": "seg-1", "properties": {"url": "https://acme.io/pricing"}},
+                {"type": "identify", "userId": "}seg", "anonymousId": "}seg-anon", "messageId": "seg-2",
+                 "traits": {"seniority": "vp"}},
+                {"type": "track", "userId": "}seg", "event": "Demo Requested", "messageId": "seg-3"},
+            ]
+            auth = {"Authorization": "Basic " + base64.b64encode(b"wk-braces:").decode()}
+            async with aiohttp.ClientSession() as http:
+                deadline = time.monotonic() + 30
+                while True:  # 503 until the collector's producer is connected
+                    async with http.post(collector.url + "/v1/batch", json={"batch": messages}, headers=auth) as resp:
+                        if resp.status == 200 or time.monotonic() > deadline:
+                            break
+                    await asyncio.sleep(0.2)
+                assert resp.status == 200
+
+            async def seg_scored() -> bool:
+                status, lead = await worker.get("/leads/" + quote("}seg", safe=""))
+                rules = {c["rule_id"] for c in lead["contributions"]} if status == 200 else set()
+                return {"pricing_page", "demo_request", "seniority_exec"} <= rules
+
+            await wait_for(seg_scored, 60, "the collector's events for }seg to be scored")
+        finally:
+            await collector.stop()
+        status, ready = await worker.get("/readyz")
+        assert status == 200 and worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_erasure_on_a_cluster_removes_links_in_other_slots(cluster_store: LeadStore) -> None:
+    # The lead's keys and its visitors' links live in different slots (and nodes): erase.lua
+    # works in the lead's, unlink.lua in each visitor's.
+    store = cluster_store
+    cookies = ["{c}-1", "c-2", "}c-3"]
+    await store.apply([(event("web", "page_view", T0, lead=None, anon=c, url="/pricing"), f"t:0:{i}")
+                       for i, c in enumerate(cookies)])
+    links = [event("profile", "identify", T0 + 1 + i, lead="}gone", anon=c, traits={}) for i, c in enumerate(cookies)]
+    await store.apply([(e, f"t:1:{i}") for i, e in enumerate(links)])
+    assert len({key_slot(store.keys.anon(c).alias.encode()) for c in cookies} | {key_slot(store.keys.lead("}gone").state.encode())}) == 4
+    assert await forget(store, "}gone") is True
+    for c in cookies:
+        assert not await store.redis.exists(*store.keys.anon(c))
+    later = [event("web", "page_view", T0 + 10 + i, lead=None, anon=c, url="/pricing") for i, c in enumerate(cookies)]
+    assert (await store.apply([(e, f"t:2:{i}") for i, e in enumerate(later)])).outcomes == ["anonymous"] * 3
+    assert (await store.apply([(links[0], "t:1:0")])).outcomes == ["erased"]
+    assert await store.view("}gone", T0 + 20) is None
+    assert not await store.redis.exists(*store.keys.anon(cookies[0]))

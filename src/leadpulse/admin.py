@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
-from . import kafka, scripts
+from . import erasure, kafka, scripts
 from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Processor, Topics
 from .settings import Settings
+from .bounds import Retention
 from .state import SCORED, LeadStore, connect
 
 
@@ -47,7 +48,7 @@ async def rescore(
     counted by reason (the worker dead-lettered it when it first came).
     """
     redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
-    store = LeadStore(redis, model)
+    store = LeadStore(redis, model, retention=Retention.from_settings(settings))
     processor = Processor(store, _NoProducer(), Topics(settings.handoff_topic, settings.dlq_topic), Metrics())
     consumer = AIOKafkaConsumer(**kafka.client_options(settings), group_id=None, enable_auto_commit=False)
     result = RescoreResult()
@@ -85,13 +86,7 @@ async def rescore(
 
 
 async def forget(store: LeadStore, lead_id: str) -> bool:
-    """Erase a lead: its state, dedup set, replay log, traits, outbox and index entries.
-    True if it existed."""
-    keys = store.keys.lead(lead_id)
-    due, top = store.keys.indexes(store.keys.shard(lead_id))
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.delete(*keys)  # one slot: DEL of several keys is fine on a cluster too
-    pipe.zrem(due, lead_id)
-    pipe.zrem(top, lead_id)
-    deleted, _, _ = await pipe.execute()
-    return bool(deleted)
+    """Erase a lead (erasure.erase): its data and its visitors' links go, a tombstone stays
+    so that its events (replayed, rescored, merged) cannot bring it back. True if it existed.
+    What stays in Kafka: docs/operations.md, Erasure."""
+    return await erasure.erase(store, lead_id)

@@ -98,7 +98,8 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
             return self.json(lead_json(view))
 
         async def delete(self, request: Request, lead_id: str) -> Response:
-            """Erase a lead (right to erasure). Needs the admin token; refused when none is set."""
+            """Erase a lead (right to erasure): its data, its visitors' links, and a tombstone that
+            refuses its events (admin.forget). Needs the admin token; refused when none is set."""
             if settings.admin_token is None:
                 return _error(self, 403, "forbidden", "set LEADPULSE_ADMIN_TOKEN to allow changes over HTTP")
             if not _authorized(request, settings.admin_token):
@@ -110,7 +111,9 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
             except (StateError, RedisError) as exc:
                 return _error(self, 503, "redis_unavailable", str(exc))
             if not existed:
-                return _error(self, 404, "unknown_lead", f"no lead {lead_id!r}")
+                return _error(self, 404, "unknown_lead",
+                              f"no lead {lead_id!r}; its tombstone is written all the same, so events still on "
+                              f"their way cannot create it")
             return self.json({"deleted": lead_id})
 
     @app.page("/healthz")
@@ -125,12 +128,14 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
             redis_ok = False
         checks = {
             "redis": redis_ok,
+            "redis_write_refused": service.write_refused,  # "oom" | "readonly" | None
             "kafka": service.kafka_ok,
             "partitions_assigned": len(service.assigned),
             "started": service.prepared.is_set(),
         }
         ok = redis_ok and service.ready
-        return web.json({"ready": ok, **checks}, status=200 if ok else 503)
+        reason = None if ok else (service.not_ready_because or "redis unreachable")
+        return web.json({"ready": ok, "reason": reason, **checks}, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics_view(web: View, request: Request) -> Response:

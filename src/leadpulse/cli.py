@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 import orjson
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
 
 from .errors import ConfigError
 from .model import ScoringModel, load_model
@@ -35,8 +35,10 @@ def settings_options(fun: Callable[..., Any]) -> Callable[..., Any]:
     """Every setting as a flag (`--redis-url` for LEADPULSE_REDIS_URL): one model, two doors."""
     for name, field in reversed(Settings.model_fields.items()):
         flag = "--" + name.replace("_", "-")
+        # durations ("400d") are parsed by the setting's own validator
+        parsed = any(isinstance(m, BeforeValidator) for m in field.metadata)
         fun = click.option(
-            flag, name, type=_option_type(field.annotation), default=None,
+            flag, name, type=click.STRING if parsed else _option_type(field.annotation), default=None,
             help=f"{field.description} [env LEADPULSE_{name.upper()}]",
         )(fun)
     return fun

@@ -6,15 +6,14 @@ turns a stored snapshot into a score, a grade, a stage and its explanation at an
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .events import Event
 from .model import GRADES, Predicate, ScoringModel
+from .patterns import glob_matcher, regex_matcher
 
 LN2 = math.log(2)
 Check = Callable[[Any], bool]
@@ -54,12 +53,13 @@ def _checks(pred: Predicate) -> list[Check]:
     if pred.contains is not None:
         needle = pred.contains.casefold()
         checks.append(lambda v: isinstance(v, str) and needle in v.casefold())
+    # linear-time matching of the first MATCH_LIMIT characters (patterns.py)
     if pred.regex is not None:
-        search = re.compile(pred.regex).search
-        checks.append(lambda v: isinstance(v, str) and search(v) is not None)
+        search = regex_matcher(pred.regex)
+        checks.append(lambda v: isinstance(v, str) and search(v))
     if pred.glob is not None:
-        match = re.compile(fnmatch.translate(pred.glob), re.IGNORECASE).match
-        checks.append(lambda v: isinstance(v, str) and match(v) is not None)
+        match = glob_matcher(pred.glob)
+        checks.append(lambda v: isinstance(v, str) and match(v))
     bounds = [(b, op) for b, op in ((pred.gte, ">="), (pred.gt, ">"), (pred.lte, "<="), (pred.lt, "<")) if b is not None]
     if bounds:
         def in_range(v: Any) -> bool:

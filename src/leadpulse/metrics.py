@@ -12,7 +12,7 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.events = Counter(
             "leadpulse_events", "Events consumed, by source, type and outcome "
-            "(scored, duplicate, anonymous, invalid).", ["source", "type", "outcome"], registry=r,
+            "(scored, duplicate, anonymous, erased, invalid).", ["source", "type", "outcome"], registry=r,
         )
         self.event_latency = Histogram(
             "leadpulse_event_latency_seconds", "From an event's occurred_at to its score being stored.",
@@ -40,10 +40,17 @@ class Metrics:
             "leadpulse_consumer_lag_messages", "Messages behind the partition's end.", ["topic", "partition"], registry=r
         )
         self.ready = Gauge("leadpulse_ready", "1 when the broker and Redis are reachable and partitions assigned.", registry=r)
+        self.redis_write_refused = Gauge(
+            "leadpulse_redis_write_refused", "1 while Redis refuses the worker's writes, by reason: oom "
+            "(maxmemory reached, noeviction) or readonly (a replica). Scoring waits; /readyz says 503.",
+            ["reason"], registry=r,
+        )
         self.model = Info("leadpulse_model", "The scoring model in use.", registry=r)
         # Series that exist from the start, so that rate() and increase() see the first error.
         for op in ("connect", "process", "commit", "sweep"):
             self.redis_errors.labels(op)
+        for reason in ("oom", "readonly"):
+            self.redis_write_refused.labels(reason).set(0)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
 

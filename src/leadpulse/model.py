@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .durations import parse_ms
 from .errors import ModelError
+from .patterns import regex_matcher
 
 SOURCES = ("web", "email", "webinar", "profile", "crm")
 GRADES = ("A", "B", "C", "D")
@@ -75,9 +76,12 @@ class Predicate(Frozen):
                 raise ValueError(f"{name} must be a finite number")
         if self.regex is not None:
             try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise ValueError(f"regex does not compile: {exc}") from None
+                regex_matcher(self.regex)
+            except ValueError as exc:
+                raise ValueError(
+                    f"regex does not compile for RE2, the linear-time engine rules are matched with "
+                    f"(no backreferences, lookaround or atomic groups; docs/scoring.md): {exc}"
+                ) from None
         return self
 
 

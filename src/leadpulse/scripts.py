@@ -45,7 +45,9 @@ ANON = Script("anon.lua")
 LINK = Script("link.lua")
 RETIRE = Script("retire.lua")
 RULES = Script("rules.lua")
-ALL = (APPLY, SWEEP, ACK, ANON, LINK, RETIRE, RULES)
+ERASE = Script("erase.lua")
+UNLINK = Script("unlink.lua")
+ALL = (APPLY, SWEEP, ACK, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
 
 
 async def load_all(redis: Redis) -> None:

@@ -6,15 +6,18 @@ Secrets are `SecretStr` and `masked()` is what gets printed or logged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .durations import parse_ms
 from .errors import ConfigError
 
 SOURCES = ("web", "email", "webinar", "profile", "crm")
+#: a duration setting: "400d", "12h", "90s" or a number of seconds, kept in ms
+DurationMs = Annotated[int, BeforeValidator(parse_ms)]
 
 
 class Settings(BaseSettings):
@@ -48,6 +51,17 @@ class Settings(BaseSettings):
     batch_wait_ms: int = Field(20, ge=0, description="longest the broker holds a fetch open for events (fetch.max.wait.ms)")
     sweep_interval: float = Field(5.0, gt=0, description="seconds between decay-demotion sweeps")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger messages go to the DLQ")
+    lead_ttl: DurationMs = Field(
+        "400d", description="a lead in the first stage is forgotten this long after its last event (0: never; "
+        "at least the model's dedup_window)")
+    anon_ttl: DurationMs = Field(
+        "90d", gt=0, description="an anonymous visitor's events are kept this long after its last one, until "
+        "it is linked to a lead")
+    anon_max_events: int = Field(1000, ge=1, description="most events kept per anonymous visitor (the latest)")
+    alias_ttl: DurationMs = Field("400d", description="a visitor's link to its lead is kept this long (0: forever)")
+    tombstone_ttl: DurationMs = Field(
+        "400d", description="an erased lead's events are refused this long; at least the input topics' "
+        "retention (0: forever)")
     api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API")
     admin_token: SecretStr | None = Field(None, description="bearer token for state-changing HTTP calls")
     protect_metrics: bool = Field(False, description="require the API token for /metrics too")

@@ -22,7 +22,8 @@ from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import scripts
+from . import erasure, scripts
+from .bounds import Retention
 from .engine import Explainer, LeadView, Scorer, grade_rank
 from .errors import LeadPulseError, RedisRefused, StateError
 from .events import Event
@@ -31,18 +32,15 @@ from .model import ScoringModel
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
-#: an anonymous visitor's log: most events kept, and how long an unlinked visitor is kept
-ANON_MAX_OPS = 1000
-ANON_TTL_MS = 90 * 86_400_000
-ALIAS_TTL_MS = 400 * 86_400_000
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
-def lua_spec(model: ScoringModel, codes: Mapping[str, int]) -> bytes:
+def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
-    category per rule, categories, caps, stages, grades."""
+    category per rule, categories, caps, stages, grades; and how long an idle lead in the
+    first stage is kept (0: forever)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -75,19 +73,24 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int]) -> bytes:
         "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
+        "ttl": lead_ttl_ms,
     }
     return bytes(msgpack.packb(spec))
 
 
-#: the layout of the packed lead state (lua/lib.lua)
+#: the layout of the packed lead state (lua/lib.lua); format 0 is an erased lead's tombstone
 STATE_FORMAT = 2
+ERASED_FORMAT = 0
 
 
 def unpack_state(raw: bytes | None) -> list[Any] | None:
-    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none."""
+    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none
+    (or the lead was erased)."""
     if raw is None:
         return None
     state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if isinstance(state, list) and state[:1] == [ERASED_FORMAT]:
+        return None
     if not isinstance(state, list) or not state or state[0] != STATE_FORMAT:
         raise StateError(f"lead state of an unknown format: {state[:1] if isinstance(state, list) else type(state)}")
     return state
@@ -110,7 +113,7 @@ def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] 
     state = unpack_state(raw)
     if state is None:
         return None
-    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state
+    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state[:12]
     fields = {"s": str(stage), "q": str(seq)}
     if clock is not False:
         fields["c"] = str(int(base + clock))
@@ -216,9 +219,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-#: outcome of each event in a batch
-SCORED, DUPLICATE, ANONYMOUS = "scored", "duplicate", "anonymous"
-_STATUS = {"o": SCORED, "d": DUPLICATE}
+#: outcome of each event in a batch; ERASED: refused, its lead was erased (its tombstone, erase.lua)
+SCORED, DUPLICATE, ANONYMOUS, ERASED = "scored", "duplicate", "anonymous", "erased"
+_STATUS = {"o": SCORED, "d": DUPLICATE, "e": ERASED}
 
 
 @dataclass(slots=True)
@@ -234,10 +237,13 @@ class _LeadOps:
 
 
 class LeadStore:
-    def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None) -> None:
+    def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None,
+                 retention: Retention | None = None) -> None:
         self.redis = redis
         self.model = model
         self.keys = keys or Keys(cluster=isinstance(redis, RedisCluster))
+        self.retention = retention or Retention()
+        self.retention.check(model)
         self.scorer = Scorer(model)
         self.explainer = Explainer(model)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
@@ -259,7 +265,7 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self.spec = lua_spec(self.model, self.rule_codes)
+        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
         self._generation = scripts.generation
 
     def fields(self, raw: bytes | None) -> dict[str, str] | None:
@@ -294,6 +300,7 @@ class LeadStore:
         leads: dict[str, _LeadOps] = {}
         anon: dict[str, list[tuple[int, list[Any]]]] = {}
         links: list[tuple[str, str]] = []
+        routed: dict[str, set[str]] = {}  # lead -> visitors whose events went to it in this batch
         for i, (event, pos) in enumerate(batch):
             lead_id = event.lead_id or self._aliases.get(event.anonymous_id or "")
             op = self._op(event, pos, lead_id, traits_now)
@@ -302,26 +309,35 @@ class LeadStore:
                 continue
             if event.lead_id and event.anonymous_id and event.source == "profile":
                 links.append((event.anonymous_id, event.lead_id))
+            elif event.lead_id is None and event.anonymous_id:
+                routed.setdefault(lead_id, set()).add(event.anonymous_id)
             slot = leads.setdefault(lead_id, _LeadOps())
             slot.ops.append(op)
             slot.index.append(i)
         if links:
-            await self._link(links, leads, batch)
+            links = await self._link(links, leads, batch)
+            for anon_id, owner in links:
+                routed.setdefault(owner, set()).add(anon_id)
         calls = self._apply_calls(leads, now)
+        keep = self.retention
         for anon_id, items in anon.items():
             k = self.keys.anon(anon_id)
-            logged = [orjson.dumps([*op[:4], 0, *op[5:]]).decode() for _, op in items]
-            calls.append((scripts.ANON, k, [ANON_TTL_MS, ANON_MAX_OPS, now, self.model.dedup_window, *logged]))
+            # A logged op is merged unevaluated (5th field 0): its event id and position, which
+            # only name a transition's trigger and a replay, are dropped. What is left (hash,
+            # time, matches) is bounded by the model, not by the input.
+            logged = [orjson.dumps([op[0], op[1], "", "", 0, *op[5:]]).decode() for _, op in items]
+            calls.append((scripts.ANON, k, [keep.anon_ttl_ms, keep.anon_max_events, now, self.model.dedup_window, *logged]))
         replies = await scripts.pipelined(self.redis, calls)
         result = BatchResult(outcomes)
         n_apply = len(calls) - len(anon)
-        self._collect(leads, replies[:n_apply], result)
+        erased = self._collect(leads, replies[:n_apply], result)
         redirected: dict[str, _LeadOps] = {}
         for (anon_id, items), reply in zip(anon.items(), replies[n_apply:]):
             kind, value = _text(reply[0]), reply[1]
             if kind == "lead":  # linked by another worker meanwhile: score into the lead
                 lead_id = _text(value)
                 self._alias(anon_id, lead_id)
+                routed.setdefault(lead_id, set()).add(anon_id)
                 slot = redirected.setdefault(lead_id, _LeadOps())
                 for i, op in items:
                     slot.ops.append(op)
@@ -330,9 +346,12 @@ class LeadStore:
                 for i, _ in items:
                     outcomes[i] = ANONYMOUS
         if redirected:
-            self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
+            erased |= self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
         if links:
-            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, _ in links])
+            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
+                                                 if owner not in erased])
+        if erased:  # visitors of an erased lead (a stale link, a rescore's identify) lose the link
+            await erasure.unlink(self, erased, routed)
         return result
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
@@ -360,17 +379,27 @@ class LeadStore:
         for a in anon_ids:
             pipe.get(self.keys.anon(a).alias)
         for lead in lead_ids:
-            pipe.get(self.keys.lead(lead).traits)
+            k = self.keys.lead(lead)
+            pipe.get(k.traits)
+            pipe.exists(k.state)
         replies = await pipe.execute()
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
                 self._alias(a, _text(lead))
-        return {lead: orjson.loads(raw) for lead, raw in zip(lead_ids, replies[len(anon_ids) :]) if raw}
+        traits = replies[len(anon_ids) :]
+        # Traits may outlive an expired state by up to lead_ttl/8 (lib.lua): a lead that comes
+        # back after expiring starts afresh, without them.
+        return {lead: orjson.loads(raw) for lead, raw, state in zip(lead_ids, traits[::2], traits[1::2]) if raw and state}
 
-    async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps], batch: Sequence[tuple[Event, str]]) -> None:
-        calls = [(scripts.LINK, self.keys.anon(a), [lead, ALIAS_TTL_MS]) for a, lead in links]
+    async def _link(self, links: list[tuple[str, str]], leads: dict[str, _LeadOps],
+                    batch: Sequence[tuple[Event, str]]) -> list[tuple[str, str]]:
+        """Link visitors to leads (link.lua); returns (visitor, the lead it belongs to) per link."""
+        await erasure.register(self, links)  # first: no link that erasing its lead could not find
+        calls = [(scripts.LINK, self.keys.anon(a), [lead, self.retention.alias_ttl_ms]) for a, lead in links]
+        owners = []
         for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
             owner = _text(reply[0])
+            owners.append((anon_id, owner))
             self._alias(anon_id, owner)
             logged = [orjson.loads(op) for op in reply[1:]]
             if not logged:
@@ -381,6 +410,12 @@ class LeadStore:
             logged.sort(key=lambda op: op[1])
             slot.ops[0:0] = logged
             slot.index[0:0] = [-1] * len(logged)
+        return owners
+
+    def forget_links(self, leads: set[str]) -> None:
+        """Drop remembered links to these (erased) leads."""
+        for anon_id in [a for a, lead in self._aliases.items() if lead in leads]:
+            del self._aliases[anon_id]
 
     def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
         """apply.lua calls for `leads`, in the order of `leads` (the replies are read in it).
@@ -408,7 +443,9 @@ class LeadStore:
             leads.update(ordered)
         return calls
 
-    def _collect(self, leads: dict[str, _LeadOps], replies: list[Any], result: BatchResult) -> None:
+    def _collect(self, leads: dict[str, _LeadOps], replies: list[Any], result: BatchResult) -> set[str]:
+        """Outcomes and transitions into `result`; returns the leads found erased."""
+        erased = set()
         items = iter(leads.items())
         for reply in replies:
             for lead_reply in orjson.loads(reply):  # apply.lua answers one JSON text per call
@@ -417,12 +454,15 @@ class LeadStore:
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
+                if statuses[:1] == "e":
+                    erased.add(lead_id)
                 result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names) for t in transitions)
+        return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state and outbox."""
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
         k = self.keys.lead(lead_id)
-        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox]
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         try:
@@ -481,7 +521,8 @@ class LeadStore:
             last[t.lead_id] = max(t.seq, last.get(t.lead_id, 0))
         try:
             await self.ready()
-            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq]) for lead, seq in last.items()]
+            now = int(time.time() * 1000)
+            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq, now]) for lead, seq in last.items()]
             await scripts.pipelined(self.redis, calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc

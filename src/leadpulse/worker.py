@@ -35,6 +35,7 @@ from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, PublishedIds, Topics
 from .settings import Settings
+from .bounds import Retention, write_refusal
 from .state import LeadStore, connect
 
 log = logging.getLogger("leadpulse.worker")
@@ -67,7 +68,7 @@ class ScoringService(mode.Service):
             settings.redis_url.get_secret_value(), settings.redis_cluster, socket_timeout=5,
             socket_connect_timeout=3, health_check_interval=10,
         )
-        self.store = LeadStore(self.redis, model)
+        self.store = LeadStore(self.redis, model, retention=Retention.from_settings(settings))
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
             self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,
@@ -78,6 +79,8 @@ class ScoringService(mode.Service):
         self.assigned: set[TopicPartition] = set()
         self.prepared = asyncio.Event()
         self.redis_ok = False
+        #: "oom" / "readonly" while Redis refuses our writes (state.write_refusal); None otherwise
+        self.write_refused: str | None = None
         self.kafka_ok = False
         self.processed = 0
         self.caught_up = False
@@ -97,9 +100,14 @@ class ScoringService(mode.Service):
             try:
                 result = await op()
             except (StateError, RedisError, OSError) as exc:
-                self.redis_ok = False
                 self.metrics.redis_errors.labels(what).inc()
-                log.warning("%s: redis unavailable (%s); retrying in %.1f s", what, exc, delay)
+                refused = write_refusal(exc)
+                if refused:  # reachable, but taking no writes
+                    self._write_refused(refused)
+                    log.warning("%s: redis refuses writes (%s: %s); retrying in %.1f s", what, refused, exc, delay)
+                else:
+                    self.redis_ok = False
+                    log.warning("%s: redis unavailable (%s); retrying in %.1f s", what, exc, delay)
             except KafkaError as exc:
                 self.kafka_ok = False
                 self.metrics.kafka_errors.labels(what).inc()
@@ -226,6 +234,8 @@ class ScoringService(mode.Service):
         while (item := await inbox.get()) is not None:
             await self._retry(lambda: self.processor.apply(item.batch), "process")
             self.redis_ok = True
+            if item.batch.valid:  # the batch was written: Redis takes writes
+                self._write_refused(None)
             await out.put(item)
         await out.put(None)
 
@@ -282,6 +292,23 @@ class ScoringService(mode.Service):
             self.redis_ok = bool(await asyncio.wait_for(self.redis.ping(), timeout=2.0))
         except (RedisError, OSError, TimeoutError):
             self.redis_ok = False
+        if self.write_refused and self.redis_ok and self._in_flight == 0:
+            # No batch is retrying to find out (an idle worker): a write of our own does.
+            try:
+                await asyncio.wait_for(self.redis.set(self.store.keys.probe, b"1", px=10_000), timeout=2.0)
+                self._write_refused(None)
+            except (RedisError, OSError, TimeoutError):
+                pass
+        self._update_ready()
+
+    def _write_refused(self, reason: str | None) -> None:
+        if reason == self.write_refused:
+            return
+        if reason is None:
+            log.info("redis takes writes again")
+        self.write_refused = reason
+        for name in ("oom", "readonly"):
+            self.metrics.redis_write_refused.labels(name).set(1 if name == reason else 0)
         self._update_ready()
 
     def _update_ready(self) -> None:
@@ -289,7 +316,25 @@ class ScoringService(mode.Service):
 
     @property
     def ready(self) -> bool:
-        return self.prepared.is_set() and self.redis_ok and self.kafka_ok and bool(self.assigned)
+        return (self.prepared.is_set() and self.redis_ok and self.write_refused is None and self.kafka_ok
+                and bool(self.assigned))
+
+    @property
+    def not_ready_because(self) -> str | None:
+        """Why /readyz says 503, in words; None when ready."""
+        if not self.prepared.is_set():
+            return "starting: waiting for Redis and the broker"
+        if not self.redis_ok:
+            return "redis unreachable"
+        if self.write_refused == "oom":
+            return "redis refuses writes: OOM (maxmemory reached); scoring waits"
+        if self.write_refused == "readonly":
+            return "redis refuses writes: READONLY (a replica); scoring waits"
+        if not self.kafka_ok:
+            return "kafka unreachable"
+        if not self.assigned:
+            return "no partitions assigned"
+        return None
 
     # --- decay sweep ---------------------------------------------------------------------
 
@@ -314,7 +359,11 @@ class ScoringService(mode.Service):
             finally:
                 await lock.release()
         except (StateError, RedisError) as exc:
-            self.redis_ok = False
+            refused = write_refusal(exc)
+            if refused:
+                self._write_refused(refused)
+            else:
+                self.redis_ok = False
             self.metrics.redis_errors.labels("sweep").inc()
             log.warning("sweep failed: %s", exc)
         except KafkaError as exc:

@@ -11,7 +11,7 @@
 --                (rules by code)
 -- Returns one JSON text (one bulk string is far cheaper to read than nested replies): a list
 -- with, per lead, [statuses, transitions, stage]
---   statuses: one character per event: o applied, d duplicate
+--   statuses: one character per event: o applied, d duplicate, e refused: the lead was erased
 --   transitions: [seq, kind, from, to, crossed_at, event_id | false, score, threshold, snapshot]
 --   (an empty list may be encoded as {})
 local NOW = tonumber(ARGV[2])
@@ -29,8 +29,13 @@ for i = 1, #ARGV - 2 do
   local skey, dkey, xkey, pkey = KEYS[base], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
   local lead_ops = cmsgpack.unpack(ARGV[2 + i])
   local lead, ops = lead_ops[1], lead_ops[2]
-  local st = load(skey)
+  local st = load(skey, pkey)
   local statuses, out = {}, {}
+  if st.erased then
+    -- The lead's tombstone (erase.lua): refuse every event and write nothing.
+    for _ = 1, #ops do statuses[#statuses + 1] = 'e' end
+    ops = {}
+  end
   local replays, logged, traits, added = nil, false, nil, false
   for _, op in ipairs(ops) do
     local member, t, event_id, pos, eval = op[1], op[2], op[3], op[4], op[5]
@@ -95,12 +100,17 @@ for i = 1, #ARGV - 2 do
     st.m = oldest[2] and tonumber(oldest[2]) or nil
     st.dirty = true
   end
-  if traits then redis.call('SET', pkey, traits) end
+  if traits then
+    redis.call('SET', pkey, traits)
+    st.traits_set = true
+  end
+  -- An expiring lead is kept `ttl` after its last event: rewrite the state (with PX) on each.
+  if added and TTL > 0 and st.s == 0 then st.dirty = true end
   -- A replay comes within the dedup window, or the event counts as new anyway (with no window,
   -- nothing is ever a replay).
   if logged and DEDUP > 0 then redis.call('SET', xkey, cjson.encode(replays), 'PX', DEDUP_S) end
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
-  save(st)
+  save(st, NOW)
   results[#results + 1] = {table.concat(statuses), out, st.s}
 end
 return cjson.encode(results)

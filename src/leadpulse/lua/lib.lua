@@ -7,6 +7,8 @@
 -- exactly (whole numbers become integers, float32 only where that is exact). Rules are kept by
 -- code (a small integer, rules.lua) and times as offsets from a base B of the lead (times in ms
 -- were most of the bytes). The tables unpack as the scripts use them: no conversion per rule.
+-- An erased lead's key holds the tombstone {0} (format 0, erase.lua) instead: `load` marks the
+-- state `erased`; the scripts refuse to score into it and `save` never writes over it.
 --   [1] format version   [2] B: base of the lead's times (epoch ms) | false
 --   [3] c - B: c is the lead's clock, latest event time applied (or demotion time swept) | false
 --   [4] L - B: L is the landmark of the forward-decayed sums | false
@@ -19,36 +21,51 @@
 --   [11] f: {rule -> fit points (not decayed)}
 --   [12] k: {rule -> cap ledger}: a lifetime total, or {t1 - B, a1, t2 - B, a2, ...} (awards
 --        within a window)
+--   [13] e: wall-clock time (epoch s, the scripts' `now`) until which the traits key `…:p` is known to
+--        live; absent or false while it has no expiry (optional: states written before have 12)
 -- B moves up to the clock when offsets from it would outgrow 32 bits (every ~50 days of
 -- activity). Kept apart (read rarely, and too big to unpack on every event): the traits `…:p`
 -- (written by apply.lua, read by the worker), the replay log `…:x` and the sweep's outbox `…:o`.
 -- The spec (ARGV[1], msgpack, state.py) is indexed by rule code. Transitions name rules by code
 -- too (`r:<code>` in snapshots): state.py puts the names back.
+--
+-- Expiry (spec `ttl`, ms; 0 = keep forever): a lead in the first stage expires `ttl` after its
+-- last write, since its state is then written with PX (no extra command). Its traits `…:p` must
+-- not outlive that by much nor die first: they get `ttl + ttl/8` with one PEXPIRE, repeated only
+-- when the state's deadline passes the traits' (`e`), i.e. at most once per ttl/8 of activity.
+-- A lead above the first stage never expires (PERSIST once when it gets there). The dedup set
+-- and replay log expire on their own, `dedup_window` after the last arrival (state.py requires
+-- ttl >= dedup_window); the outbox is written with PX like the state.
 local SPEC = cmsgpack.unpack(ARGV[1])
 local LAM, CAT, CATS, CAPS, STAGES = SPEC.lam, SPEC.cat, SPEC.cats, SPEC.caps, SPEC.stages
 local NSTAGE, HYST, DEDUP, GRADES = #STAGES, SPEC.hyst, SPEC.dedup, SPEC.grades
 -- e^709 overflows a double; move the landmark long before any exponent gets there.
 local RENORM = 600
-local FORMAT = 2
+local FORMAT, ERASED = 2, 0
 local IN_DUE, IN_TOP, STALE = 1, 2, 4
 local REBASE = 4294967296
+local TTL = SPEC.ttl or 0
+local TTL_S, SLACK_S = math.floor(TTL / 1000), math.floor(TTL / 8000)
 
 local function fmt(x)
   return string.format('%.17g', x)
 end
 
-local function load(key)
+-- `pkey`: the lead's traits key, whose expiry follows the state's (above).
+local function load(key, pkey)
   local raw = redis.call('GET', key)
   local st
   if raw then
     local v = cmsgpack.unpack(raw)
+    if v[1] == ERASED then return {key = key, erased = true, s = 0} end
     if v[1] ~= FORMAT then error('lead state ' .. key .. ': unknown format ' .. tostring(v[1])) end
     local B = v[2] or nil
     local c = v[3] and B + v[3] or nil
-    st = {key = key, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6], u = v[7] and c + v[7] or nil,
-          m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11], k = v[12]}
+    st = {key = key, pkey = pkey, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6],
+          u = v[7] and c + v[7] or nil, m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11],
+          k = v[12], e = v[13] or nil}
   else
-    st = {key = key, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}}
+    st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}}
   end
   -- A model with fewer stages than the lead was in: the lead is in the top stage left.
   if st.s > NSTAGE - 1 then
@@ -69,8 +86,9 @@ local function rel(st, t)
   return t - st.B
 end
 
-local function save(st)
-  if not st.dirty then return end
+-- `now`: the wall clock (epoch ms, the worker's), for the traits' expiry
+local function save(st, now)
+  if st.erased or not st.dirty then return end
   local B, c = st.B, st.c
   if c and not B then
     B = c
@@ -86,9 +104,33 @@ local function save(st)
     B = c
     st.B = B
   end
-  redis.call('SET', st.key, cmsgpack.pack({FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
-    st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k}))
+  local expire = TTL > 0 and st.s == 0
+  if expire then
+    local now_s = math.floor(now / 1000)
+    -- `traits_set`: apply.lua wrote the traits in this call (a SET clears their expiry)
+    if st.traits_set or not st.e or st.e < now_s + TTL_S then
+      redis.call('PEXPIRE', st.pkey, TTL + SLACK_S * 1000)
+      st.e = now_s + TTL_S + SLACK_S
+    end
+  elseif st.e then
+    redis.call('PERSIST', st.pkey)
+    st.e = nil
+  end
+  local packed = cmsgpack.pack({FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
+    st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k,
+    st.e or false})
+  if expire then
+    redis.call('SET', st.key, packed, 'PX', TTL)
+  else
+    redis.call('SET', st.key, packed)
+  end
   st.dirty = false
+end
+
+-- How long the outbox (sweep.lua) may live: as long as the state; nil when that is forever.
+local function outbox_px(st)
+  if TTL > 0 and st.s == 0 then return TTL end
+  return nil
 end
 
 local function renormalise(st, landmark)
