@@ -150,6 +150,7 @@ class Processor:
 
     def prepare(self, records: Sequence[Record]) -> Batch:
         """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
+        self.metrics.batch_received()
         now_ms = int(time.time() * 1000)
         valid, invalid = self.parse(records, now_ms)
         return Batch(records, now_ms, valid, invalid)
@@ -176,6 +177,7 @@ class Processor:
         if not batch.counted:
             batch.counted = True
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
+            self.metrics.batch_done()
 
     async def sweep(self, now_ms: int) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
