@@ -124,7 +124,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
         chunks_high = math.ceil(events / (CHUNK_LEADS * EVENTS_PER_LEAD_LOW))
         start_ms = int(time.time() * 1000) - chunks_high * CHUNK_LEADS * ARRIVAL_MS - 2 * 86_400_000
         state = {"produced": 0, "processed": 0, "leads": 0, "capped_at": 0}
-        ahead = min(AHEAD, max(100, events // 10))
+        ahead = min(AHEAD, max(1, events // 10))  # ≤ a tenth: every tenth of the run is polled inside it
         produced_bar = task(f"rss: produce {events:,} events (≤ {ahead:,} ahead)", events)
 
         async def feed() -> None:
