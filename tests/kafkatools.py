@@ -153,6 +153,23 @@ async def consume_until(bootstrap: str, topic: str, done: Any, timeout: float = 
         await consumer.stop()
 
 
+async def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
+    """Every record of `topic` up to its end as of now: for when nothing more is coming (the
+    writer has committed past everything), so a slow read cannot stop short of the end."""
+    from leadpulse.kafka import high_watermarks, partitions
+
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await probe.start()
+    try:
+        ends = await high_watermarks(probe, await partitions(probe, [topic]))
+    finally:
+        await probe.stop()
+    total = sum(ends.values())
+    records = await consume_until(bootstrap, topic, lambda rs: len(rs) >= total, timeout)
+    assert len(records) >= total, f"read {len(records)} of the {total} records of {topic} within {timeout} s"
+    return records
+
+
 def event_bytes(**fields: Any) -> bytes:
     return orjson.dumps(fields)
 

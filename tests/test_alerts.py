@@ -305,6 +305,9 @@ async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_
     await publish(service, h)
     await eventually(lambda: [r for r in receiver.on("/hook") if r.status == 200 and not r.slow],
                      what="webhook recovery")
+    # The offset is committed once both destinations are done: after that nothing is in flight,
+    # whichever of the two finished first.
+    await eventually(lambda: committed(service), what="commit after the retries")
     tries = receiver.on("/hook")
     assert [(r.status, r.slow) for r in tries] == [(500, False), (429, False), (200, True), (503, False),
                                                    (200, False)]
@@ -312,13 +315,15 @@ async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_
     assert [r.headers["X-LeadPulse-Attempt"] for r in tries] == ["1", "2", "3", "4", "5"]
     verify = docs_verifier()
     assert all(verify(SECRET.encode(), r.body, r.headers) for r in tries)  # each try signed afresh
+    # Lower bounds the sender's own waits guarantee at any machine speed: each try is stamped as
+    # it arrives, and the sender starts waiting only after the answer to the one before. (The
+    # timed-out try is shown by the sequence above: its late 200 was not taken, tries 4 and 5
+    # followed; a gap after it would also hold the time its request took to arrive.)
     gaps = [b.at - a.at for a, b in itertools.pairwise(tries)]
     assert gaps[0] >= 0.1  # backoff: at least half of the first step (0.2 s)
     assert gaps[1] >= 1.0  # Retry-After: 1 honoured
-    assert gaps[2] >= 1.0  # the 1 s timeout elapsed before the next try
     assert [r.status for r in receiver.on("/slack")] == [503, 200]
     assert receiver.announced["/hook"] == [h["handoff_id"]]
-    await eventually(lambda: committed(service), what="commit after the retries")
     assert await metric(service, "leadpulse_alert_deliveries_total", destination="webhook", outcome="retry") == 4
     assert await metric(service, "leadpulse_alert_deliveries_total", destination="webhook", outcome="ok") == 1
     assert await metric(service, "leadpulse_alert_deliveries_total", destination="slack", outcome="retry") == 1
@@ -377,13 +382,14 @@ async def test_demotions_are_off_by_default_and_a_redelivered_handoff_is_announc
     tag = uuid.uuid4().hex[:8]
     again = await start_alerts(first.settings.model_copy(update={"group_id": f"g{tag}"}), alerts_demotions=True,
                                alerts_dlq_topic=first.config.alerts_dlq_topic)
-    await eventually(lambda: len(receiver.on("/hook")) >= 3, what="redelivery")
+    # Committed after every delivery of the five: the demotion's Slack message, sent beside its
+    # webhook, is in too (waiting for the third webhook alone raced it).
+    await eventually(lambda: _equals(committed(again), 5), what="second group committed")
     keys = [r.headers["Idempotency-Key"] for r in receiver.on("/hook")]
     assert keys == [promoted["handoff_id"], promoted["handoff_id"], demoted["handoff_id"]]
     assert receiver.announced["/hook"] == [promoted["handoff_id"], demoted["handoff_id"]]
     assert receiver.on("/hook")[-1].headers["X-LeadPulse-Event"] == "handoff.demoted"
     assert "left SQL" in orjson.loads(receiver.on("/slack")[-1].body)["text"]
-    await eventually(lambda: _equals(committed(again), 5), what="second group committed")
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:

@@ -4,18 +4,22 @@ Benchmarks are not timed tests: nothing here asserts a speed. It checks that eve
 that the numbers are non-zero, and that the naive baseline and LeadPulse processed the same
 events and reached the same final scores (as do one worker and two workers with a rebalance).
 The rss stage (off by default) runs alone and tiny: every event streamed through the worker,
-its RSS sampled at every tenth.
+its RSS sampled at every tenth. A run of a few events, over before any poll could see it
+under way, is measured all the same: rows come from the processes' own account of their work.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import orjson
 import pytest
 
-pytestmark = pytest.mark.integration
+from leadpulse.bench import CpuTrace, Sample, Work, _rss_at, measured
+
+integration = pytest.mark.integration
 
 EVENTS = 2000
 
@@ -33,6 +37,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return orjson.loads(done.stdout)
 
 
+@integration
 def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> None:
     assert report["events"] == EVENTS
     assert 0 < report["leads"] <= 200
@@ -47,6 +52,7 @@ def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> N
     assert "LeadPulse worker" in report["table"]
 
 
+@integration
 def test_baseline_and_leadpulse_processed_the_same_events_and_agree(report: dict) -> None:
     checks = report["checks"]
     assert checks["baseline_events_done"] == checks["leadpulse_events_done"] == EVENTS
@@ -54,12 +60,15 @@ def test_baseline_and_leadpulse_processed_the_same_events_and_agree(report: dict
     assert checks["baseline_vs_leadpulse_leads_differing"] == 0, checks
 
 
+@integration
 def test_two_workers_with_a_rebalance_end_where_one_worker_does(report: dict) -> None:
     two = report["two_workers"]
     assert sum(two["processed_by_each"]) >= EVENTS
+    assert two["second_started_after_events"] >= EVENTS // 3  # when it started, not a claim of "at 1/3"
     assert two["leads_differing_from_one_worker"] == 0, two
 
 
+@integration
 def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     latency = report["latency"]
     assert latency["timed_handoffs"] > 0
@@ -88,6 +97,7 @@ def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return orjson.loads(done.stdout)
 
 
+@integration
 def test_rss_stage_streams_every_event_through_the_worker(rss_report: dict) -> None:
     soak = rss_report["rss_soak"]
     assert soak["events"] == soak["produced"] == soak["processed"] == RSS_EVENTS
@@ -97,6 +107,7 @@ def test_rss_stage_streams_every_event_through_the_worker(rss_report: dict) -> N
     assert rss_report["rows"] == [] and rss_report["events"] == 0  # the other stages were skipped
 
 
+@integration
 def test_rss_stage_samples_the_worker_at_every_tenth(rss_report: dict) -> None:
     soak = rss_report["rss_soak"]
     series = soak["series"]
@@ -113,3 +124,57 @@ def test_rss_stage_samples_the_worker_at_every_tenth(rss_report: dict) -> None:
     assert soak["worker_peak_rss_mib"] >= max(rss)
     assert soak["redis_used_end_mib"] > soak["redis_used_start_mib"]
     assert "worker RSS over 3,000 streamed events" in rss_report["table"]
+
+
+TINY = 150  # one batch: the worker is done within milliseconds of its first poll, or before it
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The LeadPulse stage alone on a handful of events."""
+    workdir = tmp_path_factory.mktemp("bench-tiny")
+    others = [a for stage in ("ceilings", "baseline", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    command = [
+        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        "--events", str(TINY), "--leads", "20", *others, "--data-dir", str(workdir), "--json",
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
+    return orjson.loads(done.stdout)
+
+
+@integration
+def test_a_run_shorter_than_a_poll_is_measured_from_the_worker_itself(tiny_report: dict) -> None:
+    [row] = tiny_report["rows"]
+    assert row["name"] == "LeadPulse worker" and row["complete"] is True
+    assert row["events"] == tiny_report["events"] == tiny_report["checks"]["leadpulse_events_done"] == TINY
+    assert row["seconds"] > 0 and row["events_per_s"] > 0, row
+    assert row["cpu"] > 0 and row["cpu_s_per_million"] > 0, row
+    memory = tiny_report["worker_memory"]
+    assert memory["rss_at_end_mib"] > 0 and memory["peak_rss_mib"] >= memory["rss_at_end_mib"]
+
+
+# --- the arithmetic of a row, without services --------------------------------------------------
+
+
+def test_a_row_is_the_work_the_process_reports_and_the_cpu_trace_around_it() -> None:
+    trace = CpuTrace([os.getpid(), os.getpid()])
+    # Redis and the broker as the trace saw them: (wall time, (Redis CPU, broker CPU)).
+    trace.times = [100.0, 100.05, 100.10, 100.15]
+    trace.cpus = [(1.0, 5.0), (1.0, 5.0), (1.02, 5.01), (1.02, 5.01)]
+    work = Work(events=2000, start=100.06, end=100.09, cpu_start=3.0, cpu_end=3.1)
+    row = measured("LeadPulse worker", work, trace, "worker CPU")
+    assert (row.events, row.complete) == (2000, True)
+    assert row.seconds == pytest.approx(0.03) and row.cpu == pytest.approx(0.1)
+    assert row.per_million(row.cpu) == pytest.approx(50.0)
+    # A burst inside one sampling interval is counted whole: from the sample before to the one after.
+    assert (row.redis_cpu, row.broker_cpu) == (pytest.approx(0.02), pytest.approx(0.01))
+    idle = measured("baseline", Work(), trace, complete=True)
+    assert (idle.events, idle.seconds, idle.cpu, idle.complete) == (0, 0.0, 0.0, False)
+
+
+def test_rss_at_a_share_of_the_run_needs_a_poll_in_that_tenth() -> None:
+    polls = [Sample(0.0, 0, 10), Sample(1.0, 2000, 30)]  # a run over between two polls
+    assert _rss_at(polls, 0.1, 2000) is None and _rss_at(polls, 0.5, 2000) is None
+    polls.insert(1, Sample(0.5, 1100, 20))
+    assert _rss_at(polls, 0.5, 2000) == 20 and _rss_at(polls, 0.1, 2000) is None

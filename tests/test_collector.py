@@ -29,7 +29,7 @@ from leadpulse.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
 
-from .kafkatools import WorkerProcess, consume_until
+from .kafkatools import WorkerProcess, committed_all, consume_until, wait_for
 
 KEY = "wk_test_site"
 SOURCES = ("web", "email", "webinar", "profile", "crm")
@@ -323,6 +323,14 @@ async def test_end_to_end_from_the_segment_client_to_a_score(
         assert rules["email_click"] == pytest.approx(5, abs=0.1)  # counted once
         assert lead["fit_grade"] == "A" and lead["stage"] in ("mql", "sql")
         assert lead["score"] >= 80
+
+        async def all_committed() -> bool:
+            topics = [worker.topic(s) for s in SOURCES]
+            return await committed_all(worker.settings["kafka_bootstrap"], worker.settings["group_id"], topics)
+
+        # Everything the collector sent handled (a dead letter is counted before its offset is
+        # committed): only then does a zero below mean none.
+        await wait_for(all_committed, 60, "the worker to commit everything the collector sent")
         _, metrics_text = await worker.get("/metrics")
         dlq = [s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
                if s.name == "leadpulse_dlq_total"]

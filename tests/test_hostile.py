@@ -97,6 +97,14 @@ async def run_round(worker: WorkerProcess, broker: TansuBroker, messages: list[b
         return status == 200
 
     await wait_for(sentinel_scored, 60, "the worker to get past the hostile messages")
+
+    async def all_committed() -> bool:
+        # The sentinel's partition may be done before the others: every outcome is final only
+        # once every offset is committed (scored in Redis, dead letters acknowledged).
+        topics = [worker.topic(s) for s in ("web", "email", "webinar", "profile", "crm")]
+        return await committed_all(broker.bootstrap, worker.settings["group_id"], topics)
+
+    await wait_for(all_committed, 60, "the worker to commit every hostile message")
     invalid = {k: r for k, r in want.items() if r != "scored"}
     records = await consume_until(broker.bootstrap, worker.settings["dlq_topic"],
                                   lambda rs: sum(r.key in invalid for r in rs) >= len(invalid), timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from leadpulse.embedded import RedisServer, TansuBroker
 from leadpulse.events import load_schema
 
-from .kafkatools import WorkerProcess, running, consume_until, event_bytes, produce
+from .kafkatools import WorkerProcess, running, consume_until, event_bytes, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +118,13 @@ async def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going
         assert int(headers["leadpulse.dlq.offset"]) >= 0
     status, lead = await _eventually(worker, "/leads/survivor")
     assert status == 200 and lead["score"] == pytest.approx(50, abs=0.01)
+
+    async def all_counted() -> bool:
+        # Counted when the broker's acknowledgement reaches the worker, which can be after a
+        # reader already sees the dead letters on the topic.
+        return await metric_value(worker, "leadpulse_dlq_total") - before >= len(bad)
+
+    await wait_for(all_counted, 30, "the dead letters to be counted", interval=0.1)
     assert await metric_value(worker, "leadpulse_dlq_total") - before == len(bad)
     assert await metric_value(worker, "leadpulse_dlq_total", reason="invalid_json") >= 1
 
@@ -128,15 +136,26 @@ async def test_metrics_count_what_happened(worker: WorkerProcess, broker: TansuB
                         properties={"url": "u"})
     await produce(broker.bootstrap, [(worker.topic("email"), b"metered", value)] * 2)  # the second is a duplicate
     await _eventually(worker, "/leads/metered")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and await metric_value(worker, "leadpulse_events_total", outcome="duplicate", source="email") < 1:
-        pass
+
+    async def both_counted_and_committed() -> bool:
+        # The duplicate's batch is counted before its offsets are committed and the commit
+        # latency observed: wait for both (run alone, this test has no earlier commit to lean on).
+        return (await metric_value(worker, "leadpulse_events_total", outcome="duplicate", source="email") >= 1
+                and await metric_value(worker, "leadpulse_commit_latency_seconds_count") >= 1)
+
+    await wait_for(both_counted_and_committed, 30, "the duplicate counted and its batch committed", interval=0.1)
     assert await metric_value(worker, "leadpulse_events_total", outcome="scored") > scored_before
     assert await metric_value(worker, "leadpulse_events_total", source="email", type="click", outcome="duplicate") == 1
     assert await metric_value(worker, "leadpulse_model_info", version="default-2026.11") == 1
     assert await metric_value(worker, "leadpulse_event_latency_seconds_count") >= 1
     assert await metric_value(worker, "leadpulse_commit_latency_seconds_count") >= 1
     assert await metric_value(worker, "leadpulse_ready") == 1
+    # The worker's own account of its work (what `leadpulse bench` measures rows from): it
+    # began before it last finished a batch, on both clocks.
+    marks = {(at, clock): await metric_value(worker, "leadpulse_work_seconds", at=at, clock=clock)
+             for at in ("start", "end") for clock in ("unix", "cpu")}
+    assert 0 < marks["start", "unix"] <= marks["end", "unix"], marks
+    assert 0 < marks["start", "cpu"] <= marks["end", "cpu"], marks
     status, _ = await worker.get("/healthz")
     assert status == 200
 
@@ -147,3 +166,4 @@ async def _eventually(worker: WorkerProcess, path: str, timeout: float = 30.0) -
         status, body = await worker.get(path)
         if status == 200 or time.monotonic() > deadline:
             return status, body
+        await asyncio.sleep(0.1)

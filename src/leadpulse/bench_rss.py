@@ -30,7 +30,7 @@ from typing import Any
 import click
 import orjson
 
-from .bench import SOURCES, Child, Sample, Worker, cpu_seconds, create_topics, memory, throughput
+from .bench import SOURCES, Child, CpuTrace, Worker, create_topics, measured, memory
 
 #: the stage's database on the bench's redis-server (the other stages use 1–7)
 DB_RSS = 8
@@ -101,7 +101,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
 
     from .produce import send_all
 
-    redis_pid, broker_pid = pids
+    _, broker_pid = pids
     prefix = f"bench{tag}rss."
     topics = [f"{prefix}{s}" for s in SOURCES] + [f"{prefix}handoff", f"{prefix}dlq"]
     client = Redis.from_url(redis_url)
@@ -113,6 +113,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
     children.append(worker)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
     feeder: asyncio.Task[None] | None = None
+    trace = CpuTrace(pids)
     try:
         await worker.wait_ready()
         await producer.start()
@@ -123,7 +124,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
         chunks_high = math.ceil(events / (CHUNK_LEADS * EVENTS_PER_LEAD_LOW))
         start_ms = int(time.time() * 1000) - chunks_high * CHUNK_LEADS * ARRIVAL_MS - 2 * 86_400_000
         state = {"produced": 0, "processed": 0, "leads": 0, "capped_at": 0}
-        ahead = min(AHEAD, max(100, events // 10))
+        ahead = min(AHEAD, max(1, events // 10))  # ≤ a tenth: every tenth of the run is polled inside it
         produced_bar = task(f"rss: produce {events:,} events (≤ {ahead:,} ahead)", events)
 
         async def feed() -> None:
@@ -142,9 +143,9 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
                     await asyncio.sleep(0)  # let the sampler run
 
         bench_cpu0 = time.process_time()
+        trace.start()
         feeder = asyncio.create_task(feed())
         processed_bar = task(f"rss: worker over {events:,} streamed events", events)
-        samples: list[Sample] = []
         series: list[dict[str, Any]] = []
         next_decile = 1
         shown = 0
@@ -162,7 +163,6 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
                 continue
             state["processed"] = n
             rss, _ = memory(worker.pid)
-            samples.append(Sample(t, n, cpu_seconds(worker.pid), rss, cpu_seconds(redis_pid), cpu_seconds(broker_pid)))
             if n > shown:
                 processed_bar(n - shown)
                 shown, last_progress = n, t
@@ -184,12 +184,15 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
             await asyncio.sleep(0.25)
         await feeder
         bench_cpu = time.process_time() - bench_cpu0
-        row = throughput("rss soak", samples, "worker CPU")
+        work = await worker.work()
+        trace.stop()
+        row = measured("rss soak", work, trace, "worker CPU")
         _, worker_peak = memory(worker.pid)
         _, broker_peak = memory(broker_pid)
         redis_used_end = await _used_memory(client)
         worker.stop()
     finally:
+        trace.stop()
         if feeder is not None and not feeder.done():
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
@@ -206,7 +209,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
     broker_after, _ = memory(broker_pid)
     leads = state["leads"]
     return {
-        "events": events, "produced": state["produced"], "processed": shown,
+        "events": events, "produced": state["produced"], "processed": work.events,
         "leads": leads, "max_leads": max_leads,
         "leads_recycled_after_events": state["capped_at"] or None,
         "ahead_max": ahead, "seconds": round(row.seconds, 1), "events_per_s": round(row.rate, 1),

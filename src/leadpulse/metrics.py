@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
@@ -46,6 +48,16 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.model = Info("leadpulse_model", "The scoring model in use.", registry=r)
+        # The process's own account of its work, so that a rate and CPU per event need no outside
+        # sampling, however short the run (`leadpulse bench` reads them with leadpulse_events_total).
+        self.work = Gauge(
+            "leadpulse_work_seconds", "When this process received its first batch (at=start) and last "
+            "finished one (at=end): clock=unix is the wall clock, clock=cpu the process's CPU seconds.",
+            ["at", "clock"], registry=r,
+        )
+        self._work_start: tuple[Gauge, Gauge] | None = (
+            self.work.labels("start", "unix"), self.work.labels("start", "cpu"))
+        self._work_end = (self.work.labels("end", "unix"), self.work.labels("end", "cpu"))
         # Series that exist from the start, so that rate() and increase() see the first error.
         for op in ("connect", "process", "commit", "sweep"):
             self.redis_errors.labels(op)
@@ -53,6 +65,21 @@ class Metrics:
             self.redis_write_refused.labels(reason).set(0)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
+
+    def batch_received(self) -> None:
+        """The first batch opens the work's span: from before its first event is handled, so that
+        even a run of one batch has a duration and a CPU cost."""
+        if self._work_start is not None:
+            wall, cpu = self._work_start
+            wall.set(time.time())
+            cpu.set(time.process_time())
+            self._work_start = None
+
+    def batch_done(self) -> None:
+        """Marks the end of the span with the batch's events counted (same scrape, same batch)."""
+        wall, cpu = self._work_end
+        wall.set(time.time())
+        cpu.set(time.process_time())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

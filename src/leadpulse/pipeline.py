@@ -176,6 +176,7 @@ class Processor:
 
     def prepare(self, records: Sequence[Record]) -> Batch:
         """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
+        self.metrics.batch_received()
         now_ms = int(time.time() * 1000)
         valid: list[tuple[Event, str]] = []
         invalid: list[tuple[Record, InvalidEvent]] = []
@@ -239,6 +240,7 @@ class Processor:
         if not batch.counted:
             batch.counted = True
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
+            self.metrics.batch_done()
 
     async def sweep(self, now_ms: int) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
