@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import msgpack
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from leadpulse import layout
 from leadpulse.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.model import ScoringModel
@@ -36,8 +36,9 @@ async def expiry(redis: Redis, store: LeadStore, lead: str) -> dict[str, int]:
 
 
 async def traits_deadline(redis: Redis, store: LeadStore, lead: str) -> int | None:
-    state = msgpack.unpackb(await redis.get(store.keys.lead(lead).state), strict_map_key=False)
-    return state[12] if len(state) > 12 and state[12] is not False else None
+    state = layout.unpack(await redis.get(store.keys.lead(lead).state))
+    assert state is not None
+    return state.traits_expiry
 
 
 async def test_a_lead_in_the_first_stage_expires_and_a_staged_one_does_not(redis: Redis, model: ScoringModel) -> None:

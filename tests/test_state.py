@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from leadpulse import erasure, layout
 from leadpulse import events as contract
+from leadpulse.bounds import Retention
 from leadpulse.embedded import RedisServer
 from leadpulse.engine import reference_score
 from leadpulse.events import Event
@@ -301,6 +303,55 @@ async def test_packing_keeps_every_double_exactly(redis: Redis) -> None:
     assert values[: len(PACKED)] == PACKED
     assert values[-2] == 0.1 + 0.2 and values[-1] == pytest.approx(20 * math.exp(599.9), rel=1e-15)
     assert b"\xca\x3f\xc0\x00\x00" in packed  # 1.5 went as a float32: the exact-only shortcut is taken
+
+
+async def test_the_packed_layout_is_the_one_layout_py_names(redis: Redis, tmodel: ScoringModel) -> None:
+    # lib.lua writes the state, layout.py names its fields: every field of a state the scripts
+    # wrote, read by name, holds what the events put there.
+    store = LeadStore(redis, tmodel, retention=Retention(lead_ttl_ms=400 * DAY))
+    now = T0 + 3 * DAY
+    staged = [
+        event("web", "page_view", T0, lead="lay", url="/blog"),
+        event("web", "page_view", T0, lead="lay", url="/blog"),
+        *[event("email", "open", T0 + k, lead="lay") for k in range(1, 4)],
+        event("webinar", "registered", T0 + 5, lead="lay"),
+        event("web", "demo_request", T0 + DAY, lead="lay"),  # mql
+        event("email", "unsubscribe", T0 + DAY + 1, lead="lay"),  # lead
+        event("web", "page_view", T0 + 2 * DAY, lead="lay", url="/pricing"),  # mql
+        event("email", "unsubscribe", T0 + 2 * DAY + 1, lead="lay"),  # lead
+        event("web", "demo_request", T0 + 2 * DAY + 2, lead="lay"),  # mql
+        event("profile", "identify", T0 + 2 * DAY + 3, lead="lay", traits={"employees": 80, "email": "a@gmail.com"}),
+    ]
+    transitions = (await store.apply(positions(staged), now=now)).transitions
+    await store.apply(positions([event("profile", "identify", T0, lead="idle", traits={"seniority": "vp"})]), now=now)
+    state = layout.unpack(await redis.get(store.keys.lead("lay").state))
+    code = store.rule_codes
+    fast, slow = (math.log(2) / (h * DAY) for h in (1, 30))
+    assert state is not None and state.format == layout.FORMAT
+    assert (state.base, state.clock, state.landmark) == (T0, 2 * DAY + 3, 0)  # L: the first decayed award
+    assert (state.stage, state.seq) == (1, 5) and [t.seq for t in transitions] == [1, 2, 3, 4, 5]
+    assert state.base + state.clock + state.due == await redis.zscore(store.keys.due, "lay")
+    assert state.oldest_arrival == now // 1000
+    assert state.indexes == 3  # in the due index and in the top index
+    exact = pytest.approx
+    assert state.sums == {  # [S, latest occurrence - B]: S = Σ p·e^{λ(t - L)}
+        code["visit"]: [exact(6 + 3 * math.exp(fast * 2 * DAY), rel=1e-15), 2 * DAY],
+        code["opens"]: [exact(4 * math.exp(fast) + 4 * math.exp(fast * 2) + 2 * math.exp(fast * 3), rel=1e-15), 3],
+        code["reg"]: [exact(5 * math.exp(slow * 5), rel=1e-15), 5],
+        code["demo"]: [exact(50 * math.exp(slow * DAY) + 50 * math.exp(slow * (2 * DAY + 2)), rel=1e-15), 2 * DAY + 2],
+        code["unsub"]: [-80, 2 * DAY + 1],
+        code["pricing"]: [exact(25 * math.exp(slow * 2 * DAY), rel=1e-15), 2 * DAY],
+    }
+    assert state.fit == {code["icp"]: 15, code["gmail"]: -10}
+    assert state.caps == {code["opens"]: [1, 4, 2, 4, 3, 2], code["reg"]: 5}  # awards of a window cap, a `once`
+    assert state.traits_expiry is None  # staged: kept for good
+    idle = layout.unpack(await redis.get(store.keys.lead("idle").state))
+    assert idle is not None and idle.stage == 0 and idle.traits_expiry is not None
+    assert idle.traits_expiry == now // 1000 + 400 * DAY // 1000 + 400 * DAY // 8000  # ttl + ttl/8 from `now`
+    assert (idle.base, idle.clock, idle.landmark, idle.sums, idle.due) == (T0, 0, None, {}, None)
+    await erasure.erase(store, "lay")
+    assert await redis.get(store.keys.lead("lay").state) == layout.TOMBSTONE
+    assert layout.unpack(layout.TOMBSTONE) is None
 
 
 async def test_the_stored_state_is_what_the_scripts_computed(store: LeadStore, redis: Redis) -> None:

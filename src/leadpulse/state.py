@@ -22,7 +22,7 @@ from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import erasure, scripts
+from . import erasure, layout, scripts
 from .bounds import Retention
 from .engine import Explainer, LeadView, Scorer, grade_rank
 from .errors import LeadPulseError, RedisRefused, StateError
@@ -39,8 +39,8 @@ _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
-    category per rule, categories, caps, stages, grades; and how long an idle lead in the
-    first stage is kept (0: forever)."""
+    category per rule, categories, caps, stages, grades; how long an idle lead in the first
+    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -74,31 +74,10 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
         "ttl": lead_ttl_ms,
+        "format": layout.FORMAT,
+        "erased": layout.ERASED,
     }
     return bytes(msgpack.packb(spec))
-
-
-#: the layout of the packed lead state (lua/lib.lua); format 0 is an erased lead's tombstone
-STATE_FORMAT = 2
-ERASED_FORMAT = 0
-
-
-def unpack_state(raw: bytes | None) -> list[Any] | None:
-    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none
-    (or the lead was erased)."""
-    if raw is None:
-        return None
-    state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    if isinstance(state, list) and state[:1] == [ERASED_FORMAT]:
-        return None
-    if not isinstance(state, list) or not state or state[0] != STATE_FORMAT:
-        raise StateError(f"lead state of an unknown format: {state[:1] if isinstance(state, list) else type(state)}")
-    return state
-
-
-def _by_code(table: Any) -> dict[int, Any]:
-    # cmsgpack packs a table keyed 1..n as an array, and an empty one as []
-    return dict(enumerate(table, 1)) if isinstance(table, list) else table
 
 
 def rule_name(code: int, names: Mapping[int, str]) -> str:
@@ -110,20 +89,20 @@ def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] 
     """A packed lead state as the fields Explainer.view and handoff snapshots use: L, c, s, q,
     u, r:<rule> "S t", f:<rule> points (decimal strings that read back exactly). `names`: rule
     code -> id (LeadStore.rule_names)."""
-    state = unpack_state(raw)
+    state = layout.unpack(raw)
     if state is None:
         return None
-    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state[:12]
-    fields = {"s": str(stage), "q": str(seq)}
-    if clock is not False:
-        fields["c"] = str(int(base + clock))
-        if due is not False:
-            fields["u"] = str(int(base + clock + due))
-    if landmark is not False:
-        fields["L"] = str(int(base + landmark))
-    for code, (total, last) in _by_code(sums).items():
+    base = state.base
+    fields = {"s": str(state.stage), "q": str(state.seq)}
+    if state.clock is not None:
+        fields["c"] = str(int(base + state.clock))
+        if state.due is not None:
+            fields["u"] = str(int(base + state.clock + state.due))
+    if state.landmark is not None:
+        fields["L"] = str(int(base + state.landmark))
+    for code, (total, last) in state.sums.items():
         fields[f"r:{rule_name(code, names)}"] = f"{float(total)!r} {int(base + last)}"
-    for code, points in _by_code(fit).items():
+    for code, points in state.fit.items():
         fields[f"f:{rule_name(code, names)}"] = repr(float(points))
     return fields
 

@@ -7,22 +7,11 @@
 -- exactly (whole numbers become integers, float32 only where that is exact). Rules are kept by
 -- code (a small integer, rules.lua) and times as offsets from a base B of the lead (times in ms
 -- were most of the bytes). The tables unpack as the scripts use them: no conversion per rule.
--- An erased lead's key holds the tombstone {0} (format 0, erase.lua) instead: `load` marks the
--- state `erased`; the scripts refuse to score into it and `save` never writes over it.
---   [1] format version   [2] B: base of the lead's times (epoch ms) | false
---   [3] c - B: c is the lead's clock, latest event time applied (or demotion time swept) | false
---   [4] L - B: L is the landmark of the forward-decayed sums | false
---   [5] s: stage index (0 = first stage)     [6] q: transitions so far (for handoff ids)
---   [7] u - c: u is when the lead falls below its stage's floor by decay alone | false (never)
---   [8] m: arrival time (epoch s, rounded down) of the oldest dedup entry: the set is trimmed
---       only once that has left the window | false
---   [9] ix: 1 = in the due index at u, 2 = in the top index, 4 = an index may be stale
---   [10] r: {rule -> {S, t - B}}: S = sum of p*e^{lambda(t_i - L)}, t = latest occurrence
---   [11] f: {rule -> fit points (not decayed)}
---   [12] k: {rule -> cap ledger}: a lifetime total, or {t1 - B, a1, t2 - B, a2, ...} (awards
---        within a window)
---   [13] e: wall-clock time (epoch s, the scripts' `now`) until which the traits key `…:p` is known to
---        live; absent or false while it has no expiry (optional: states written before have 12)
+-- The layout, field by field, and its format numbers belong to layout.py (PackedState): the
+-- spec passes the numbers in, and tests/test_state.py checks every field `save` writes there.
+-- `load` below names the fields. An erased lead's key holds the tombstone (format
+-- SPEC.erased, erase.lua): `load` marks the state `erased`; the scripts refuse to score into
+-- it and `save` never writes over it.
 -- B moves up to the clock when offsets from it would outgrow 32 bits (every ~50 days of
 -- activity). Kept apart (read rarely, and too big to unpack on every event): the traits `…:p`
 -- (written by apply.lua, read by the worker), the replay log `…:x` and the sweep's outbox `…:o`.
@@ -41,7 +30,7 @@ local LAM, CAT, CATS, CAPS, STAGES = SPEC.lam, SPEC.cat, SPEC.cats, SPEC.caps, S
 local NSTAGE, HYST, DEDUP, GRADES = #STAGES, SPEC.hyst, SPEC.dedup, SPEC.grades
 -- e^709 overflows a double; move the landmark long before any exponent gets there.
 local RENORM = 600
-local FORMAT, ERASED = 2, 0
+local FORMAT, ERASED = SPEC.format, SPEC.erased
 local IN_DUE, IN_TOP, STALE = 1, 2, 4
 local REBASE = 4294967296
 local TTL = SPEC.ttl or 0
