@@ -14,7 +14,7 @@ _LIB = "lib.lua"
 #: how many times the scripts were found missing (Redis restarted or failed over): LeadStore
 #: re-reads the rule codes when this moves
 generation = 0
-_USES_LIB = {"apply.lua", "sweep.lua", "ack.lua"}
+_USES_LIB = {"apply.lua", "sweep.lua", "ack.lua", "read.lua"}
 
 
 class Script:
@@ -41,13 +41,14 @@ class Script:
 APPLY = Script("apply.lua")
 SWEEP = Script("sweep.lua")
 ACK = Script("ack.lua")
+READ = Script("read.lua")
 ANON = Script("anon.lua")
 LINK = Script("link.lua")
 RETIRE = Script("retire.lua")
 RULES = Script("rules.lua")
 ERASE = Script("erase.lua")
 UNLINK = Script("unlink.lua")
-ALL = (APPLY, SWEEP, ACK, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
 
 
 async def load_all(redis: Redis) -> None:

@@ -24,9 +24,10 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from . import erasure, layout, scripts
 from .bounds import Retention
-from .engine import Explainer, LeadView, Scorer, grade_rank
+from .engine import Scorer, grade_rank
 from .errors import LeadPulseError, RedisRefused, StateError
 from .events import Event
+from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
 
@@ -80,33 +81,6 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
     return bytes(msgpack.packb(spec))
 
 
-def rule_name(code: int, names: Mapping[int, str]) -> str:
-    """The id of a rule code; "#<code>" for a code `names` lacks (no rule of this model)."""
-    return names.get(code) or f"#{code}"
-
-
-def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] | None:
-    """A packed lead state as the fields Explainer.view and handoff snapshots use: L, c, s, q,
-    u, r:<rule> "S t", f:<rule> points (decimal strings that read back exactly). `names`: rule
-    code -> id (LeadStore.rule_names)."""
-    state = layout.unpack(raw)
-    if state is None:
-        return None
-    base = state.base
-    fields = {"s": str(state.stage), "q": str(state.seq)}
-    if state.clock is not None:
-        fields["c"] = str(int(base + state.clock))
-        if state.due is not None:
-            fields["u"] = str(int(base + state.clock + state.due))
-    if state.landmark is not None:
-        fields["L"] = str(int(base + state.landmark))
-    for code, (total, last) in state.sums.items():
-        fields[f"r:{rule_name(code, names)}"] = f"{float(total)!r} {int(base + last)}"
-    for code, points in state.fit.items():
-        fields[f"f:{rule_name(code, names)}"] = repr(float(points))
-    return fields
-
-
 #: Redis cannot serve for now (a failover, resharding, a dataset loading, a long script, memory,
 #: persistence or credentials trouble): the same batch is retried. Every other error reply (a Lua
 #: runtime error, WRONGTYPE, CROSSSLOT) would recur on a retry: the batch is split instead.
@@ -154,12 +128,17 @@ class Transition:
     to_stage: int
     crossed_at: int
     event_id: str | None
-    score: float
     threshold: float
-    snapshot: dict[str, str]
+    #: the lead at crossed_at, as the script that decided computed it (lib.lua `explain`)
+    explanation: Explanation
 
     #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
     _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def score(self) -> float:
+        """The score the stage was decided on."""
+        return self.explanation.score
 
     @property
     def handoff_id(self) -> str:
@@ -171,31 +150,31 @@ class Transition:
         return self._handoff_id
 
     @classmethod
-    def from_reply(cls, lead_id: str, raw: Sequence[Any], names: Mapping[int, str]) -> Transition:
-        """A transition as the scripts report it; `names` turns the rule codes of its snapshot
-        (`r:<code>`, `f:<code>`) back into rule ids."""
-        seq, kind, frm, to, at, event_id, score, threshold, snap = raw
-        flat = [_text(x) for x in snap]
-        for i in range(0, len(flat), 2):
-            key = flat[i]
-            if key[:2] in ("r:", "f:"):
-                flat[i] = key[:2] + rule_name(int(key[2:]), names)
+    def from_reply(cls, lead_id: str, raw: Sequence[Any], rules: Mapping[int, str],
+                   categories: Sequence[str]) -> Transition:
+        """A transition as the scripts report it (unpacked); `rules` and `categories` name the
+        codes of its explanation (explanation.explained)."""
+        seq, kind, frm, to, at, event_id, threshold, explanation = raw
         return cls(
             lead_id=lead_id,
-            seq=int(seq),
-            kind=_text(kind),
-            from_stage=int(frm),
-            to_stage=int(to),
-            crossed_at=int(at),
-            event_id=_text(event_id) if event_id else None,
-            score=float(_text(score)),
-            threshold=float(_text(threshold)),
-            snapshot=dict(zip(flat[::2], flat[1::2])),
+            seq=seq,
+            kind=kind,
+            from_stage=frm,
+            to_stage=to,
+            crossed_at=at,
+            event_id=event_id or None,
+            threshold=float(threshold),
+            explanation=explained(explanation, rules, categories),
         )
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _unpack(reply: bytes) -> Any:
+    """A script's reply packed with cmsgpack (apply.lua, sweep.lua, read.lua)."""
+    return msgpack.unpackb(reply, raw=False, strict_map_key=False)
 
 
 #: outcome of each event in a batch; ERASED: refused, its lead was erased (its tombstone, erase.lua)
@@ -224,7 +203,8 @@ class LeadStore:
         self.retention = retention or Retention()
         self.retention.check(model)
         self.scorer = Scorer(model)
-        self.explainer = Explainer(model)
+        #: the spec's category order: explanations name categories by index in it
+        self.categories = tuple(model.categories)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
@@ -246,10 +226,6 @@ class LeadStore:
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
         self._generation = scripts.generation
-
-    def fields(self, raw: bytes | None) -> dict[str, str] | None:
-        """A lead's packed state (GET of its state key) as Explainer.view reads it."""
-        return state_fields(raw, self.rule_names)
 
     def _alias(self, anonymous_id: str, lead_id: str) -> None:
         """Remember a link; past ALIAS_CACHE the oldest is forgotten (Redis keeps every link and
@@ -427,7 +403,7 @@ class LeadStore:
         erased = set()
         items = iter(leads.items())
         for reply in replies:
-            for lead_reply in orjson.loads(reply):  # apply.lua answers one JSON text per call
+            for lead_reply in _unpack(reply):  # apply.lua answers one packed string per call
                 lead_id, slot = next(items)
                 statuses, transitions = _text(lead_reply[0]), lead_reply[1]
                 for status, i in zip(statuses, slot.index):
@@ -435,7 +411,8 @@ class LeadStore:
                         result.outcomes[i] = _STATUS[status]
                 if statuses[:1] == "e":
                     erased.add(lead_id)
-                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names) for t in transitions)
+                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories)
+                                          for t in transitions)
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
@@ -444,14 +421,9 @@ class LeadStore:
         return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
-        try:
-            await self.ready()
-            fields = self.fields(await self.redis.get(self.keys.lead(lead_id).state))
-        except RedisError as exc:
-            raise StateError(f"redis: {exc}") from exc
-        if fields is None:
-            return None
-        return self.explainer.view(lead_id, fields, at)
+        """The lead at the instant `at`; None when it has no state."""
+        (view,) = await self.read([lead_id], at)
+        return view
 
     async def top(self, limit: int, at: int) -> list[LeadView]:
         """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
@@ -461,18 +433,38 @@ class LeadStore:
             for shard in self.keys.shards():
                 pipe.zrevrange(self.keys.indexes(shard)[1], 0, want - 1, withscores=True)
             ranked = [(rank, _text(m)) for rows in await pipe.execute() for m, rank in rows]
-            candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
-            pipe = self.redis.pipeline(transaction=False)
-            for lead in candidates:
-                pipe.get(self.keys.lead(lead).state)
-            raws = await pipe.execute()
-            await self.ready()
-            rows = [self.fields(raw) for raw in raws]
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
-        views = [self.explainer.view(lead, fields, at) for lead, fields in zip(candidates, rows) if fields is not None]
-        views.sort(key=lambda v: -v.score)
+        candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
+        views = [v for v in await self.read(candidates, at) if v is not None]
+        views.sort(key=lambda v: v.explanation.score, reverse=True)
         return views[:limit]
+
+    async def read(self, leads: Sequence[str], at: int) -> list[LeadView | None]:
+        """Leads at the instant `at`, in their order (None: no state), as read.lua explains them:
+        one call per index shard (one cluster slot) and LEADS_PER_CALL leads, in one round trip."""
+        groups: dict[str, list[str]] = {}
+        for lead in leads:
+            groups.setdefault(self.keys.shard(lead), []).append(lead)
+        order = [lead for members in groups.values() for lead in members]
+        try:
+            await self.ready()
+            calls = [(scripts.READ, [self.keys.lead(lead).state for lead in members[start : start + LEADS_PER_CALL]],
+                      [self.spec, at])
+                     for members in groups.values() for start in range(0, len(members), LEADS_PER_CALL)]
+            replies = await scripts.pipelined(self.redis, calls)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+        read = dict(zip(order, (found for reply in replies for found in _unpack(reply))))
+        return [self._view(lead, at, read[lead]) for lead in leads]
+
+    def _view(self, lead_id: str, at: int, found: Any) -> LeadView | None:
+        """A lead as read.lua reports it: false when it has no state, else [stage, clock, explanation]."""
+        if not found:
+            return None
+        stage, clock, why = found
+        return LeadView(lead_id, at, self.model.stages[stage].name, clock, self.model.version,
+                        explained(why, self.rule_names, self.categories))
 
     async def sweep(self, now: int, limit: int = 500) -> list[Transition]:
         """Demote the leads whose score has decayed below their stage's floor by `now`.
@@ -491,7 +483,7 @@ class LeadStore:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            out.extend(Transition.from_reply(lead, t, self.rule_names) for t in reply)
+            out.extend(Transition.from_reply(lead, t, self.rule_names, self.categories) for t in _unpack(reply))
         return out
 
     async def ack(self, transitions: Sequence[Transition]) -> None:
