@@ -8,7 +8,7 @@ how many there were. A record seen twice (same outcome_id / handoff_id: a redeli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,20 @@ def handoff_from(data: Any) -> Handoff:
         raise ValueError(exc.message.removeprefix("data").lstrip(". ")) from None
     except InvalidEvent as exc:
         raise ValueError(str(exc)) from None
+
+
+def deciding(outcomes: Iterable[Outcome], positive: Sequence[str], negative: Sequence[str]) -> dict[str, tuple[bool, Outcome]]:
+    """Each lead's label and the outcome that decides it: its first positive outcome, else its
+    first negative one. Leads with neither (still open) are not in the result."""
+    out: dict[str, tuple[bool, Outcome]] = {}
+    for o in sorted(outcomes, key=lambda o: (o.at, o.outcome_id)):
+        label = o.outcome in positive
+        if not label and o.outcome not in negative:
+            continue
+        held = out.get(o.lead_id)
+        if held is None or (label and not held[0]):
+            out[o.lead_id] = (label, o)
+    return out
 
 
 def jsonl(path: Path) -> Iterator[tuple[str, bytes]]:

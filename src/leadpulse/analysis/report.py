@@ -15,7 +15,7 @@ from typing import Any
 
 from ..handoff import iso
 from .bands import by_decile, rate
-from .outcomes import NEGATIVE_DEFAULT, POSITIVE_DEFAULT, Handoff, Outcome, Records
+from .outcomes import NEGATIVE_DEFAULT, POSITIVE_DEFAULT, Handoff, Outcome, Records, deciding
 
 HOUR = 3_600_000
 STEPS = ("lead", "mql", "sql", "sal", "opportunity", "won")
@@ -69,11 +69,9 @@ def _leads(records: Records, positive: Sequence[str], negative: Sequence[str], m
         )
         if named:
             lead.group = (str(named[0][1]), named[0][2])
-        pos = [o for o in lead.outcomes if o.outcome in positive]
-        neg = [o for o in lead.outcomes if o.outcome in negative]
-        if pos or neg:
-            lead.label = bool(pos)
-            lead.deciding = (pos or neg)[0]
+        decided = deciding(lead.outcomes, positive, negative).get(lead.lead_id)
+        if decided is not None:
+            lead.label, lead.deciding = decided
         promoted = [h for h in lead.handoffs if h.kind == "promoted"]
         kind_at = {k: _first([o.at for o in lead.outcomes if o.outcome == k]) for k in OUTCOME_STEPS.values()}
         lead.times = {
