@@ -65,7 +65,7 @@ class Fitted:
 
 def _lr(c: float, l1: bool) -> LogisticRegression:
     if l1:  # liblinear: exact zeros; a large intercept_scaling keeps the intercept unpenalised
-        return LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, intercept_scaling=100.0, max_iter=2000)
+        return LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, intercept_scaling=100.0, max_iter=2000, random_state=0)
     return LogisticRegression(l1_ratio=0.0, C=c, max_iter=5000)
 
 

@@ -59,15 +59,17 @@ def points(features: Sequence[Feature], betas: Sequence[float], scale: float) ->
             rule |= {"id": _id(kind.id, "_first", taken), "points": p, "once": True}
         elif f.form == "cap":
             m = int(f.m)
-            p = round(total / m)
-            if p >= 1:
-                rule |= {"id": _id(kind.id, f"_cap{m}", taken), "points": p, "cap": {"points": p * m}}
+            p = max(1, round(total / m))
+            rule |= {"id": _id(kind.id, f"_cap{m}", taken)}
+            if abs(p * m - total) <= 0.25 * total:
+                rule |= {"points": p, "cap": {"points": p * m}}
                 if not math.isclose(p * m, total, rel_tol=0.05):
                     note += f"; learned {total:.1f} points over {m} events, whole points give {p} × {m}"
-            else:
-                p = round(total)
-                rule |= {"id": _id(kind.id, f"_cap{m}", taken), "points": 1, "cap": {"points": p}}
-                note += f"; approximated: learned {total:.1f} points spread over {m} events (< 1 a piece), given as 1 a piece for the first {p}"
+            else:  # whole points per event would miss the total: keep the total, reach it sooner
+                q = max(1, math.floor(total / m))
+                rule |= {"points": q, "cap": {"points": round(total)}}
+                note += (f"; approximated: learned {total:.1f} points over {m} events ({total / m:.2f} a piece),"
+                         f" given as {q} a piece up to {round(total)}")
         else:
             p = round(total / f.m)
             rule |= {"id": _id(kind.id, "_each", taken), "points": p}

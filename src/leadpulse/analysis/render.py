@@ -57,9 +57,8 @@ def decile_chart(rows: Sequence[dict[str, Any]], base: float | None) -> str | No
         x = [str(r["decile"]) for r in rows]
         ax.bar(x, [100 * (r["rate"] or 0) for r in rows], color=ACCENT)
         if base is not None:
-            ax.axhline(100 * base, color=MUTED, linestyle="--", linewidth=1)
-            ax.annotate(f"all resolved: {_pct(base)}", (len(rows) - 0.5, 100 * base), xytext=(0, 3),
-                        textcoords="offset points", ha="right", color="#6b7280")
+            ax.axhline(100 * base, color=MUTED, linestyle="--", linewidth=1, label=f"all resolved leads: {_pct(base)}")
+            ax.legend(loc="upper left", frameon=False)
         ax.set_xlabel("score decile (1 = lowest scores, 10 = highest)")
         ax.set_ylabel("converted (%)")
         ax.set_ylim(0, 105)
