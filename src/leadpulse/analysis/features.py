@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from ..engine import Scorer
-from ..errors import InvalidEvent
+from ..errors import ConfigError, InvalidEvent
 from ..events import Event, from_dict
 from ..model import Category, Fit, FitRule, Rule, ScoringModel, Stage
 
@@ -48,7 +48,11 @@ class Events:
 def read_events(path: Path) -> Events:
     """Every valid event of a JSONL file; the invalid ones by line and reason (never lost silently)."""
     out = Events()
-    with path.open("rb") as lines:
+    try:
+        lines = path.open("rb")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    with lines:
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue

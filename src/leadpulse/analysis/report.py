@@ -19,6 +19,8 @@ from .outcomes import NEGATIVE_DEFAULT, POSITIVE_DEFAULT, Handoff, Outcome, Reco
 
 HOUR = 3_600_000
 STEPS = ("lead", "mql", "sql", "sal", "opportunity", "won")
+#: the funnel steps an outcome records (the first such outcome is the step's time)
+OUTCOME_STEPS = {"sal": "sql_accepted", "opportunity": "opportunity_created", "won": "won"}
 UNKNOWN = "(unknown)"
 
 DEFINITIONS = {
@@ -83,9 +85,6 @@ def _leads(records: Records, positive: Sequence[str], negative: Sequence[str], m
         }
         lead.reached = max(i for i, step in enumerate(STEPS) if i == 0 or lead.times[step] is not None)
     return sorted(leads.values(), key=lambda x: x.lead_id)
-
-
-OUTCOME_STEPS = {"sal": "sql_accepted", "opportunity": "opportunity_created", "won": "won"}
 
 
 def _conversion(leads: list[_Lead], key: Any, order: Sequence[str] = ()) -> list[dict[str, Any]]:
