@@ -1,77 +1,50 @@
-"""`leadpulse` command line: worker, dev, produce, score, top, check-model."""
+"""`leadpulse` command line: worker, dev, produce, score, top, check-model; report and calibrate."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import importlib
 import sys
 import time
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-from pydantic import BeforeValidator, SecretStr
 
+from .cliopts import fails_cleanly, settings_options
+from .cliopts import settings_from as _settings
 from .errors import ConfigError
 from .model import ScoringModel, load_model
-from .settings import Settings, load_settings
-
-
-def _option_type(annotation: Any) -> Any:
-    base = annotation
-    if typing.get_origin(annotation) is not typing.Literal:  # X | None: the X
-        base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
-    if typing.get_origin(base) is typing.Literal:
-        return click.Choice([str(a) for a in typing.get_args(base)])
-    return {int: click.INT, float: click.FLOAT, bool: click.BOOL, Path: click.Path(path_type=Path)}.get(
-        base, click.STRING
-    )
-
-
-def settings_options(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Every setting as a flag (`--redis-url` for LEADPULSE_REDIS_URL): one model, two doors."""
-    for name, field in reversed(Settings.model_fields.items()):
-        flag = "--" + name.replace("_", "-")
-        # durations ("400d") are parsed by the setting's own validator
-        parsed = any(isinstance(m, BeforeValidator) for m in field.metadata)
-        fun = click.option(
-            flag, name, type=click.STRING if parsed else _option_type(field.annotation), default=None,
-            help=f"{field.description} [env LEADPULSE_{name.upper()}]",
-        )(fun)
-    return fun
-
-
-def _settings(options: dict[str, Any]) -> Settings:
-    names = set(Settings.model_fields)
-    picked = {k: options.pop(k) for k in list(options) if k in names}
-    for key, value in picked.items():
-        if value is not None and Settings.model_fields[key].annotation in (SecretStr, SecretStr | None):
-            picked[key] = SecretStr(value)
-    return load_settings(**picked)
+from .settings import Settings
 
 
 def _model(settings: Settings) -> ScoringModel:
     return load_model(settings.model)
 
 
-def fails_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Configuration errors are one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fun)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fun(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"leadpulse: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+#: commands imported only when they run (or --help lists them): the offline analysis tools need
+#: scikit-learn and matplotlib, which the worker never loads
+_LAZY = {
+    "report": "leadpulse.analysis.commands:report",
+    "calibrate": "leadpulse.analysis.commands:calibrate",
+}
 
 
-@click.group()
+class _Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _LAZY:
+            module, attr = _LAZY[name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="leadpulse")
 def main() -> None:
     """LeadPulse: streaming, real-time B2B lead scoring."""

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     group_id: str = Field("leadpulse", description="Kafka consumer group of the workers")
     topic_prefix: str = Field("events.", description="input topics are <prefix><source>")
     handoff_topic: str = Field("leads.handoff", description="where handoffs are published")
+    outcomes_topic: str = Field("leads.outcomes", description="where CRM outcomes are published as labelled examples (schemas/outcome.schema.json)")
     dlq_topic: str = Field("events.dlq", description="where events that cannot be scored go")
     partitions: int = Field(8, ge=1, description="partitions of topics created at start")
     replication_factor: int = Field(1, ge=1, description="replication of topics created at start")
