@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from . import kafka, segment
+from . import kafka, logs, segment
 from .errors import ConfigError, LeadPulseError
 from .settings import Settings, load_settings
 
@@ -172,7 +172,7 @@ def run_command(fun: Callable[[], None]) -> None:
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level)
 
 
 async def serve_until_signalled(start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]],
