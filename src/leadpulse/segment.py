@@ -68,6 +68,8 @@ _PERSONAL = frozenset({
     "firstName", "lastName", "first_name", "last_name", "name", "phone", "avatar", "birthday",
     "age", "gender", "username", "address", "id", "description", "createdAt", "created_at",
 })
+# Derived by the worker from `email` alone: a sent one is never forwarded.
+_DERIVED = frozenset({"email_domain", "emailDomain"})
 _TEXT_LIMITS = {"email": 320, "job_title": 256, "seniority": 64, "department": 128, "company": 256,
                 "company_domain": 256, "industry": 128, "country": 64, "timeline": 64}
 
@@ -276,7 +278,7 @@ def person_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     consumed = {"email", "job_title", "title", "jobTitle", "seniority", "department", "company",
                 "company_domain", "companyDomain", "website", "industry", "country", "timeline",
                 "employees", "employee_count", "annual_revenue", "annualRevenue", "budget"}
-    _extras(traits, consumed | _PERSONAL, out)
+    _extras(traits, consumed | _PERSONAL | _DERIVED, out)
     return out
 
 
