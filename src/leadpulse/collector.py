@@ -464,16 +464,14 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
 class Collector:
     """The collector's HTTP server and its Kafka producer."""
 
-    def __init__(self, settings: Settings, config: CollectorSettings, metrics: CollectorMetrics | None = None,
-                 skew_ms: int | None = None) -> None:
+    def __init__(self, settings: Settings, config: CollectorSettings, metrics: CollectorMetrics | None = None) -> None:
         self.settings = settings
         self.config = config
         self.metrics = metrics or CollectorMetrics()
-        if skew_ms is None:
-            from .model import load_model  # the worker's clock_skew: reject what it would reject
+        from .model import load_model  # the worker's time bounds: refuse what it would refuse
 
-            skew_ms = load_model(settings.model).clock_skew
-        self.skew_ms = skew_ms
+        model = load_model(settings.model)
+        self.skew_ms, self.max_age_ms = model.clock_skew, model.max_event_age
         self.keys = WriteKeys(config.write_keys)
         self.event_map = config.event_map
         self.sink = KafkaSink(settings, config.collector_produce_timeout)
@@ -590,7 +588,8 @@ class Collector:
         sent_at = None
         with contextlib.suppress(segment.Unmappable):
             sent_at = segment.parse_time(data.get("sentAt"), "sentAt") if single is None else None
-        ctx = segment.Context(received, self.skew_ms, self.event_map, sent_at, self.settings.max_event_bytes)
+        ctx = segment.Context(received, self.skew_ms, self.event_map, sent_at, self.settings.max_event_bytes,
+                              self.max_age_ms)
         mapped: list[segment.Mapped] = []
         skipped: list[dict[str, Any]] = []
         for i, message in enumerate(messages):

@@ -130,6 +130,7 @@ class Context:
     track_events: Mapping[str, tuple[str, str]] = field(default_factory=track_map)
     sent_at_ms: int | None = None  # the request's sentAt, for clock-skew correction
     max_event_bytes: int = contract.MAX_EVENT_BYTES
+    max_age_ms: int | None = None  # the model's max_event_age: refuse what the worker would refuse
 
 
 class Mapped(NamedTuple):
@@ -458,7 +459,7 @@ def map_message(msg: Any, ctx: Context) -> Mapped:
     """Map and validate one message against the event contract. Raises Unmappable."""
     event = to_event(msg, ctx)
     try:
-        contract.from_dict(event, ctx.received_ms, ctx.skew_ms)
+        contract.from_dict(event, ctx.received_ms, ctx.skew_ms, ctx.max_age_ms)
     except InvalidEvent as exc:
         raise Unmappable(exc.reason, str(exc.args[0]) if exc.args else exc.reason, exc.field) from None
     value = orjson.dumps(event)
