@@ -132,9 +132,9 @@ async def test_hostile_bytes_get_4xx_and_no_traceback(start_collector: Start, ca
     caplog.set_level(logging.INFO)
     body = orjson.dumps({"batch": [track("hb-1")]})
 
-    async def raw(auth: bytes) -> bytes:
+    async def raw(auth: bytes, extra: bytes = b"") -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", c.port)
-        writer.write(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + auth
+        writer.write(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"Authorization: " + auth
                      + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         await writer.drain()
         answer = await reader.read()
@@ -143,6 +143,8 @@ async def test_hostile_bytes_get_4xx_and_no_traceback(start_collector: Start, ca
 
     for auth in (b"Basic \xff\xfe", b"Basic " + base64.b64encode(b"\xff" + KEY.encode() + b":"), b"Basic \xc3\xa9t\xc3\xa9"):
         assert (await raw(auth)).startswith(b"HTTP/1.1 401 "), auth
+    answer = await raw(basic(KEY)["Authorization"].encode(), b"Origin: https://a\xffb\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Access-Control-Allow-Origin" not in answer  # not echoed
     deep: Any = "x"
     for _ in range(300):  # orjson writes 254 levels at most: this one failed as a 500 before
         deep = [deep]

@@ -467,7 +467,7 @@ class Collector:
 
     def _cors(self, request: web.Request) -> dict[str, str]:
         origin = request.headers.get("Origin")
-        if not origin or not (self._any_origin or origin in self._origins):
+        if not origin or not origin.isascii() or not (self._any_origin or origin in self._origins):
             return {}
         # Echo the origin rather than "*": that also works for a page that sends credentials.
         # analytics.js reads X-RateLimit-Reset on a 429, which a browser shows it only if exposed.
