@@ -23,6 +23,7 @@ from .kafkatools import WorkerProcess, running, consume_until, produce, wait_for
 
 pytestmark = pytest.mark.integration
 SKEW = 300_000
+MAX_AGE = 30 * 86_400_000  # the default model's max_event_age
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def hand_picked() -> list[bytes]:
 def expected(raw: bytes, now: int) -> str:
     """What the contract says about a message: 'scored' or the dead-letter reason."""
     try:
-        contract.parse(raw, now, SKEW)
+        contract.parse(raw, now, SKEW, max_age_ms=MAX_AGE)
     except InvalidEvent as exc:
         return exc.reason
     return "scored"
