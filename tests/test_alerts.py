@@ -111,6 +111,14 @@ def test_the_slack_message_names_the_lead_score_grade_stage_and_reasons_in_plain
     assert "&lt;b&gt;" in orjson.dumps(slack_message(handoff(lead="<b>"))).decode()  # no mrkdwn injection
 
 
+def test_the_slack_text_fallback_is_escaped_like_the_blocks() -> None:
+    # Slack parses `text` as mrkdwn: `<!channel>` pings everyone, `<url|label>` hides a link.
+    msg = slack_message(handoff(lead="<!channel> & <https://evil.example|Open in CRM>"))
+    assert msg["text"].startswith("▲ &lt;!channel&gt; &amp; &lt;https://evil.example|Open in CRM&gt; is now SQL")
+    assert "<" not in msg["text"] and ">" not in msg["text"]
+    assert "&lt;!channel&gt; &amp; &lt;https://evil.example|Open in CRM&gt;" in msg["blocks"][0]["text"]["text"]
+
+
 def test_backoff_grows_is_capped_and_jittered_and_retry_after_is_read_both_ways() -> None:
     rng = random.Random(7)
     for retry in range(1, 12):

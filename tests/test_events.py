@@ -126,6 +126,21 @@ def test_custom_traits_are_scalars_or_flat_lists_and_kept_ones_serialise() -> No
     orjson.dumps(event.traits)  # what state.py stores for fit rules must serialise, always
 
 
+def test_events_older_than_the_horizon_are_too_old_measured_from_their_arrival() -> None:
+    day = 86_400_000
+    assert parse(raw(occurred_at=NOW - 30 * day), NOW, SKEW, max_age_ms=30 * day).occurred_at == NOW - 30 * day
+    for stamp in (NOW - 30 * day - 1, 0, "1970-01-01T00:00:00Z"):
+        with pytest.raises(InvalidEvent) as info:
+            parse(raw(occurred_at=stamp), NOW, SKEW, max_age_ms=30 * day)
+        assert (info.value.reason, info.value.field) == ("too_old", "occurred_at")
+        assert "30d before the event arrived" in str(info.value)
+    # A record replayed 100 days after it arrived is judged by its arrival, not by the clock.
+    assert parse(raw(occurred_at=NOW - 10 * day), NOW + 100 * day, SKEW, max_age_ms=30 * day, arrived_ms=NOW)
+    with pytest.raises(InvalidEvent, match="too_old"):
+        from_dict(orjson.loads(raw(occurred_at=NOW - 31 * day)), NOW, SKEW, 30 * day)
+    assert parse(raw(occurred_at=0), NOW, SKEW).occurred_at == 0  # no horizon given: none applies
+
+
 def test_awkward_but_valid_ids_are_accepted() -> None:
     for lead in ("{tag}", "a:b:c", "with space", "ünïcødé-😀", "x" * 256):
         assert parse(raw(lead_id=lead), NOW, SKEW).lead_id == lead

@@ -220,7 +220,9 @@ def slack_message(handoff: dict[str, Any], crm_template: str | None = None) -> d
         ]})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(
         f"crossed at {handoff['crossed_at']} · model {handoff['model_version']} · id {handoff['handoff_id']}")}]})
-    return {"text": text, "blocks": blocks}
+    # Slack reads `text` as mrkdwn too: a raw `<!channel>` or `<https://evil|Open>` in a lead id
+    # would ping the channel or hide a link, so it is escaped like the blocks.
+    return {"text": _mrkdwn(text), "blocks": blocks}
 
 
 # --- delivery ----------------------------------------------------------------------------------

@@ -216,6 +216,6 @@ _register_services()
 
 
 def _configure_logging(level: str) -> None:
-    import logging
+    from .logs import configure
 
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level)

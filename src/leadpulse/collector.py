@@ -6,6 +6,9 @@ preflight). The write key is in the body or is the HTTP Basic user name. Each me
 by segment.py, checked against the event contract, and produced with acks=all; the answer is 200
 only once Kafka has acknowledged every event of the request, and 503 when it cannot, so the
 client keeps the batch and retries (its messageIds make the retry a duplicate the worker drops).
+Messages are decided one by one: one that cannot be produced is skipped with its reason, and the
+answer counts them by reason. What a request may cost is bounded by httpinput.py (deadlines,
+sizes, open connections) and writekeys.py (what each key may send, and how many events a second).
 
 This module also holds the small configuration layer the collector and `leadpulse alerts` share:
 settings classes read from flags, then LEADPULSE_* variables, then a section of the YAML file
@@ -15,18 +18,14 @@ named by `--config` / LEADPULSE_CONFIG.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import collections
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import signal
 import sys
 import time
 import typing
-import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -38,14 +37,16 @@ import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from . import kafka, segment
+from . import kafka, logs, segment
 from .errors import ConfigError, LeadPulseError
+from .httpinput import ConnectionCap, HTTPProblem, basic_user, decode_body, problem, read_body
 from .settings import Settings, load_settings
+from .writekeys import KeyRing, TokenBucket, WriteKey, parse_write_keys, retry_after
 
 log = logging.getLogger("leadpulse.collector")
 
@@ -105,6 +106,8 @@ class FileSettings(BaseSettings):
                 value = "***"
             elif isinstance(value, tuple) and value and isinstance(value[0], SecretStr):
                 value = ["***"] * len(value)
+            elif isinstance(value, tuple) and value and hasattr(value[0], "masked"):
+                value = [v.masked() for v in value]
             elif isinstance(value, Path):
                 value = str(value)
             out[name] = value
@@ -172,7 +175,7 @@ def run_command(fun: Callable[[], None]) -> None:
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level)
 
 
 async def serve_until_signalled(start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]],
@@ -199,9 +202,13 @@ MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 #: a single-event body is the message plus writeKey and sentAt
 ENVELOPE_SLACK = 1024
+#: Segment's libraries send batches of 100 (analytics-python, -node) or fewer (analytics.js)
+MAX_BATCH_MESSAGES = 2500
 #: on 503: Segment's libraries treat a Retry-After as a rate limit, re-queue the batch and wait,
 #: without spending one of their (few) counted retries, so a broker outage of minutes loses nothing
 RETRY_AFTER = {"Retry-After": "2"}
+#: examples of skipped messages in an answer (all are counted, by reason)
+SKIPPED_EXAMPLES = 5
 
 
 class CollectorSettings(FileSettings):
@@ -209,8 +216,9 @@ class CollectorSettings(FileSettings):
 
     collector_host: str = Field("127.0.0.1", description="address the collector listens on (0.0.0.0 for all)")
     collector_port: int = Field(6067, ge=0, le=65535, description="collector HTTP port (0: any free port)")
-    write_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        (), description="accepted Segment write keys, comma-separated"
+    write_keys: Annotated[tuple[WriteKey, ...], NoDecode] = Field(
+        (), description="accepted Segment write keys, comma-separated (plain keys may send every source), "
+                        "or a JSON list of {key, kind, sources, types, rate_limit, rate_burst} (docs/integrations.md)"
     )
     track_events: Annotated[dict[str, str | None], NoDecode] = Field(
         default_factory=dict,
@@ -221,18 +229,20 @@ class CollectorSettings(FileSettings):
     collector_max_batch_bytes: int = Field(MAX_BATCH_BYTES, ge=1024, description="largest request body, decompressed too (413 above)")
     collector_produce_timeout: float = Field(10.0, gt=0, description="seconds to wait for Kafka's acknowledgement before 503")
     collector_cors_origins: str = Field("*", description="origins browsers may send from, comma-separated (* for any)")
+    collector_max_batch_messages: int = Field(MAX_BATCH_MESSAGES, ge=1, description="most messages in one batch (413 above)")
+    collector_header_timeout: float = Field(
+        10.0, gt=0, description="seconds from connecting (or the previous answer) to a complete request line and "
+                                "headers; also how long an idle connection is kept")
+    collector_body_timeout: float = Field(30.0, gt=0, description="seconds to receive a whole request body (408 above)")
+    collector_max_connections: int = Field(1024, ge=1, description="open connections at most (503 above)")
+    collector_rate_limit: float = Field(
+        500.0, ge=0, description="events a second per write key, unless the key sets its own (429 above; 0: no limit)")
+    collector_rate_burst: int = Field(5000, ge=1, description="events at once per write key, unless the key sets its own")
 
     @field_validator("write_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, (list, tuple)):
-            keys = [(v.get_secret_value() if isinstance(v, SecretStr) else str(v)).strip() for v in value]
-            return tuple(SecretStr(k) for k in keys if k)
-        return value
+        return parse_write_keys(value)
 
     @field_validator("track_events", mode="before")
     @classmethod
@@ -277,6 +287,12 @@ class CollectorMetrics:
                               ["source", "type"], registry=r)
         self.skipped = Counter("leadpulse_collector_skipped", "Segment messages not turned into events, by reason.",
                                ["reason"], registry=r)
+        self.rate_limited = Counter("leadpulse_collector_rate_limited", "Events refused with 429, by write key name.",
+                                    ["key"], registry=r)
+        self.connections = Gauge("leadpulse_collector_connections", "Open HTTP connections.", registry=r)
+        self.connections_refused = Counter("leadpulse_collector_connections_refused",
+                                           "Connections answered 503 at once: the connection cap was reached.",
+                                           registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -379,102 +395,23 @@ ROUTES: dict[str, str | None] = {
 }
 
 
-class HTTPProblem(Exception):
-    """An error answer: `{code, message}` with an HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def _problem(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"code": code, "message": message}, status=status, headers=headers,
-                             dumps=lambda d: orjson.dumps(d).decode())
-
-
-def basic_user(header: str | None) -> str | None:
-    """The user name of `Authorization: Basic base64(user:password)`; None when there is none."""
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise HTTPProblem(401, "unauthorized", "the Authorization header is not valid Basic credentials") from None
-    return decoded.partition(":")[0] or None
-
-
-class WriteKeys:
-    """Constant-time check: every configured key is compared, through SHA-256 digests of one
-    length, so neither the position of a match nor a key's length shows in the timing."""
-
-    def __init__(self, keys: Iterable[SecretStr]) -> None:
-        self._digests = [hashlib.sha256(k.get_secret_value().encode()).digest() for k in keys]
-
-    def __contains__(self, presented: object) -> bool:
-        if not isinstance(presented, str):
-            return False
-        digest = hashlib.sha256(presented.encode()).digest()
-        found = False
-        for known in self._digests:
-            found |= hmac.compare_digest(digest, known)
-        return found
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refused past `limit` bytes before it is all read (no parsing yet)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise HTTPProblem(413, "too_large", f"the body is {request.content_length} bytes; the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise HTTPProblem(413, "too_large", f"the body is over the {limit}-byte limit")
-    return bytes(body)
-
-
-def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo Content-Encoding: gzip, never producing more than `limit` bytes (gzip bombs)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "x-gzip"):
-        raise HTTPProblem(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)")
-    out = bytearray()
-    data = body
-    try:
-        while data:  # concatenated gzip members are one valid stream
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            out += inflater.decompress(data, limit + 1 - len(out))
-            if len(out) > limit or inflater.unconsumed_tail:
-                raise HTTPProblem(413, "too_large", f"the decompressed body is over the {limit}-byte limit")
-            if not inflater.eof:
-                raise HTTPProblem(400, "invalid_encoding", "the gzip stream is truncated")
-            data = inflater.unused_data
-    except zlib.error as exc:
-        raise HTTPProblem(400, "invalid_encoding", f"the body is not valid gzip: {exc}") from None
-    return bytes(out)
-
-
 class Collector:
     """The collector's HTTP server and its Kafka producer."""
 
-    def __init__(self, settings: Settings, config: CollectorSettings, metrics: CollectorMetrics | None = None,
-                 skew_ms: int | None = None) -> None:
+    def __init__(self, settings: Settings, config: CollectorSettings, metrics: CollectorMetrics | None = None) -> None:
         self.settings = settings
         self.config = config
         self.metrics = metrics or CollectorMetrics()
-        if skew_ms is None:
-            from .model import load_model  # the worker's clock_skew: reject what it would reject
+        from .model import load_model  # the worker's time bounds: refuse what it would refuse
 
-            skew_ms = load_model(settings.model).clock_skew
-        self.skew_ms = skew_ms
-        self.keys = WriteKeys(config.write_keys)
+        model = load_model(settings.model)
+        self.skew_ms, self.max_age_ms = model.clock_skew, model.max_event_age
+        self.keys = KeyRing(config.write_keys)
+        self.buckets: dict[str, TokenBucket] = {}
+        for key in config.write_keys:
+            rate = config.collector_rate_limit if key.rate_limit is None else key.rate_limit
+            if rate > 0:
+                self.buckets[key.name] = TokenBucket(rate, key.rate_burst or config.collector_rate_burst)
         self.event_map = config.event_map
         self.sink = KafkaSink(settings, config.collector_produce_timeout)
         origins = {o.strip() for o in config.collector_cors_origins.split(",") if o.strip()}
@@ -482,6 +419,8 @@ class Collector:
         self._origins = origins
         self.app = self._app()
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.cap: ConnectionCap | None = None
         self.port = 0
 
     # -- lifecycle --
@@ -499,14 +438,23 @@ class Collector:
     async def start(self) -> None:
         self.sink.start()
         # auto_decompress=False: we inflate ourselves, with a limit, instead of aiohttp inflating blindly.
-        self._runner = web.AppRunner(self.app, auto_decompress=False, access_log=None)
+        # keepalive_timeout: the header deadline (httpinput.py says how).
+        self._runner = web.AppRunner(self.app, auto_decompress=False, access_log=None,
+                                     keepalive_timeout=self.config.collector_header_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.collector_host, self.config.collector_port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        assert self._runner.server is not None
+        # Our own listener instead of web.TCPSite: the connection cap is its protocol factory.
+        self.cap = ConnectionCap(self._runner.server, self.config.collector_max_connections,
+                                 self.metrics.connections_refused.inc)
+        self.metrics.connections.set_function(lambda: self.cap.open if self.cap else 0)
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.cap, self.config.collector_host, self.config.collector_port, reuse_address=True)
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         log.info("collector listening on http://%s:%d", self.config.collector_host, self.port)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections
         if self._runner is not None:
             await self._runner.cleanup()  # finishes requests in flight first
         await self.sink.stop()
@@ -519,10 +467,12 @@ class Collector:
 
     def _cors(self, request: web.Request) -> dict[str, str]:
         origin = request.headers.get("Origin")
-        if not origin or not (self._any_origin or origin in self._origins):
+        if not origin or not origin.isascii() or not (self._any_origin or origin in self._origins):
             return {}
         # Echo the origin rather than "*": that also works for a page that sends credentials.
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        # analytics.js reads X-RateLimit-Reset on a 429, which a browser shows it only if exposed.
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Expose-Headers": "Retry-After, X-RateLimit-Reset"}
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -531,12 +481,18 @@ class Collector:
         try:
             response = await handler(request)
         except HTTPProblem as exc:
-            response = _problem(exc.status, exc.code, exc.message, exc.headers)
+            response = problem(exc.status, exc.code, exc.message, exc.headers)
+            if exc.close:
+                response.force_close()
         except web.HTTPException as exc:
-            response = _problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            response = problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        except UnicodeError as exc:
+            # bytes a client sent that are not text (a \xff in a header arrives as a lone surrogate)
+            log.info("%s %s: undecodable input (%s)", request.method, request.rel_url.raw_path, type(exc).__name__)
+            response = problem(400, "bad_encoding", "the request holds bytes that are not text")
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            response = _problem(500, "internal", "internal error")
+            response = problem(500, "internal", "internal error")
         response.headers.update(self._cors(request))
         if request.method != "OPTIONS":
             self.metrics.requests.labels(path, str(response.status)).inc()
@@ -555,54 +511,100 @@ class Collector:
 
     # -- the Tracking API --
 
-    async def ingest(self, request: web.Request) -> web.Response:
-        single = ROUTES[request.match_info.route.resource.canonical]  # type: ignore[union-attr]
-        max_message = self.config.collector_max_message_bytes
-        limit = self.config.collector_max_batch_bytes if single is None else max_message + ENVELOPE_SLACK
+    async def _read(self, request: web.Request, single: str | None) -> tuple[WriteKey, dict[str, Any]]:
+        """The request's write key and its JSON object, within the size and time limits."""
+        limit = self.config.collector_max_batch_bytes if single is None else (
+            self.config.collector_max_message_bytes + ENVELOPE_SLACK)
         header_key = basic_user(request.headers.get("Authorization"))
-        if header_key is not None and header_key not in self.keys:  # refuse before reading the body
+        key = self.keys.find(header_key) if header_key is not None else None
+        if header_key is not None and key is None:  # refuse before reading the body
             raise HTTPProblem(401, "unauthorized", "unknown write key")
-        body = decode_body(await read_body(request, limit), request.headers.get("Content-Encoding", ""), limit)
+        raw = await read_body(request, limit, self.config.collector_body_timeout)
+        body = decode_body(raw, request.headers.get("Content-Encoding", ""), limit)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise HTTPProblem(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise HTTPProblem(400, "invalid_body", "the body must be a JSON object")
-        if header_key is None and data.get("writeKey") not in self.keys:
-            raise HTTPProblem(401, "unauthorized", "unknown or missing write key (body writeKey or Basic user name)")
-        received = int(time.time() * 1000)
-        if single is None:
-            messages = data.get("batch")
-            if not isinstance(messages, list):
-                raise HTTPProblem(400, "invalid_body", "a batch request needs a batch array")
-            shared = {k: data[k] for k in ("context", "integrations") if isinstance(data.get(k), dict)}
-            if shared:  # batch-level context applies to messages that have none
-                messages = [{**shared, **m} if isinstance(m, dict) else m for m in messages]
-        else:
+        if key is None:
+            key = self.keys.find(data.get("writeKey"))
+            if key is None:
+                raise HTTPProblem(401, "unauthorized", "unknown or missing write key (body writeKey or Basic user name)")
+        return key, data
+
+    def _messages(self, data: dict[str, Any], single: str | None) -> list[Any]:
+        if single is not None:
             message = {k: v for k, v in data.items() if k != "writeKey"}
             message["type"] = single  # the route says what the call is
-            messages = [message]
-        for i, message in enumerate(messages):
+            return [message]
+        messages = data.get("batch")
+        if not isinstance(messages, list):
+            raise HTTPProblem(400, "invalid_body", "a batch request needs a batch array")
+        cap = self.config.collector_max_batch_messages
+        if len(messages) > cap:  # a 568-byte gzip body can hold 170,000 empty messages
+            raise HTTPProblem(413, "too_many_messages", f"the batch has {len(messages)} messages; the limit is {cap}")
+        shared = {k: data[k] for k in ("context", "integrations") if isinstance(data.get(k), dict)}
+        if shared:  # batch-level context applies to messages that have none
+            messages = [{**shared, **m} if isinstance(m, dict) else m for m in messages]
+        return messages
+
+    def _throttle(self, key: WriteKey, events: int) -> None:
+        """The key's rate limit counts events, not requests: one 300 KB batch is 2,400 leads."""
+        bucket = self.buckets.get(key.name)
+        wait = bucket.take(max(events, 1)) if bucket is not None else 0.0
+        if wait > 0:
+            self.metrics.rate_limited.labels(key.name).inc(events)
+            # Segment's libraries keep the batch and retry a 429 after Retry-After (analytics-python)
+            # or X-RateLimit-Reset (analytics.js; seconds from now): nothing is lost.
+            seconds = retry_after(wait)
+            raise HTTPProblem(429, "rate_limited", f"write key {key.name} is over its rate limit; retry later",
+                              {"Retry-After": seconds, "X-RateLimit-Reset": seconds})
+
+    def _decide(self, message: Any, ctx: segment.Context, key: WriteKey) -> segment.Mapped:
+        """One message → an event to produce, or Unmappable with the reason it is skipped."""
+        try:
             size = len(orjson.dumps(message))
-            if size > max_message:
-                raise HTTPProblem(413, "too_large", f"message {i} is {size} bytes; the limit is {max_message}")
+        except orjson.JSONEncodeError:  # nested past orjson's limit (254 levels)
+            raise segment.Unmappable("too_deep", "the message is nested too deeply") from None
+        if size > self.config.collector_max_message_bytes:
+            raise segment.Unmappable("too_large", f"the message is {size} bytes; the limit is "
+                                                  f"{self.config.collector_max_message_bytes}")
+        mapped = segment.map_message(message, ctx)
+        if not key.allows(mapped.source, mapped.event["type"]):
+            raise segment.Unmappable("not_allowed", f"write key {key.name} ({key.kind}) may not send "
+                                                    f"{mapped.source}/{mapped.event['type']}")
+        return mapped
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        single = ROUTES[request.match_info.route.resource.canonical]  # type: ignore[union-attr]
+        key, data = await self._read(request, single)
+        received = int(time.time() * 1000)
+        messages = self._messages(data, single)
+        self._throttle(key, len(messages))
         sent_at = None
         with contextlib.suppress(segment.Unmappable):
             sent_at = segment.parse_time(data.get("sentAt"), "sentAt") if single is None else None
-        ctx = segment.Context(received, self.skew_ms, self.event_map, sent_at, self.settings.max_event_bytes)
+        ctx = segment.Context(received, self.skew_ms, self.event_map, sent_at, self.settings.max_event_bytes,
+                              self.max_age_ms)
         mapped: list[segment.Mapped] = []
-        skipped: list[dict[str, Any]] = []
+        reasons: collections.Counter[str] = collections.Counter()
+        examples: list[dict[str, Any]] = []
         for i, message in enumerate(messages):
             try:
-                mapped.append(segment.map_message(message, ctx))
+                mapped.append(self._decide(message, ctx, key))
             except segment.Unmappable as exc:
-                self.metrics.skipped.labels(exc.reason).inc()
                 if single is not None and not exc.ignored:
-                    raise HTTPProblem(400, exc.reason, str(exc)) from None
-                mid = message.get("messageId") if isinstance(message, dict) else None
-                skipped.append({"index": i, "messageId": mid if isinstance(mid, str) else None,
-                                "reason": exc.reason, "ignored": exc.ignored, "message": str(exc)})
+                    self.metrics.skipped.labels(exc.reason).inc()
+                    status = {"too_large": 413, "not_allowed": 403}.get(exc.reason, 400)
+                    raise HTTPProblem(status, exc.reason, str(exc)) from None
+                reasons[exc.reason] += 1
+                if len(examples) < SKIPPED_EXAMPLES:
+                    mid = message.get("messageId") if isinstance(message, dict) else None
+                    examples.append({"index": i, "messageId": mid if isinstance(mid, str) else None,
+                                     "reason": exc.reason, "ignored": exc.ignored, "message": str(exc)})
+        for reason, n in reasons.items():
+            self.metrics.skipped.labels(reason).inc(n)
         if mapped:
             prefix = self.settings.topic_prefix
             try:
@@ -611,6 +613,7 @@ class Collector:
                 raise HTTPProblem(503, "unavailable", f"{exc}; retry later", RETRY_AFTER) from None
             for m in mapped:
                 self.metrics.events.labels(m.source, m.event["type"]).inc()
+        skipped = {"count": sum(reasons.values()), "reasons": dict(reasons), "examples": examples}
         return web.json_response({"success": True, "accepted": len(mapped), "skipped": skipped},
                                  dumps=lambda d: orjson.dumps(d).decode())
 

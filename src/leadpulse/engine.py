@@ -113,10 +113,11 @@ def _holds(check: Callable[[Mapping[str, Any]], bool] | None, values: Mapping[st
 
 
 def derived_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
-    """Traits the fit rules may use besides the ones sent: `email_domain` from `email`."""
-    out = dict(traits)
+    """Traits the fit rules may use besides the ones sent: `email_domain`, from `email` only.
+    A sent `email_domain` is ignored: beside a gmail address it would dodge a personal-email rule."""
+    out = {k: v for k, v in traits.items() if k != "email_domain"}
     email = traits.get("email")
-    if isinstance(email, str) and "@" in email and "email_domain" not in out:
+    if isinstance(email, str) and "@" in email:
         out["email_domain"] = email.rsplit("@", 1)[1].strip().casefold()
     return out
 
@@ -138,8 +139,8 @@ class Scorer:
         #: per (source, type) seen: the rules of that type, then those of any type of the source
         self._merged: dict[tuple[str, str], list[_Compiled]] = {}
         self._fit = [(r, _compile_when(r.when)) for r in model.fit.rules]
-        #: the trait names fit rules read: only these are kept in Redis
-        self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when})
+        #: the trait names fit rules read: only these are kept in Redis (email_domain is derived)
+        self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when}) - {"email_domain"}
 
     def _rules_for(self, source: str, type_: str) -> list[_Compiled]:
         rules = self._merged.get((source, type_))

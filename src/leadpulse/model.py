@@ -245,6 +245,7 @@ class ScoringModel(Frozen):
     hysteresis: Annotated[float, Field(ge=0)] = 0.0
     dedup_window: DurationMs = 7 * 86_400_000
     clock_skew: DurationMs = 5 * 60_000
+    max_event_age: DurationMs | None = 30 * 86_400_000  # None: no limit
 
     @model_validator(mode="before")
     @classmethod
@@ -268,6 +269,8 @@ class ScoringModel(Frozen):
                         f"{kind}[{i}].category: unknown category {rule.category!r}"
                         f" (known: {', '.join(sorted(self.categories))})"
                     )
+        if self.max_event_age is not None and self.max_event_age <= 0:
+            raise ValueError("max_event_age: must be > 0 (null: no limit)")
         if len(self.stages) < 2:
             raise ValueError("stages: give at least two stages (e.g. lead and mql)")
         names = [s.name for s in self.stages]

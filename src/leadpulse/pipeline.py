@@ -181,12 +181,14 @@ class Processor:
         valid: list[tuple[Event, str]] = []
         invalid: list[tuple[Record, InvalidEvent]] = []
         origins: list[Record] = []
-        skew = self.model.clock_skew
+        skew, max_age = self.model.clock_skew, self.model.max_event_age
         for record in records:
             try:
                 if record.value is None:
                     raise InvalidEvent("empty", "the message has no value (a tombstone?)")
-                event = event_contract.parse(record.value, now_ms, skew, self.max_event_bytes)
+                # Arrival = the record's broker timestamp (rescore replays months-old records).
+                arrived = min(record.timestamp, now_ms) if record.timestamp and record.timestamp > 0 else now_ms
+                event = event_contract.parse(record.value, now_ms, skew, self.max_event_bytes, max_age, arrived)
             except InvalidEvent as exc:
                 invalid.append((record, exc))
             except Exception as exc:  # noqa: BLE001 - the contract let through what parsing cannot take

@@ -437,6 +437,7 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
         datadir=str(Path(tempfile.gettempdir()) / f"leadpulse-{settings.group_id}"),
         topic_replication_factor=settings.replication_factor,
         autodiscover=False,
+        web_application_options={"middlewares": [api.client_errors]},
     )
     # No Faust consumer (our batch consumer owns the group, so the worker never waits for a
     # second group join) and no Faust producer (its start crashes the worker when the broker
