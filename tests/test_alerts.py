@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from leadpulse import alerts as alerts_module
-from leadpulse.alerts import (
+from leadpulse.alerts import service as alerts_module
+from leadpulse.alerts.service import (
     AlertService,
     AlertSettings,
     backoff_delay,
@@ -415,7 +415,7 @@ async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: 
     log_path = tmp_path / "alerts.log"
     with log_path.open("wb") as log:
         # The command object as cli.py registers it (`leadpulse alerts`).
-        proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.alerts import alerts; alerts()"],  # noqa: ASYNC220
+        proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.alerts.service import alerts; alerts()"],  # noqa: ASYNC220
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         h = handoff(lead="cmd-lead")

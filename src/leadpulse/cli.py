@@ -203,9 +203,9 @@ def check_model(path: Path | None) -> None:
 
 def _register_services() -> None:
     # The collector and the alerts service are separate processes with their own settings.
-    from .alerts import alerts
+    from .alerts.service import alerts
     from .bench import bench
-    from .collector import collector
+    from .collector.app import collector
 
     main.add_command(collector)
     main.add_command(alerts)

@@ -42,10 +42,11 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from . import kafka, logs, segment
-from .errors import ConfigError, LeadPulseError
+from .. import kafka, logs
+from ..errors import ConfigError, LeadPulseError
+from . import segment
 from .httpinput import ConnectionCap, HTTPProblem, basic_user, decode_body, problem, read_body
-from .settings import Settings, load_settings
+from ..settings import Settings, load_settings
 from .writekeys import KeyRing, TokenBucket, WriteKey, parse_write_keys, retry_after
 
 log = logging.getLogger("leadpulse.collector")
@@ -402,7 +403,7 @@ class Collector:
         self.settings = settings
         self.config = config
         self.metrics = metrics or CollectorMetrics()
-        from .model import load_model  # the worker's time bounds: refuse what it would refuse
+        from ..model import load_model  # the worker's time bounds: refuse what it would refuse
 
         model = load_model(settings.model)
         self.skew_ms, self.max_age_ms = model.clock_skew, model.max_event_age

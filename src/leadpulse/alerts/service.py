@@ -41,8 +41,8 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import Field, SecretStr, field_validator
 
-from . import __version__, kafka
-from .collector import (
+from .. import __version__, kafka
+from ..collector.app import (
     CONFIG_ENV,
     FileSettings,
     configure_logging,
@@ -52,9 +52,9 @@ from .collector import (
     settings_flags,
     split_options,
 )
-from .errors import ConfigError
-from .events import load_schema
-from .settings import Settings, load_settings
+from ..errors import ConfigError
+from ..events import load_schema
+from ..settings import Settings, load_settings
 
 log = logging.getLogger("leadpulse.alerts")
 

@@ -29,7 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .segment import EVENT_TYPES
-from .settings import SOURCES
+from ..settings import SOURCES
 
 DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {"browser": ("web",), "server": SOURCES}
 
