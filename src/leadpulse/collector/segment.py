@@ -29,7 +29,7 @@ import orjson
 
 from .. import events as contract
 from ..errors import InvalidEvent
-from ..settings import SOURCES
+from ..events import SOURCES
 
 #: the Segment call types; `screen` (mobile apps) has no LeadPulse meaning and is ignored
 SEGMENT_TYPES = ("track", "page", "identify", "group", "alias", "screen")
