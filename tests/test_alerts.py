@@ -28,19 +28,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from leadpulse.alerts import service as alerts_module
-from leadpulse.alerts.service import (
-    AlertService,
-    AlertSettings,
-    backoff_delay,
-    load_alert_settings,
-    parse_retry_after,
-    sign,
-    slack_message,
-    verify_signature,
-)
+from leadpulse.alerts import command as alerts_command
+from leadpulse.alerts.config import AlertSettings, load_alert_settings
+from leadpulse.alerts.destinations import parse_retry_after, sign, slack_message, verify_signature
+from leadpulse.alerts.service import AlertService
 from leadpulse.embedded import TansuBroker, free_port
 from leadpulse.errors import ConfigError
+from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings
 
 from .kafkatools import consume_until, produce
@@ -142,13 +136,13 @@ def test_alert_settings_need_a_destination_and_a_secret_for_the_webhook(monkeypa
         load_alert_settings(webhook_url="ftp://hooks.example.com/x", webhook_secret="s")
     monkeypatch.setenv("LEADPULSE_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/SECRETPART")
     monkeypatch.setenv("LEADPULSE_WEBHOOK_SECRET", "topsecret")
-    result = CliRunner().invoke(alerts_module.alerts, ["--print-config", "--webhook-url", "https://h.example.com/x?token=abc",
+    result = CliRunner().invoke(alerts_command.alerts, ["--print-config", "--webhook-url", "https://h.example.com/x?token=abc",
                                                       "--alerts-demotions"])
     assert result.exit_code == 0, result.output
     shown = orjson.loads(result.output)
     assert "SECRETPART" not in result.output and "topsecret" not in result.output and "abc" not in result.output
     assert shown["alerts_demotions"] is True and shown["alerts_dlq_topic"] == "leads.handoff.dlq"
-    result = CliRunner().invoke(alerts_module.alerts, ["--alerts-max-attempts", "0"])
+    result = CliRunner().invoke(alerts_command.alerts, ["--alerts-max-attempts", "0"])
     assert result.exit_code == 2 and "LEADPULSE_ALERTS_MAX_ATTEMPTS" in result.output
 
 
@@ -415,7 +409,7 @@ async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: 
     log_path = tmp_path / "alerts.log"
     with log_path.open("wb") as log:
         # The command object as cli.py registers it (`leadpulse alerts`).
-        proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.alerts.service import alerts; alerts()"],  # noqa: ASYNC220
+        proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.alerts.command import alerts; alerts()"],  # noqa: ASYNC220
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         h = handoff(lead="cmd-lead")

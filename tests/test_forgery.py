@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from leadpulse.collector.app import Collector, load_collector_settings
+from leadpulse.collector.app import Collector
+from leadpulse.collector.config import load_collector_settings
 from leadpulse.embedded import RedisServer, TansuBroker
 from leadpulse.engine import derived_traits
 from leadpulse.errors import ConfigError

@@ -3,16 +3,12 @@
 Real clients send batches to `/v1/batch` (server libraries) and `/b` (analytics.js), and single
 events to `/v1/t`, `/v1/i`, … (analytics.js, as `text/plain` so browsers skip the CORS
 preflight). The write key is in the body or is the HTTP Basic user name. Each message is mapped
-by segment.py, checked against the event contract, and produced with acks=all; the answer is 200
-only once Kafka has acknowledged every event of the request, and 503 when it cannot, so the
-client keeps the batch and retries (its messageIds make the retry a duplicate the worker drops).
+by segment.py, checked against the event contract, and produced with acks=all (sink.py); the
+answer is 200 only once Kafka has acknowledged every event of the request, and 503 when it
+cannot, so the client keeps the batch and retries (its messageIds make the retry a duplicate the worker drops).
 Messages are decided one by one: one that cannot be produced is skipped with its reason, and the
 answer counts them by reason. What a request may cost is bounded by httpinput.py (deadlines,
 sizes, open connections) and writekeys.py (what each key may send, and how many events a second).
-
-This module also holds the small configuration layer the collector and `leadpulse alerts` share:
-settings classes read from flags, then LEADPULSE_* variables, then a section of the YAML file
-named by `--config` / LEADPULSE_CONFIG.
 """
 
 from __future__ import annotations
@@ -21,260 +17,31 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
-import signal
-import sys
 import time
-import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import click
 import orjson
-import yaml
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .. import kafka, logs
-from ..errors import ConfigError, LeadPulseError
+from ..probes import add_probes
+from ..settings import Settings
 from . import segment
+from .config import CollectorSettings
 from .httpinput import ConnectionCap, HTTPProblem, basic_user, decode_body, problem, read_body
-from ..settings import Settings, load_settings
-from .writekeys import KeyRing, TokenBucket, WriteKey, parse_write_keys, retry_after
+from .sink import BrokerUnavailable, KafkaSink
+from .writekeys import KeyRing, TokenBucket, WriteKey, retry_after
 
 log = logging.getLogger("leadpulse.collector")
 
-# --- configuration shared with alerts.py ----------------------------------------------------
-
-CONFIG_ENV = "LEADPULSE_CONFIG"
-_file_section: ContextVar[dict[str, Any] | None] = ContextVar("leadpulse_config_section", default=None)
-S = TypeVar("S", bound="FileSettings")
-
-
-def read_config_section(path: Path, section: str) -> dict[str, Any]:
-    """One top-level section of the YAML config file (`collector:`, `alerts:`)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections (collector:, alerts:)")
-    part = data.get(section) or {}
-    if not isinstance(part, dict):
-        raise ConfigError(f"config file {path}: section {section!r} must be a mapping")
-    return part
-
-
-class _SectionSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return (_file_section.get() or {}).get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in (_file_section.get() or {}).items() if k in self.settings_cls.model_fields}
-
-
-class FileSettings(BaseSettings):
-    """LEADPULSE_* settings that may also come from a section of the config file.
-    Precedence: flags, then environment, then the file, then defaults."""
-
-    model_config = SettingsConfigDict(env_prefix="LEADPULSE_", frozen=True, extra="ignore")
-    config_section: ClassVar[str] = ""
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _SectionSource(settings_cls)
-
-    def masked(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = "***"
-            elif isinstance(value, tuple) and value and isinstance(value[0], SecretStr):
-                value = ["***"] * len(value)
-            elif isinstance(value, tuple) and value and hasattr(value[0], "masked"):
-                value = [v.masked() for v in value]
-            elif isinstance(value, Path):
-                value = str(value)
-            out[name] = value
-        return out
-
-
-def load_file_settings(cls: type[S], config: Path | None = None, **overrides: Any) -> S:
-    """`cls` from flags (`overrides`, None = not given), LEADPULSE_* variables and the config file."""
-    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
-    section = read_config_section(path, cls.config_section) if path else {}
-    unknown = sorted(set(section) - set(cls.model_fields))
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown key {cls.config_section}.{unknown[0]} "
-                          f"(known: {', '.join(cls.model_fields)})")
-    token = _file_section.set(section)
-    try:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        name = str(err["loc"][0]) if err["loc"] else where
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {where} (LEADPULSE_{name.upper()}): {msg}") from None
-    finally:
-        _file_section.reset(token)
-
-
-def _option_type(annotation: Any) -> Any:
-    base = annotation
-    if typing.get_origin(annotation) is not typing.Literal:  # unwrap `X | None`, not a Literal's values
-        base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
-    if typing.get_origin(base) is typing.Literal:
-        return click.Choice([str(a) for a in typing.get_args(base)])
-    return {int: click.INT, float: click.FLOAT, Path: click.Path(path_type=Path)}.get(base, click.STRING)
-
-
-def settings_flags(fields: Iterable[tuple[type[BaseModel], str]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Each named setting as a flag (`--write-keys` for LEADPULSE_WRITE_KEYS), as cli.py does."""
-
-    def decorate(fun: Callable[..., Any]) -> Callable[..., Any]:
-        for cls, name in reversed(list(fields)):
-            info = cls.model_fields[name]
-            flag = "--" + name.replace("_", "-")
-            help_text = f"{info.description} [env LEADPULSE_{name.upper()}]"
-            if info.annotation in (bool, bool | None):
-                fun = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)(fun)
-            else:
-                fun = click.option(flag, name, type=_option_type(info.annotation), default=None, help=help_text)(fun)
-        return fun
-
-    return decorate
-
-
-def split_options(options: dict[str, Any], *classes: type[BaseModel]) -> list[dict[str, Any]]:
-    return [{k: options.pop(k) for k in list(options) if k in cls.model_fields} for cls in classes]
-
-
-def run_command(fun: Callable[[], None]) -> None:
-    """Configuration errors are one line on stderr and exit code 2, as for `leadpulse worker`."""
-    try:
-        fun()
-    except ConfigError as exc:
-        click.echo(f"leadpulse: {exc}", err=True)
-        sys.exit(2)
-
-
-def configure_logging(level: str) -> None:
-    logs.configure(level)
-
-
-async def serve_until_signalled(start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]],
-                                failed: asyncio.Event | None = None) -> None:
-    """Start, run until SIGINT/SIGTERM (or until `failed` is set), then stop gracefully."""
-    signalled = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, signalled.set)
-    await start()
-    waits = [asyncio.ensure_future(e.wait()) for e in (signalled, failed) if e is not None]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-        await stop()
-
-
-# --- collector settings --------------------------------------------------------------------
-
-#: Segment's own limits, which its client libraries already respect
-MAX_MESSAGE_BYTES = 32 * 1024
-MAX_BATCH_BYTES = 500 * 1024
 #: a single-event body is the message plus writeKey and sentAt
 ENVELOPE_SLACK = 1024
-#: Segment's libraries send batches of 100 (analytics-python, -node) or fewer (analytics.js)
-MAX_BATCH_MESSAGES = 2500
 #: on 503: Segment's libraries treat a Retry-After as a rate limit, re-queue the batch and wait,
 #: without spending one of their (few) counted retries, so a broker outage of minutes loses nothing
 RETRY_AFTER = {"Retry-After": "2"}
 #: examples of skipped messages in an answer (all are counted, by reason)
 SKIPPED_EXAMPLES = 5
-
-
-class CollectorSettings(FileSettings):
-    config_section: ClassVar[str] = "collector"
-
-    collector_host: str = Field("127.0.0.1", description="address the collector listens on (0.0.0.0 for all)")
-    collector_port: int = Field(6067, ge=0, le=65535, description="collector HTTP port (0: any free port)")
-    write_keys: Annotated[tuple[WriteKey, ...], NoDecode] = Field(
-        (), description="accepted Segment write keys, comma-separated (plain keys may send every source), "
-                        "or a JSON list of {key, kind, sources, types, rate_limit, rate_burst} (docs/integrations.md)"
-    )
-    track_events: Annotated[dict[str, str | None], NoDecode] = Field(
-        default_factory=dict,
-        description='track event name → source/type, JSON (e.g. {"Trial Started": "web/form_submit"}); '
-                    "added to the default map, null removes a default",
-    )
-    collector_max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024, description="largest message (413 above)")
-    collector_max_batch_bytes: int = Field(MAX_BATCH_BYTES, ge=1024, description="largest request body, decompressed too (413 above)")
-    collector_produce_timeout: float = Field(10.0, gt=0, description="seconds to wait for Kafka's acknowledgement before 503")
-    collector_cors_origins: str = Field("*", description="origins browsers may send from, comma-separated (* for any)")
-    collector_max_batch_messages: int = Field(MAX_BATCH_MESSAGES, ge=1, description="most messages in one batch (413 above)")
-    collector_header_timeout: float = Field(
-        10.0, gt=0, description="seconds from connecting (or the previous answer) to a complete request line and "
-                                "headers; also how long an idle connection is kept")
-    collector_body_timeout: float = Field(30.0, gt=0, description="seconds to receive a whole request body (408 above)")
-    collector_max_connections: int = Field(1024, ge=1, description="open connections at most (503 above)")
-    collector_rate_limit: float = Field(
-        500.0, ge=0, description="events a second per write key, unless the key sets its own (429 above; 0: no limit)")
-    collector_rate_burst: int = Field(5000, ge=1, description="events at once per write key, unless the key sets its own")
-
-    @field_validator("write_keys", mode="before")
-    @classmethod
-    def _keys(cls, value: Any) -> Any:
-        return parse_write_keys(value)
-
-    @field_validator("track_events", mode="before")
-    @classmethod
-    def _events(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = orjson.loads(value) if value.strip() else {}
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON object: {exc}") from None
-        if not isinstance(value, Mapping):
-            raise ValueError("must map track event names to source/type")  # noqa: TRY004 - pydantic wants ValueError
-        out: dict[str, str | None] = {}
-        for name, target in value.items():
-            parsed = segment.parse_target(target)
-            out[str(name)] = None if parsed is None else "/".join(parsed)
-        return out
-
-    @property
-    def event_map(self) -> dict[str, tuple[str, str]]:
-        return segment.track_map(self.track_events)
-
-
-def load_collector_settings(config: Path | None = None, **overrides: Any) -> CollectorSettings:
-    settings = load_file_settings(CollectorSettings, config, **overrides)
-    if not settings.write_keys:
-        raise ConfigError("no write key: set LEADPULSE_WRITE_KEYS (comma-separated) or collector.write_keys "
-                          "in the config file; the collector accepts nothing without one")
-    return settings
-
-
-# --- metrics ---------------------------------------------------------------------------------
 
 
 class CollectorMetrics:
@@ -295,96 +62,6 @@ class CollectorMetrics:
                                            "Connections answered 503 at once: the connection cap was reached.",
                                            registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-# --- Kafka -----------------------------------------------------------------------------------
-
-
-class BrokerUnavailable(LeadPulseError):
-    """Kafka did not acknowledge in time: the client gets 503 and retries."""
-
-    retriable = True
-
-
-class KafkaSink:
-    """An acks=all producer that connects in the background, so the collector starts (and
-    answers 503) while the broker is down, and recovers without a restart."""
-
-    def __init__(self, settings: Settings, timeout: float) -> None:
-        self.settings = settings
-        self.timeout = timeout
-        self.producer: AIOKafkaProducer | None = None
-        self.problem = "not connected to Kafka yet"
-        self._task: asyncio.Task[None] | None = None
-        self._topics_checked = 0.0
-
-    @property
-    def ready(self) -> bool:
-        return self.producer is not None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._connect(), name="collector-kafka-connect")
-
-    async def _connect(self) -> None:
-        delay = 0.2
-        while True:
-            producer = AIOKafkaProducer(
-                **kafka.client_options(self.settings), acks="all", linger_ms=2,
-                request_timeout_ms=int(self.timeout * 1000),
-            )
-            try:
-                await kafka.ensure_topics(self.settings, self.settings.input_topics)
-                await producer.start()
-            except (KafkaError, OSError) as exc:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                self.problem = f"Kafka unavailable: {exc}"
-                log.warning("cannot reach Kafka at %s (%s); retrying in %.1f s", self.settings.kafka_bootstrap, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.producer = producer
-            self._topics_checked = time.monotonic()
-            log.info("producing to %s", ", ".join(self.settings.input_topics))
-            return
-
-    async def send(self, items: list[tuple[str, bytes, bytes]]) -> None:
-        """Produce (topic, key, value) and wait for every acknowledgement, or raise BrokerUnavailable."""
-        if self.producer is None:
-            raise BrokerUnavailable(self.problem)
-        try:
-            async with asyncio.timeout(self.timeout):
-                futures = [await self.producer.send(topic, value, key=key) for topic, key, value in items]
-                await asyncio.gather(*futures)
-        except (TimeoutError, KafkaError) as exc:
-            if isinstance(exc, (TimeoutError, UnknownTopicOrPartitionError)):
-                self._recheck_topics()
-            raise BrokerUnavailable(f"Kafka did not acknowledge: {type(exc).__name__} {exc}".strip()) from exc
-
-    def _recheck_topics(self) -> None:
-        # A broker that lost its topics (a scratch cluster restarted) would time out forever.
-        if time.monotonic() - self._topics_checked < 5:
-            return
-        self._topics_checked = time.monotonic()
-
-        async def check() -> None:
-            with contextlib.suppress(KafkaError, OSError):
-                await kafka.ensure_topics(self.settings, self.settings.input_topics)
-
-        asyncio.get_running_loop().create_task(check())
-
-    async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.producer is not None:
-            await self.producer.stop()  # flushes what is in flight
-
-
-# --- HTTP ------------------------------------------------------------------------------------
 
 #: route → the Segment call type of a single-event route (None: a batch)
 ROUTES: dict[str, str | None] = {
@@ -431,9 +108,7 @@ class Collector:
         for path in ROUTES:
             app.router.add_post(path, self.ingest)
             app.router.add_route("OPTIONS", path, self.preflight)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_view)
+        add_probes(app.router, self.readiness, self.metrics.registry)
         return app
 
     async def start(self) -> None:
@@ -618,49 +293,6 @@ class Collector:
         return web.json_response({"success": True, "accepted": len(mapped), "skipped": skipped},
                                  dumps=lambda d: orjson.dumps(d).decode())
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readiness(self) -> dict[str, Any]:
         ok = self.sink.ready
-        return web.json_response({"ready": ok, "kafka": ok, **({} if ok else {"problem": self.sink.problem})},
-                                 status=200 if ok else 503)
-
-    async def metrics_view(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
-
-
-# --- command ---------------------------------------------------------------------------------
-
-#: the worker settings the collector uses: where Kafka is, the topics, the model (clock skew)
-KAFKA_FIELDS = ("kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-                "kafka_sasl_password", "kafka_ssl_cafile", "topic_prefix", "partitions", "replication_factor",
-                "max_event_bytes", "model", "log_level")
-
-
-def run_collector(settings: Settings, config: CollectorSettings) -> None:
-    collector = Collector(settings, config)
-    asyncio.run(serve_until_signalled(collector.start, collector.stop))
-
-
-@click.command()
-@settings_flags([(Settings, f) for f in KAFKA_FIELDS] + [(CollectorSettings, f) for f in CollectorSettings.model_fields])
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help=f"YAML config file; its collector: section is read [env {CONFIG_ENV}]")
-@click.option("--print-config", is_flag=True, help="print the settings (secrets masked) and exit")
-def collector(config_file: Path | None, print_config: bool, **options: Any) -> None:
-    """Accept the Segment Tracking API over HTTP and produce LeadPulse events to Kafka."""
-
-    def run() -> None:
-        kafka_options, own = split_options(options, Settings, CollectorSettings)
-        settings = load_settings(**kafka_options)
-        config = load_collector_settings(config_file, **own)
-        if print_config:
-            shown = {k: v for k, v in settings.masked().items() if k in KAFKA_FIELDS}
-            click.echo(orjson.dumps({**shown, **config.masked()}, option=orjson.OPT_INDENT_2).decode())
-            return
-        configure_logging(settings.log_level)
-        run_collector(settings, config)
-
-    run_command(run)
+        return {"ready": ok, "kafka": ok, **({} if ok else {"problem": self.sink.problem})}
