@@ -424,6 +424,70 @@ async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: 
             proc.wait()
 
 
+async def scrape(port: int, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+async def status(port: int, path: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as resp:
+        return resp.status
+
+
+@pytest.mark.integration
+async def test_alerts_started_while_the_broker_is_down_waits_for_it_then_delivers(receiver: Receiver,
+                                                                                     tmp_path: Path) -> None:
+    """`leadpulse alerts` starts with no broker: it keeps retrying (a fresh client per try, since an
+    aiokafka client whose start failed cannot start again), answers /healthz, says not ready, and
+    once the broker is up consumes and delivers without a restart."""
+    broker = TansuBroker(tmp_path, port=free_port())  # its port is known; it is not running yet
+    port, tag = free_port(), uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env.update(LEADPULSE_KAFKA_BOOTSTRAP=broker.bootstrap, LEADPULSE_GROUP_ID=f"g{tag}", LEADPULSE_PARTITIONS="2",
+               LEADPULSE_HANDOFF_TOPIC=f"h{tag}.handoff", LEADPULSE_WEBHOOK_URL=receiver.url + "/hook",
+               LEADPULSE_WEBHOOK_SECRET=SECRET, LEADPULSE_ALERTS_PORT=str(port), LEADPULSE_ALERTS_START_FROM="earliest")
+    log_path = tmp_path / "alerts.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "leadpulse", "alerts"],  # noqa: ASYNC220
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        async def kept_retrying() -> bool:
+            # Its own count of failed attempts, not a sleep: three failures, one process.
+            try:
+                return await scrape(port, "leadpulse_alert_kafka_errors_total") >= 3
+            except aiohttp.ClientError:
+                return False  # its metrics server is not up yet
+
+        await eventually(kept_retrying, what=log_path.read_text()[-2000:])
+        assert proc.poll() is None, "no crash while the broker is down"
+        assert await status(port, "/healthz") == 200
+        assert await status(port, "/readyz") == 503
+        assert await scrape(port, "leadpulse_alerts_ready") == 0
+
+        broker.start()
+        try:
+            h = handoff(lead="late-lead")
+            await produce(broker.bootstrap, [(f"h{tag}.handoff", b"late-lead", orjson.dumps(h))])
+            await eventually(lambda: receiver.on("/hook"), what=log_path.read_text()[-2000:])
+            [hook] = receiver.on("/hook")
+            assert orjson.loads(hook.body)["handoff_id"] == h["handoff_id"]
+            assert docs_verifier()(SECRET.encode(), hook.body, hook.headers)
+
+            async def ready() -> bool:
+                return await status(port, "/readyz") == 200
+
+            await eventually(ready, what="/readyz 200 once consuming")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log_path.read_text()[-2000:]
+        finally:
+            broker.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.integration
 async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_goes_on(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
