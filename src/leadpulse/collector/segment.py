@@ -1,6 +1,6 @@
 """Segment Tracking API messages → LeadPulse events. Pure functions, no I/O.
 
-The collector (collector.py) hands each message of a request to `map_message` and produces what
+The collector (app.py) hands each message of a request to `map_message` and produces what
 comes back. Every event returned has passed `events.from_dict`, the same check the worker runs,
 so the collector never emits an event the worker would dead-letter for its content.
 
