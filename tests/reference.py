@@ -14,7 +14,7 @@ from leadpulse import events as contract
 from leadpulse.handoff import publishes
 from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel
-from leadpulse.simulate import journeys
+from leadpulse.dev.simulate import journeys
 
 HOUR = 3_600_000
 

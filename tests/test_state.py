@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from leadpulse import events as contract
-from leadpulse.embedded import RedisServer
+from leadpulse.dev.embedded import RedisServer
 from leadpulse.engine import reference_score
 from leadpulse.events import Event
 from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
-from leadpulse.simulate import journeys
+from leadpulse.dev.simulate import journeys
 from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
 from .fixtures import DAY, T0, event

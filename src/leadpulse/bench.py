@@ -257,7 +257,7 @@ def event_set(n_events: int, n_leads: int, seed: int, start_ms: int, prefix: str
     are made in), so with anonymous ids two correct runs could end with different scores, and
     the bench compares final scores between runs.
     """
-    from .simulate import journeys
+    from .dev.simulate import journeys
 
     out: list[dict[str, Any]] = []
     for event in journeys(n_leads, seed=seed, start_ms=start_ms, prefix=prefix):
@@ -285,7 +285,7 @@ def _settings(**overrides: Any) -> Any:
 async def produce(bootstrap: str, prefix: str, events: Sequence[dict[str, Any]], on_sent: Callable[[int], None]) -> float:
     from aiokafka import AIOKafkaProducer
 
-    from .produce import send_all
+    from .dev.produce import send_all
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
     await producer.start()
@@ -382,7 +382,7 @@ def worker_batches(events: Sequence[dict[str, Any]], partitions: int) -> list[li
     partitions taking turns. Records are (position, value)."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from .simulate import key_for, topic_for
+    from .dev.simulate import key_for, topic_for
 
     partitioner = DefaultPartitioner()
     everyone = list(range(partitions))
@@ -575,7 +575,7 @@ class Worker(Child):
     """`leadpulse worker` configured by LEADPULSE_* variables, as in production."""
 
     def __init__(self, workdir: Path, name: str, **settings: Any) -> None:
-        from .embedded import free_port
+        from .dev.embedded import free_port
 
         self.port = free_port()
         self.settings = {"http_port": self.port, "log_level": "info", **settings}
@@ -773,7 +773,7 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
     until `worker` has handled every offered event and each handoff it published has been read."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from .simulate import journeys, key_for, topic_for
+    from .dev.simulate import journeys, key_for, topic_for
 
     total = int(rate * seconds)
     events: list[dict[str, Any]] = []
@@ -1384,7 +1384,7 @@ def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: floa
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .embedded import Stack
+    from .dev.embedded import Stack
 
     args = sys.argv[1:]
     if args[:1] == ["bench"]:  # run as `leadpulse bench`, not as a module

@@ -3,7 +3,7 @@ flat (± 10 %) across 10 M events").
 
 The bench's other stages hold their event set in memory; 10 M events as dicts would take several
 GB. This stage generates events lazily instead, in chunks of `CHUNK_LEADS` journeys
-(`leadpulse.simulate`, the same mix as everywhere, anonymous page views under their visitor ids as
+(`leadpulse.dev.simulate`, the same mix as everywhere, anonymous page views under their visitor ids as
 simulate makes them), and produces them while the real worker consumes, never more than a tenth
 of the run (at most `AHEAD`) ahead of it. New leads keep arriving (each chunk is the journeys of
 new leads, started 2 s apart on the event clock as simulate does), so the lead population grows
@@ -56,7 +56,7 @@ def chunks(total: int, seed: int, max_leads: int, start_ms: int) -> Iterator[tup
     `start_ms + c × CHUNK_LEADS × ARRIVAL_MS`. Slots are recycled after `max_leads` leads: the
     lead then comes back with a new journey (event ids suffixed with the round, so none repeats).
     """
-    from .simulate import journeys
+    from .dev.simulate import journeys
 
     slots = max(1, max_leads // CHUNK_LEADS)
     sent = 0
@@ -99,7 +99,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from .produce import send_all
+    from .dev.produce import send_all
 
     _, broker_pid = pids
     prefix = f"bench{tag}rss."

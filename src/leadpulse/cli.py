@@ -104,7 +104,7 @@ def worker(print_config: bool, **options: Any) -> None:
 @fails_cleanly
 def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | None, data_dir: Path | None) -> None:
     """Everything on this machine: a Kafka-protocol broker, Redis, the worker and simulated traffic."""
-    from .dev import run_dev
+    from .dev.runner import run_dev
 
     run_dev(leads=leads, rate=rate, waves=waves, http_port=http_port, model_path=model_path, data_dir=data_dir)
 
@@ -118,7 +118,7 @@ def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | 
 @fails_cleanly
 def produce(file: Any, leads: int, seed: int, now: bool, **options: Any) -> None:
     """Send events (a JSONL file, or synthetic journeys) to the input topics."""
-    from .produce import produce_events
+    from .dev.produce import produce_events
 
     settings = _settings(options)
     if file is None and not leads:
