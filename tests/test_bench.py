@@ -17,7 +17,7 @@ import sys
 import orjson
 import pytest
 
-from leadpulse.bench import CpuTrace, Sample, Work, _rss_at, measured
+from leadpulse.bench.runner import CpuTrace, Sample, Work, _rss_at, measured
 
 integration = pytest.mark.integration
 
@@ -28,7 +28,7 @@ EVENTS = 2000
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench")
     command = [
-        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        sys.executable, "-m", "leadpulse.bench",
         "--events", str(EVENTS), "--leads", "200", "--rate", "400", "--latency-seconds", "3",
         "--memory-leads", "2000", "--data-dir", str(workdir), "--json",
     ]
@@ -89,7 +89,7 @@ def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench-rss")
     others = [a for stage in ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
-        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        sys.executable, "-m", "leadpulse.bench",
         "--rss-events", str(RSS_EVENTS), *others, "--data-dir", str(workdir), "--json",
     ]
     done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)
@@ -135,7 +135,7 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench-tiny")
     others = [a for stage in ("ceilings", "baseline", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
-        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        sys.executable, "-m", "leadpulse.bench",
         "--events", str(TINY), "--leads", "20", *others, "--data-dir", str(workdir), "--json",
     ]
     done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)

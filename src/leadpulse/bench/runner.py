@@ -227,7 +227,7 @@ class Report:
     worker_memory: dict[str, Any] = field(default_factory=dict)
     redis_memory: dict[str, Any] = field(default_factory=dict)
     two_workers: dict[str, Any] = field(default_factory=dict)
-    rss_soak: dict[str, Any] = field(default_factory=dict)  # stage "rss", bench_rss.py
+    rss_soak: dict[str, Any] = field(default_factory=dict)  # stage "rss", rss.py
     checks: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -257,7 +257,7 @@ def event_set(n_events: int, n_leads: int, seed: int, start_ms: int, prefix: str
     are made in), so with anonymous ids two correct runs could end with different scores, and
     the bench compares final scores between runs.
     """
-    from .dev.simulate import journeys
+    from ..dev.simulate import journeys
 
     out: list[dict[str, Any]] = []
     for event in journeys(n_leads, seed=seed, start_ms=start_ms, prefix=prefix):
@@ -277,7 +277,7 @@ def lead_ids(events: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _settings(**overrides: Any) -> Any:
-    from .settings import load_settings
+    from ..settings import load_settings
 
     return load_settings(**overrides)
 
@@ -285,7 +285,7 @@ def _settings(**overrides: Any) -> Any:
 async def produce(bootstrap: str, prefix: str, events: Sequence[dict[str, Any]], on_sent: Callable[[int], None]) -> float:
     from aiokafka import AIOKafkaProducer
 
-    from .dev.produce import send_all
+    from ..dev.produce import send_all
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
     await producer.start()
@@ -298,7 +298,7 @@ async def produce(bootstrap: str, prefix: str, events: Sequence[dict[str, Any]],
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    from . import kafka
+    from .. import kafka
 
     await kafka.ensure_topics(_settings(kafka_bootstrap=bootstrap, partitions=partitions), names)
 
@@ -308,7 +308,7 @@ async def ceiling_consume(bootstrap: str, topics: Sequence[str], total: int, bro
     """Raw aiokafka getmany() over every input partition: the most a worker can read."""
     from aiokafka import AIOKafkaConsumer
 
-    from .kafka import partitions
+    from ..kafka import partitions
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -355,7 +355,7 @@ async def committed_all(bootstrap: str, group: str, topics: Sequence[str], ends:
 async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[Any, int]:
     from aiokafka import AIOKafkaConsumer
 
-    from .kafka import high_watermarks, partitions
+    from ..kafka import high_watermarks, partitions
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -382,7 +382,7 @@ def worker_batches(events: Sequence[dict[str, Any]], partitions: int) -> list[li
     partitions taking turns. Records are (position, value)."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from .dev.simulate import key_for, topic_for
+    from ..dev.simulate import key_for, topic_for
 
     partitioner = DefaultPartitioner()
     everyone = list(range(partitions))
@@ -407,10 +407,10 @@ async def record_lua_path(redis_url: str, events: Sequence[dict[str, Any]], part
     """
     from redis.asyncio import Redis
 
-    from . import events as contract
-    from . import scripts
-    from .model import load_model
-    from .state import LeadStore
+    from .. import events as contract
+    from .. import scripts
+    from ..model import load_model
+    from ..state import LeadStore
 
     model = load_model()
     redis = Redis.from_url(redis_url)
@@ -443,7 +443,7 @@ async def replay(port: int, db: int, commands: list[bytes], redis_pid: int, on_p
     """Send the recorded calls down one connection as fast as Redis answers them."""
     from redis.asyncio import Redis
 
-    from . import scripts
+    from .. import scripts
 
     client = Redis(host="127.0.0.1", port=port, db=db)
     await client.flushdb()
@@ -500,8 +500,8 @@ async def replay(port: int, db: int, commands: list[bytes], redis_pid: int, on_p
 async def final_scores(redis_url: str, leads: Sequence[str], at: int) -> dict[str, float]:
     from redis.asyncio import Redis
 
-    from .model import load_model
-    from .state import LeadStore
+    from ..model import load_model
+    from ..state import LeadStore
 
     client = Redis.from_url(redis_url)
     try:
@@ -575,7 +575,7 @@ class Worker(Child):
     """`leadpulse worker` configured by LEADPULSE_* variables, as in production."""
 
     def __init__(self, workdir: Path, name: str, **settings: Any) -> None:
-        from .dev.embedded import free_port
+        from ..dev.embedded import free_port
 
         self.port = free_port()
         self.settings = {"http_port": self.port, "log_level": "info", **settings}
@@ -656,7 +656,7 @@ class Baseline(Child):
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         env = _child_env({"LEADPULSE_BENCH_BASELINE": orjson.dumps(config).decode()})
-        argv = [sys.executable, "-c", "from leadpulse.bench import _baseline_main; _baseline_main()"]
+        argv = [sys.executable, "-c", "from leadpulse.bench.runner import _baseline_main; _baseline_main()"]
         super().__init__(argv, env, workdir / "baseline.log")
 
 
@@ -711,12 +711,12 @@ def _baseline_main() -> None:  # pragma: no cover - runs in a child process
     import faust
     from redis.asyncio import Redis
 
-    from . import events as contract
-    from . import scripts
-    from .errors import InvalidEvent
-    from .handoff import build, publishes
-    from .model import load_model
-    from .state import LeadStore
+    from .. import events as contract
+    from .. import scripts
+    from ..errors import InvalidEvent
+    from ..handoff import build, publishes
+    from ..model import load_model
+    from ..state import LeadStore
 
     config = orjson.loads(os.environ["LEADPULSE_BENCH_BASELINE"])
     model = load_model()
@@ -773,7 +773,7 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
     until `worker` has handled every offered event and each handoff it published has been read."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from .dev.simulate import journeys, key_for, topic_for
+    from ..dev.simulate import journeys, key_for, topic_for
 
     total = int(rate * seconds)
     events: list[dict[str, Any]] = []
@@ -862,7 +862,7 @@ async def redis_memory(port: int, source_db: int, target_db: int, target_leads: 
     and apart too the replay logs and traits (only some leads have them)."""
     from redis.asyncio import Redis
 
-    from .keys import Keys
+    from ..keys import Keys
 
     keys = Keys()
     src = Redis(host="127.0.0.1", port=port, db=source_db)
@@ -1064,7 +1064,7 @@ class Runner:
 
         # the RSS soak (off unless --rss-events): its own topics and Redis db, first on a fresh broker
         if "rss" in self.stages and self.rss_events > 0:
-            from .bench_rss import DB_RSS, rss_soak
+            from .rss import DB_RSS, rss_soak
 
             report.rss_soak = await rss_soak(
                 bootstrap=bootstrap, redis_url=url(DB_RSS), pids=pids, workdir=self.workdir, events=self.rss_events,
@@ -1346,7 +1346,7 @@ def render(report: Report) -> str:
                      f"(partitions assigned over time {tw['assignments']}), {tw['replayed_after_rebalance']} replayed, "
                      f"leads differing from one worker: {tw.get('leads_differing_from_one_worker', 'n/a')}")
     if report.rss_soak:
-        from .bench_rss import render_line
+        from .rss import render_line
 
         lines.append(render_line(report.rss_soak))
     if report.checks:
@@ -1384,7 +1384,7 @@ def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: floa
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .dev.embedded import Stack
+    from ..dev.embedded import Stack
 
     args = sys.argv[1:]
     if args[:1] == ["bench"]:  # run as `leadpulse bench`, not as a module

@@ -30,7 +30,7 @@ from typing import Any
 import click
 import orjson
 
-from .bench import SOURCES, Child, CpuTrace, Worker, create_topics, measured, memory
+from .runner import SOURCES, Child, CpuTrace, Worker, create_topics, measured, memory
 
 #: the stage's database on the bench's redis-server (the other stages use 1–7)
 DB_RSS = 8
@@ -56,7 +56,7 @@ def chunks(total: int, seed: int, max_leads: int, start_ms: int) -> Iterator[tup
     `start_ms + c × CHUNK_LEADS × ARRIVAL_MS`. Slots are recycled after `max_leads` leads: the
     lead then comes back with a new journey (event ids suffixed with the round, so none repeats).
     """
-    from .dev.simulate import journeys
+    from ..dev.simulate import journeys
 
     slots = max(1, max_leads // CHUNK_LEADS)
     sent = 0
@@ -99,7 +99,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from .dev.produce import send_all
+    from ..dev.produce import send_all
 
     _, broker_pid = pids
     prefix = f"bench{tag}rss."

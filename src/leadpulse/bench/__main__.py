@@ -1,0 +1,3 @@
+from .runner import bench
+
+bench(prog_name="leadpulse bench")
