@@ -231,7 +231,7 @@ def check_model(path: Path | None) -> None:
 def _register_services() -> None:
     # The collector and the alerts service are separate processes with their own settings.
     from .alerts import alerts
-    from .bench.runner import bench
+    from .bench.cli import bench
     from .collector import collector
 
     main.add_command(collector)

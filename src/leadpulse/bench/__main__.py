@@ -1,3 +1,3 @@
-from .runner import bench
+from .cli import bench
 
 bench(prog_name="leadpulse bench")
