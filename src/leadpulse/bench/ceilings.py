@@ -107,19 +107,19 @@ async def record_lua_path(redis_url: str, events: Sequence[dict[str, Any]], part
     model = load_model()
     redis = Redis.from_url(redis_url)
     recorded: list[bytes] = []
-    original = scripts.pipelined
 
-    async def recording(client: Any, calls: Sequence[tuple[Any, Sequence[str], Sequence[Any]]]) -> list[Any]:
-        for script, keys, args in calls:
-            recorded.append(_resp(["EVALSHA", script.sha, len(keys), *keys, *args]))
-        return await original(client, calls)
+    class Recording(scripts.Scripts):
+        async def pipelined(self, calls: Sequence[tuple[scripts.Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
+            for script, keys, args in calls:
+                recorded.append(_resp(["EVALSHA", script.sha, len(keys), *keys, *args]))
+            return await super().pipelined(calls)
 
     try:
         await redis.flushdb()
         await scripts.load_all(redis)
         store = LeadStore(redis, model)
+        store.scripts = Recording(redis)
         now = int(time.time() * 1000)
-        scripts.pipelined = recording  # type: ignore[assignment]
         cpu0, t0 = time.process_time(), time.perf_counter()
         for chunk in worker_batches(events, partitions):
             batch = [(contract.parse(value, now, model.clock_skew), position) for position, value in chunk]
@@ -127,7 +127,6 @@ async def record_lua_path(redis_url: str, events: Sequence[dict[str, Any]], part
             on_progress(len(batch))
         return recorded, time.perf_counter() - t0, time.process_time() - cpu0
     finally:
-        scripts.pipelined = original  # type: ignore[assignment]
         await redis.aclose()
 
 
