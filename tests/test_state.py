@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 
 from leadpulse import events as contract
 from leadpulse.dev.embedded import RedisServer
-from leadpulse.engine import reference_score
 from leadpulse.events import Event
 from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
@@ -25,6 +24,7 @@ from leadpulse.dev.simulate import journeys
 from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
 from .fixtures import DAY, T0, event
+from .reference import reference_score
 
 MODEL = """
 version: test-1

@@ -23,10 +23,3 @@ def parse_ms(value: object) -> int:
             return int(round(float(number) * _UNITS_MS[unit or "s"]))
     raise ValueError(f"{value!r} is not a duration such as 30d, 12h, 5m or 90s")
 
-
-def format_ms(ms: int) -> str:
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNITS_MS[unit]
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"

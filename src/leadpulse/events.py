@@ -197,20 +197,3 @@ def parse(raw: bytes, now_ms: int, skew_ms: int, max_bytes: int = MAX_EVENT_BYTE
     # so parsed values are finite already.
     return _from_dict(data, now_ms, skew_ms, False)
 
-
-def to_dict(event: Event) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "event_id": event.event_id,
-        "source": event.source,
-        "type": event.type,
-        "occurred_at": event.occurred_at,
-    }
-    if event.lead_id is not None:
-        out["lead_id"] = event.lead_id
-    if event.anonymous_id is not None:
-        out["anonymous_id"] = event.anonymous_id
-    if event.properties:
-        out["properties"] = event.properties
-    if event.traits:
-        out["traits"] = event.traits
-    return out
