@@ -71,7 +71,33 @@ def fails_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group()
+class _Commands(click.Group):
+    """The collector, alerts and the benchmark are separate processes with their own settings:
+    their commands are imported when they are run or listed, so that `leadpulse worker` never
+    imports them (nor the benchmark's own tools)."""
+
+    SEPARATE = ("alerts", "bench", "collector")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.SEPARATE])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "alerts":
+            from .alerts import alerts
+
+            return alerts
+        if name == "bench":
+            from .bench.cli import bench
+
+            return bench
+        if name == "collector":
+            from .collector import collector
+
+            return collector
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="leadpulse")
 def main() -> None:
     """LeadPulse: streaming, real-time B2B lead scoring."""
@@ -226,20 +252,6 @@ def check_model(path: Path | None) -> None:
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
         f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
     )
-
-
-def _register_services() -> None:
-    # The collector and the alerts service are separate processes with their own settings.
-    from .alerts import alerts
-    from .bench.cli import bench
-    from .collector import collector
-
-    main.add_command(collector)
-    main.add_command(alerts)
-    main.add_command(bench)
-
-
-_register_services()
 
 
 def _configure_logging(level: str) -> None:
