@@ -39,7 +39,7 @@ from leadpulse.alerts import (
     slack_message,
     verify_signature,
 )
-from leadpulse.embedded import TansuBroker, free_port
+from leadpulse.dev.embedded import TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
 

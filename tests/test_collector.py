@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics import Client
 
 from leadpulse.collector import Collector, CollectorSettings, collector, load_collector_settings
-from leadpulse.embedded import RedisServer, TansuBroker, free_port
+from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from leadpulse.collector import Collector, load_collector_settings
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.engine import derived_traits
 from leadpulse.errors import ConfigError
 from leadpulse.segment import Context, map_message

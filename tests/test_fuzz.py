@@ -31,7 +31,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.handoff import iso
 
 from .kafkatools import WorkerProcess, consume_until, running, wait_for

@@ -25,10 +25,14 @@ def _model(settings: Settings) -> ScoringModel:
 
 
 #: commands imported only when they run (or --help lists them): the offline analysis tools need
-#: scikit-learn and matplotlib, which the worker never loads
+#: scikit-learn and matplotlib, and the collector, alerts and the benchmark are other processes
 _LAZY = {
     "report": "leadpulse.analysis.commands:report",
     "calibrate": "leadpulse.analysis.commands:calibrate",
+    # separate processes with their own settings: `leadpulse worker` never imports them
+    "alerts": "leadpulse.alerts:alerts",
+    "bench": "leadpulse.bench.cli:bench",
+    "collector": "leadpulse.collector:collector",
 }
 
 
@@ -77,7 +81,7 @@ def worker(print_config: bool, **options: Any) -> None:
 @fails_cleanly
 def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | None, data_dir: Path | None) -> None:
     """Everything on this machine: a Kafka-protocol broker, Redis, the worker and simulated traffic."""
-    from .dev import run_dev
+    from .dev.runner import run_dev
 
     run_dev(leads=leads, rate=rate, waves=waves, http_port=http_port, model_path=model_path, data_dir=data_dir)
 
@@ -91,7 +95,7 @@ def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | 
 @fails_cleanly
 def produce(file: Any, leads: int, seed: int, now: bool, **options: Any) -> None:
     """Send events (a JSONL file, or synthetic journeys) to the input topics."""
-    from .produce import produce_events
+    from .dev.produce import produce_events
 
     settings = _settings(options)
     if file is None and not leads:
@@ -199,20 +203,6 @@ def check_model(path: Path | None) -> None:
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
         f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
     )
-
-
-def _register_services() -> None:
-    # The collector and the alerts service are separate processes with their own settings.
-    from .alerts import alerts
-    from .bench import bench
-    from .collector import collector
-
-    main.add_command(collector)
-    main.add_command(alerts)
-    main.add_command(bench)
-
-
-_register_services()
 
 
 def _configure_logging(level: str) -> None:
