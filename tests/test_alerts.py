@@ -32,7 +32,7 @@ from leadpulse.alerts import command as alerts_command
 from leadpulse.alerts.config import AlertSettings, load_alert_settings
 from leadpulse.alerts.destinations import parse_retry_after, sign, slack_message, verify_signature
 from leadpulse.alerts.service import AlertService
-from leadpulse.embedded import TansuBroker, free_port
+from leadpulse.dev.embedded import TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings

@@ -27,7 +27,7 @@ from segment.analytics import Client
 from leadpulse.collector.app import Collector
 from leadpulse.collector.command import collector
 from leadpulse.collector.config import CollectorSettings, load_collector_settings
-from leadpulse.embedded import RedisServer, TansuBroker, free_port
+from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
 

@@ -15,7 +15,7 @@ import pytest
 
 from leadpulse.collector.app import Collector
 from leadpulse.collector.config import load_collector_settings
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.engine import derived_traits
 from leadpulse.errors import ConfigError
 from leadpulse.collector.segment import Context, map_message

@@ -21,7 +21,7 @@ from redis.exceptions import OutOfMemoryError
 from leadpulse import events as contract
 from leadpulse import kafka
 from leadpulse.admin import rescore
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.errors import InvalidEvent, StateError
 from leadpulse.isolate import retriable
 from leadpulse.keys import Keys

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.errors import StateError
 from leadpulse.model import ScoringModel
 from leadpulse.state import LeadStore

@@ -29,15 +29,15 @@ def _model(settings: Settings) -> ScoringModel:
     return load_model(settings.model)
 
 
-#: commands imported only when they run (or --help lists them): each is a separate process with
-#: its own dependencies (aiohttp servers; scikit-learn and matplotlib for the analysis tools)
-#: that no other command needs to load
+#: commands imported only when they run (or --help lists them): the offline analysis tools need
+#: scikit-learn and matplotlib, and the collector, alerts and the benchmark are other processes
+#: with their own dependencies (aiohttp servers) that `leadpulse worker` never loads
 _LAZY = {
-    "collector": "leadpulse.collector.command:collector",
-    "alerts": "leadpulse.alerts.command:alerts",
-    "bench": "leadpulse.bench:bench",
     "report": "leadpulse.analysis.commands:report",
     "calibrate": "leadpulse.analysis.commands:calibrate",
+    "alerts": "leadpulse.alerts.command:alerts",
+    "bench": "leadpulse.bench.cli:bench",
+    "collector": "leadpulse.collector.command:collector",
 }
 
 
@@ -86,7 +86,7 @@ def worker(print_config: bool, **options: Any) -> None:
 @fails_cleanly
 def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | None, data_dir: Path | None) -> None:
     """Everything on this machine: a Kafka-protocol broker, Redis, the worker and simulated traffic."""
-    from .dev import run_dev
+    from .dev.runner import run_dev
 
     run_dev(leads=leads, rate=rate, waves=waves, http_port=http_port, model_path=model_path, data_dir=data_dir)
 
@@ -100,7 +100,7 @@ def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | 
 @fails_cleanly
 def produce(file: Any, leads: int, seed: int, now: bool, **options: Any) -> None:
     """Send events (a JSONL file, or synthetic journeys) to the input topics."""
-    from .produce import produce_events
+    from .dev.produce import produce_events
 
     settings = _settings(options)
     if file is None and not leads:

@@ -7,7 +7,7 @@ turns a stored snapshot into a score, a grade, a stage and its explanation at an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,20 +73,6 @@ def _checks(pred: Predicate) -> list[Check]:
 
         checks.append(in_range)
     return checks
-
-
-def compile_predicate(pred: Predicate) -> Check:
-    checks = _checks(pred)
-
-    def holds(value: Any) -> bool:
-        # Properties are free-form JSON: a list or an object where a string was expected
-        # simply does not match; it must never stop the worker.
-        try:
-            return all(check(value) for check in checks)
-        except (TypeError, ValueError):
-            return False
-
-    return holds
 
 
 def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool] | None:
@@ -199,10 +185,6 @@ class LeadView:
     model_version: str
 
 
-def decay_factor(half_life_ms: float | None, elapsed_ms: float) -> float:
-    return 1.0 if half_life_ms is None else math.exp(-LN2 / half_life_ms * elapsed_ms)
-
-
 class Explainer:
     def __init__(self, model: ScoringModel) -> None:
         self.model = model
@@ -269,9 +251,3 @@ def grade_rank(letter: str | None) -> int:
     """A=3 … D=0, so that "at least grade X" is a comparison."""
     return 0 if letter is None else len(GRADES) - 1 - GRADES.index(letter)
 
-
-def reference_score(
-    events: Iterable[tuple[float, int, float | None]], at: int
-) -> float:
-    """Σ pointsᵢ·2^{−(t−tᵢ)/h}: the plain definition the forward-decayed store must equal."""
-    return sum(p * (1.0 if h is None else 2.0 ** (-(at - t) / h)) for p, t, h in events)

@@ -21,7 +21,6 @@ from .errors import ModelError
 from .events import Source
 from .patterns import regex_matcher
 
-SOURCES = ("web", "email", "webinar", "profile", "crm")
 GRADES = ("A", "B", "C", "D")
 Scalar = str | int | float | bool
 DurationMs = Annotated[int, BeforeValidator(parse_ms)]
@@ -289,9 +288,6 @@ class ScoringModel(Frozen):
     @cached_property
     def rule_index(self) -> dict[str, Rule | FitRule]:
         return {r.id: r for r in (*self.rules, *self.fit.rules)}
-
-    def stage_index(self, name: str) -> int:
-        return next(i for i, s in enumerate(self.stages) if s.name == name)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -250,23 +250,24 @@ class LeadStore:
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
-        self._generation = -1
+        self.scripts = scripts.Scripts(redis)
+        self._reloads = -1  # scripts.reloads when the rule codes were read
         self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
 
     async def ready(self) -> None:
         """Read (or give) the rule codes and build the spec: at first use, and again after the
         scripts had to be reloaded (Redis restarted, perhaps without its data: then the codes
         this process knew are given back, rules.lua)."""
-        if self._generation == scripts.generation:
+        if self._reloads == self.scripts.reloads:
             return
         ids = [r.id for r in (*self.model.rules, *self.model.fit.rules)]
         args = [x for rule_id in ids for x in (rule_id, self.rule_codes.get(rule_id, 0))]
-        flat = [_text(x) for x in await scripts.RULES(self.redis, [self.keys.rules], args)]
+        flat = [_text(x) for x in await self.scripts.run(scripts.RULES, [self.keys.rules], args)]
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
-        self._generation = scripts.generation
+        self._reloads = self.scripts.reloads
 
     def fields(self, raw: bytes | None) -> dict[str, str] | None:
         """A lead's packed state (GET of its state key) as Explainer.view reads it."""
@@ -327,7 +328,7 @@ class LeadStore:
             # time, matches) is bounded by the model, not by the input.
             logged = [orjson.dumps([op[0], op[1], "", "", 0, *op[5:]]).decode() for _, op in items]
             calls.append((scripts.ANON, k, [keep.anon_ttl_ms, keep.anon_max_events, now, self.model.dedup_window, *logged]))
-        replies = await scripts.pipelined(self.redis, calls)
+        replies = await self.scripts.pipelined(calls)
         result = BatchResult(outcomes)
         n_apply = len(calls) - len(anon)
         erased = self._collect(leads, replies[:n_apply], result)
@@ -346,9 +347,9 @@ class LeadStore:
                 for i, _ in items:
                     outcomes[i] = ANONYMOUS
         if redirected:
-            erased |= self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
+            erased |= self._collect(redirected, await self.scripts.pipelined(self._apply_calls(redirected, now)), result)
         if links:
-            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
+            await self.scripts.pipelined([(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
                                                  if owner not in erased])
         if erased:  # visitors of an erased lead (a stale link, a rescore's identify) lose the link
             await erasure.unlink(self, erased, routed)
@@ -397,7 +398,7 @@ class LeadStore:
         await erasure.register(self, links)  # first: no link that erasing its lead could not find
         calls = [(scripts.LINK, self.keys.anon(a), [lead, self.retention.alias_ttl_ms]) for a, lead in links]
         owners = []
-        for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
+        for (anon_id, _), reply in zip(links, await self.scripts.pipelined(calls)):
             owner = _text(reply[0])
             owners.append((anon_id, owner))
             self._alias(anon_id, owner)
@@ -507,7 +508,7 @@ class LeadStore:
                 pipe.zrangebyscore(self.keys.indexes(shard)[0], "-inf", now, start=0, num=limit)
             due = [_text(m) for rows in await pipe.execute() for m in rows][:limit]
             calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
-            replies = await scripts.pipelined(self.redis, calls)
+            replies = await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
@@ -523,6 +524,6 @@ class LeadStore:
             await self.ready()
             now = int(time.time() * 1000)
             calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq, now]) for lead, seq in last.items()]
-            await scripts.pipelined(self.redis, calls)
+            await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc

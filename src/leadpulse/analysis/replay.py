@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from ..embedded import RedisServer
+from ..dev.embedded import RedisServer
 from ..keys import Keys
 from ..model import ScoringModel
 from ..state import LeadStore

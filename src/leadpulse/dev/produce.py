@@ -11,8 +11,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import kafka
-from .settings import Settings
+from .. import kafka
+from ..settings import Settings
 from .simulate import journeys, key_for, topic_for
 
 IN_FLIGHT = 5000
