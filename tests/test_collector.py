@@ -24,7 +24,9 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics import Client
 
-from leadpulse.collector import Collector, CollectorSettings, collector, load_collector_settings
+from leadpulse.collector.app import Collector
+from leadpulse.collector.command import collector
+from leadpulse.collector.config import CollectorSettings, load_collector_settings
 from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
@@ -351,7 +353,7 @@ async def test_the_collector_command_serves_and_stops_cleanly_on_sigterm(broker:
                LEADPULSE_PARTITIONS="2", LEADPULSE_CONFIG=str(config))
     log = (tmp_path / "collector.log").open("wb")
     # The command object as cli.py registers it (`leadpulse collector`).
-    proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.collector import collector; collector()"],  # noqa: ASYNC220
+    proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.collector.command import collector; collector()"],  # noqa: ASYNC220
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from leadpulse.collector import Collector
+from leadpulse.collector.app import Collector
 
 from .kafkatools import wait_for
 from .test_collector import KEY, basic, metric, post, ready, records_by_topic, segment_client, start_collector

@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
-from leadpulse.collector import Collector, load_collector_settings
+from leadpulse.collector.app import Collector
+from leadpulse.collector.config import load_collector_settings
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.engine import derived_traits
 from leadpulse.errors import ConfigError
-from leadpulse.segment import Context, map_message
-from leadpulse.writekeys import TokenBucket, WriteKey, parse_write_keys
+from leadpulse.collector.segment import Context, map_message
+from leadpulse.collector.writekeys import TokenBucket, WriteKey, parse_write_keys
 
 from .kafkatools import WorkerProcess, consume_until, produce, running, wait_for
 from .test_collector import KEY, basic, post, ready, records_by_topic, start_collector

@@ -1,14 +1,14 @@
-"""The HTTP API, served by Faust's web server: lead reads, health, readiness, metrics."""
+"""The HTTP API, served by Faust's web server: lead reads and erasure; health, readiness and
+metrics through probes.py. It knows the store and a readiness callable, not the worker."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 from aiohttp import web as aiohttp_web
@@ -21,10 +21,9 @@ from .engine import LeadView
 from .errors import StateError
 from .handoff import iso
 from .metrics import Metrics
+from .probes import Readiness, add_probes
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .worker import ScoringService
+from .state import LeadStore
 
 LEAD_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 MAX_TOP = 500
@@ -83,8 +82,12 @@ def _authorized(request: Request, token: Any) -> bool:
         presented.encode("utf-8", "surrogateescape"), token.get_secret_value().encode())
 
 
-def register(app: faust.App, service: ScoringService, settings: Settings, metrics: Metrics) -> None:
-    store = service.store
+def register(app: faust.App, store: LeadStore, settings: Settings, metrics: Metrics, readiness: Readiness) -> None:
+    # Probes are plain aiohttp routes on the application Faust's aiohttp driver serves, as in the
+    # other processes.
+    router = app.web.web_app.router  # type: ignore[attr-defined]
+    metrics_allowed = (lambda request: _authorized(request, settings.api_token)) if settings.protect_metrics else None
+    add_probes(router, readiness, metrics.registry, metrics_allowed)
 
     def now_ms() -> int:
         return int(time.time() * 1000)
@@ -137,30 +140,3 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
                               f"no lead {lead_id!r}; its tombstone is written all the same, so events still on "
                               f"their way cannot create it")
             return self.json({"deleted": lead_id})
-
-    @app.page("/healthz")
-    async def healthz(web: View, request: Request) -> Response:
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: View, request: Request) -> Response:
-        try:
-            redis_ok = bool(await asyncio.wait_for(service.redis.ping(), timeout=1.0))
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            redis_ok = False
-        checks = {
-            "redis": redis_ok,
-            "redis_write_refused": service.write_refused,  # "oom" | "readonly" | None
-            "kafka": service.kafka_ok,
-            "partitions_assigned": len(service.assigned),
-            "started": service.prepared.is_set(),
-        }
-        ok = redis_ok and service.ready
-        reason = None if ok else (service.not_ready_because or "redis unreachable")
-        return web.json({"ready": ok, "reason": reason, **checks}, status=200 if ok else 503)
-
-    @app.page("/metrics")
-    async def metrics_view(web: View, request: Request) -> Response:
-        if settings.protect_metrics and not _authorized(request, settings.api_token):
-            return _error(web, 401, "unauthorized", "a valid bearer token is required")
-        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")

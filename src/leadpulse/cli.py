@@ -1,4 +1,5 @@
-"""`leadpulse` command line: worker, dev, produce, score, top, check-model; report and calibrate."""
+"""`leadpulse` command line: worker, dev, produce, score, top, rescore, check-model here; collector,
+alerts, bench, report and calibrate in their own packages, imported when they run."""
 
 from __future__ import annotations
 
@@ -8,31 +9,35 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
-from .cliopts import fails_cleanly, settings_options
+from .cliopts import configure_logging, echo_config, fails_cleanly, print_config_option, settings_options
 from .cliopts import settings_from as _settings
 from .errors import ConfigError
-from .model import ScoringModel, load_model
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .model import ScoringModel
 
 
 def _model(settings: Settings) -> ScoringModel:
+    from .model import load_model
+
     return load_model(settings.model)
 
 
 #: commands imported only when they run (or --help lists them): the offline analysis tools need
 #: scikit-learn and matplotlib, and the collector, alerts and the benchmark are other processes
+#: with their own dependencies (aiohttp servers) that `leadpulse worker` never loads
 _LAZY = {
     "report": "leadpulse.analysis.commands:report",
     "calibrate": "leadpulse.analysis.commands:calibrate",
-    # separate processes with their own settings: `leadpulse worker` never imports them
-    "alerts": "leadpulse.alerts:alerts",
+    "alerts": "leadpulse.alerts.command:alerts",
     "bench": "leadpulse.bench.cli:bench",
-    "collector": "leadpulse.collector:collector",
+    "collector": "leadpulse.collector.command:collector",
 }
 
 
@@ -56,18 +61,18 @@ def main() -> None:
 
 @main.command()
 @settings_options
-@click.option("--print-config", is_flag=True, help="print the settings (secrets masked) and exit")
+@print_config_option
 @fails_cleanly
 def worker(print_config: bool, **options: Any) -> None:
     """Consume events, score leads in Redis, publish handoffs; serve the HTTP API and metrics."""
     settings = _settings(options)
     model = _model(settings)
     if print_config:
-        click.echo(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2).decode())
+        echo_config(settings.masked())
         return
     from .worker import run_worker
 
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     run_worker(settings, model)
 
 
@@ -198,14 +203,10 @@ def rescore(**options: Any) -> None:
 @fails_cleanly
 def check_model(path: Path | None) -> None:
     """Validate a scoring model YAML (default: the shipped model) and summarise it."""
+    from .model import load_model
+
     model = load_model(path)
     click.echo(
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
         f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
     )
-
-
-def _configure_logging(level: str) -> None:
-    from .logs import configure
-
-    configure(level)

@@ -19,7 +19,7 @@ import logging
 import math
 from datetime import datetime
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import fastjsonschema
 import orjson
@@ -38,6 +38,10 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 _SCHEMA = load_schema("event.schema.json")
+#: the sources events come from, as the contract names them: every list of sources is this one
+SOURCES: tuple[str, ...] = tuple(_SCHEMA["$defs"]["envelope"]["properties"]["source"]["enum"])
+#: one of SOURCES, for pydantic models (a Literal built at import, so it names them in errors)
+Source = Literal[SOURCES]  # type: ignore[valid-type]
 
 
 def _compile(name: str) -> Any:
@@ -47,7 +51,7 @@ def _compile(name: str) -> Any:
 
 
 _validate_envelope = _compile("envelope")
-_validate_source = {name: _compile(name) for name in ("web", "email", "webinar", "profile", "crm")}
+_validate_source = {name: _compile(name) for name in SOURCES}
 
 
 FAST_CHECK = compile_check(_SCHEMA)

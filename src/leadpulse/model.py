@@ -18,10 +18,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .durations import parse_ms
 from .errors import ModelError
+from .events import Source
 from .patterns import regex_matcher
 
 GRADES = ("A", "B", "C", "D")
-Source = Literal["web", "email", "webinar", "profile", "crm"]
 Scalar = str | int | float | bool
 DurationMs = Annotated[int, BeforeValidator(parse_ms)]
 Id = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..settings import SOURCES
+from ..events import SOURCES
 from .children import Child, Worker
 
 if TYPE_CHECKING:

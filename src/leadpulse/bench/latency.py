@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from ..settings import SOURCES
+from ..events import SOURCES
 from .children import Worker
 from .context import DB_LATENCY, Context
 from .eventset import create_topics

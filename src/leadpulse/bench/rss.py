@@ -30,7 +30,7 @@ from typing import Any
 import click
 import orjson
 
-from ..settings import SOURCES
+from ..events import SOURCES
 from .children import Child, Worker
 from .context import DB_RSS, Context
 from .eventset import create_topics
@@ -85,7 +85,7 @@ async def _used_memory(client: Any) -> int:
 
 
 async def _handoffs(worker: Worker) -> int:
-    """Handoffs the worker has published (its PublishedIds remembers up to 200 k of them)."""
+    """Handoffs the worker has published (its processor remembers up to 200 k published ids)."""
     with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
         _, text = await worker.get("/metrics")
         return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

@@ -1,6 +1,6 @@
 """Segment Tracking API messages → LeadPulse events. Pure functions, no I/O.
 
-The collector (collector.py) hands each message of a request to `map_message` and produces what
+The collector (app.py) hands each message of a request to `map_message` and produces what
 comes back. Every event returned has passed `events.from_dict`, the same check the worker runs,
 so the collector never emits an event the worker would dead-letter for its content.
 
@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from . import events as contract
-from .errors import InvalidEvent
-from .settings import SOURCES
+from .. import events as contract
+from ..errors import InvalidEvent
+from ..events import SOURCES
 
 #: the Segment call types; `screen` (mobile apps) has no LeadPulse meaning and is ignored
 SEGMENT_TYPES = ("track", "page", "identify", "group", "alias", "screen")

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from ..events import SOURCES, Source
 from .segment import EVENT_TYPES
-from .settings import SOURCES
 
 DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {"browser": ("web",), "server": SOURCES}
 
@@ -42,7 +42,7 @@ class WriteKey(BaseModel):
     key: SecretStr
     name: str = ""  # a label for metrics and logs (never the key); default key1, key2, … by position
     kind: Literal["browser", "server"] = "server"
-    sources: tuple[Literal["web", "email", "webinar", "profile", "crm"], ...] | None = None  # None: the kind's
+    sources: tuple[Source, ...] | None = None  # None: the kind's
     types: tuple[str, ...] = ()  # "source/type" pairs allowed besides whole `sources`
     rate_limit: float | None = Field(None, ge=0)  # events a second; None: the collector default; 0: none
     rate_burst: int | None = Field(None, ge=1)  # events at once; None: the collector default
