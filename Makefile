@@ -1,26 +1,38 @@
 # Two commands on a fresh machine: `make dev` runs the product, `make test` passes the tests.
-# Each sets up what it needs: a virtualenv with LeadPulse, and a redis-server if there is none.
+# Each sets up what it needs and no more: `make dev` a virtualenv with LeadPulse and a
+# redis-server; `make test` also the test dependencies and tools (scripts/ensure-services).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: dev test bench services clean
+.PHONY: dev test bench services test-services clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+
+# the product and its runtime dependencies
+$(VENV)/.product: pyproject.toml | $(PY)
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+# … and what the tests use (pytest, hypothesis, the analysis tools, the Segment client)
+$(VENV)/.installed: pyproject.toml | $(PY)
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
 services:
-	@scripts/ensure-services
+	@scripts/ensure-services dev
 
-dev: $(VENV)/.installed services
+test-services:
+	@scripts/ensure-services test
+
+dev: $(VENV)/.product services
 	$(VENV)/bin/leadpulse dev
 
-test: $(VENV)/.installed services
+test: $(VENV)/.installed test-services
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed services
+bench: $(VENV)/.product services
 	$(VENV)/bin/leadpulse bench
 
 clean:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from leadpulse.embedded import Stack  # noqa: E402
+from leadpulse.dev.embedded import Stack  # noqa: E402
 from leadpulse.model import load_model  # noqa: E402
 from tests.kafkatools import WorkerProcess, produce  # noqa: E402
 from tests.reference import chunks, fixed_events  # noqa: E402

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from leadpulse.embedded import RedisServer, free_port
+from leadpulse.dev.embedded import RedisServer, free_port
 
 
 def cluster_port() -> int:

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from leadpulse.embedded import free_port
+from leadpulse.dev.embedded import free_port
 
 
 class WorkerProcess:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 
-from leadpulse.embedded import free_port
+from leadpulse.dev.embedded import free_port
 
 
 class Proxy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from leadpulse import events as contract
 from leadpulse.handoff import publishes
 from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel
-from leadpulse.simulate import journeys
+from leadpulse.dev.simulate import journeys
 
 HOUR = 3_600_000
 
@@ -78,3 +79,8 @@ async def reference(redis_url: str, model: ScoringModel, events: list[dict[str, 
 def chunks(items: list[Any], n: int, rng: random.Random | None = None) -> list[list[Any]]:
     size = max(1, len(items) // n)
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def reference_score(events: Iterable[tuple[float, int, float | None]], at: int) -> float:
+    """Σ pointsᵢ·2^{−(t−tᵢ)/h}: the plain definition the forward-decayed store must equal."""
+    return sum(p * (1.0 if h is None else 2.0 ** (-(at - t) / h)) for p, t, h in events)

@@ -28,19 +28,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from leadpulse import alerts as alerts_module
-from leadpulse.alerts import (
-    AlertService,
-    AlertSettings,
-    backoff_delay,
-    load_alert_settings,
-    parse_retry_after,
-    sign,
-    slack_message,
-    verify_signature,
-)
-from leadpulse.embedded import TansuBroker, free_port
+from leadpulse.alerts import command as alerts_command
+from leadpulse.alerts.config import AlertSettings, load_alert_settings
+from leadpulse.alerts.destinations import parse_retry_after, sign, slack_message, verify_signature
+from leadpulse.alerts.service import AlertService
+from leadpulse.dev.embedded import TansuBroker, free_port
 from leadpulse.errors import ConfigError
+from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings
 
 from .kafkatools import consume_until, produce
@@ -111,6 +105,14 @@ def test_the_slack_message_names_the_lead_score_grade_stage_and_reasons_in_plain
     assert "&lt;b&gt;" in orjson.dumps(slack_message(handoff(lead="<b>"))).decode()  # no mrkdwn injection
 
 
+def test_the_slack_text_fallback_is_escaped_like_the_blocks() -> None:
+    # Slack parses `text` as mrkdwn: `<!channel>` pings everyone, `<url|label>` hides a link.
+    msg = slack_message(handoff(lead="<!channel> & <https://evil.example|Open in CRM>"))
+    assert msg["text"].startswith("▲ &lt;!channel&gt; &amp; &lt;https://evil.example|Open in CRM&gt; is now SQL")
+    assert "<" not in msg["text"] and ">" not in msg["text"]
+    assert "&lt;!channel&gt; &amp; &lt;https://evil.example|Open in CRM&gt;" in msg["blocks"][0]["text"]["text"]
+
+
 def test_backoff_grows_is_capped_and_jittered_and_retry_after_is_read_both_ways() -> None:
     rng = random.Random(7)
     for retry in range(1, 12):
@@ -134,13 +136,13 @@ def test_alert_settings_need_a_destination_and_a_secret_for_the_webhook(monkeypa
         load_alert_settings(webhook_url="ftp://hooks.example.com/x", webhook_secret="s")
     monkeypatch.setenv("LEADPULSE_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/SECRETPART")
     monkeypatch.setenv("LEADPULSE_WEBHOOK_SECRET", "topsecret")
-    result = CliRunner().invoke(alerts_module.alerts, ["--print-config", "--webhook-url", "https://h.example.com/x?token=abc",
+    result = CliRunner().invoke(alerts_command.alerts, ["--print-config", "--webhook-url", "https://h.example.com/x?token=abc",
                                                       "--alerts-demotions"])
     assert result.exit_code == 0, result.output
     shown = orjson.loads(result.output)
     assert "SECRETPART" not in result.output and "topsecret" not in result.output and "abc" not in result.output
     assert shown["alerts_demotions"] is True and shown["alerts_dlq_topic"] == "leads.handoff.dlq"
-    result = CliRunner().invoke(alerts_module.alerts, ["--alerts-max-attempts", "0"])
+    result = CliRunner().invoke(alerts_command.alerts, ["--alerts-max-attempts", "0"])
     assert result.exit_code == 2 and "LEADPULSE_ALERTS_MAX_ATTEMPTS" in result.output
 
 
@@ -407,7 +409,7 @@ async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: 
     log_path = tmp_path / "alerts.log"
     with log_path.open("wb") as log:
         # The command object as cli.py registers it (`leadpulse alerts`).
-        proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.alerts import alerts; alerts()"],  # noqa: ASYNC220
+        proc = subprocess.Popen([sys.executable, "-c", "from leadpulse.alerts.command import alerts; alerts()"],  # noqa: ASYNC220
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         h = handoff(lead="cmd-lead")
@@ -416,6 +418,70 @@ async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: 
         assert docs_verifier()(SECRET.encode(), receiver.on("/hook")[0].body, receiver.on("/hook")[0].headers)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def scrape(port: int, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+async def status(port: int, path: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as resp:
+        return resp.status
+
+
+@pytest.mark.integration
+async def test_alerts_started_while_the_broker_is_down_waits_for_it_then_delivers(receiver: Receiver,
+                                                                                     tmp_path: Path) -> None:
+    """`leadpulse alerts` starts with no broker: it keeps retrying (a fresh client per try, since an
+    aiokafka client whose start failed cannot start again), answers /healthz, says not ready, and
+    once the broker is up consumes and delivers without a restart."""
+    broker = TansuBroker(tmp_path, port=free_port())  # its port is known; it is not running yet
+    port, tag = free_port(), uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env.update(LEADPULSE_KAFKA_BOOTSTRAP=broker.bootstrap, LEADPULSE_GROUP_ID=f"g{tag}", LEADPULSE_PARTITIONS="2",
+               LEADPULSE_HANDOFF_TOPIC=f"h{tag}.handoff", LEADPULSE_WEBHOOK_URL=receiver.url + "/hook",
+               LEADPULSE_WEBHOOK_SECRET=SECRET, LEADPULSE_ALERTS_PORT=str(port), LEADPULSE_ALERTS_START_FROM="earliest")
+    log_path = tmp_path / "alerts.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "leadpulse", "alerts"],  # noqa: ASYNC220
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        async def kept_retrying() -> bool:
+            # Its own count of failed attempts, not a sleep: three failures, one process.
+            try:
+                return await scrape(port, "leadpulse_alert_kafka_errors_total") >= 3
+            except aiohttp.ClientError:
+                return False  # its metrics server is not up yet
+
+        await eventually(kept_retrying, what=log_path.read_text()[-2000:])
+        assert proc.poll() is None, "no crash while the broker is down"
+        assert await status(port, "/healthz") == 200
+        assert await status(port, "/readyz") == 503
+        assert await scrape(port, "leadpulse_alerts_ready") == 0
+
+        broker.start()
+        try:
+            h = handoff(lead="late-lead")
+            await produce(broker.bootstrap, [(f"h{tag}.handoff", b"late-lead", orjson.dumps(h))])
+            await eventually(lambda: receiver.on("/hook"), what=log_path.read_text()[-2000:])
+            [hook] = receiver.on("/hook")
+            assert orjson.loads(hook.body)["handoff_id"] == h["handoff_id"]
+            assert docs_verifier()(SECRET.encode(), hook.body, hook.headers)
+
+            async def ready() -> bool:
+                return await status(port, "/readyz") == 200
+
+            await eventually(ready, what="/readyz 200 once consuming")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log_path.read_text()[-2000:]
+        finally:
+            broker.stop()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,7 +17,10 @@ import sys
 import orjson
 import pytest
 
-from leadpulse.bench import CpuTrace, Sample, Work, _rss_at, measured
+from leadpulse.bench.children import Sample
+from leadpulse.bench.leadpulse import rss_at
+from leadpulse.bench.measure import CpuTrace, Work
+from leadpulse.bench.report import measured
 
 integration = pytest.mark.integration
 
@@ -28,7 +31,7 @@ EVENTS = 2000
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench")
     command = [
-        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        sys.executable, "-m", "leadpulse.bench",
         "--events", str(EVENTS), "--leads", "200", "--rate", "400", "--latency-seconds", "3",
         "--memory-leads", "2000", "--data-dir", str(workdir), "--json",
     ]
@@ -89,7 +92,7 @@ def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench-rss")
     others = [a for stage in ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
-        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        sys.executable, "-m", "leadpulse.bench",
         "--rss-events", str(RSS_EVENTS), *others, "--data-dir", str(workdir), "--json",
     ]
     done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)
@@ -135,7 +138,7 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench-tiny")
     others = [a for stage in ("ceilings", "baseline", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
-        sys.executable, "-c", "from leadpulse.bench import bench; bench()",
+        sys.executable, "-m", "leadpulse.bench",
         "--events", str(TINY), "--leads", "20", *others, "--data-dir", str(workdir), "--json",
     ]
     done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)
@@ -175,6 +178,6 @@ def test_a_row_is_the_work_the_process_reports_and_the_cpu_trace_around_it() -> 
 
 def test_rss_at_a_share_of_the_run_needs_a_poll_in_that_tenth() -> None:
     polls = [Sample(0.0, 0, 10), Sample(1.0, 2000, 30)]  # a run over between two polls
-    assert _rss_at(polls, 0.1, 2000) is None and _rss_at(polls, 0.5, 2000) is None
+    assert rss_at(polls, 0.1, 2000) is None and rss_at(polls, 0.5, 2000) is None
     polls.insert(1, Sample(0.5, 1100, 20))
-    assert _rss_at(polls, 0.5, 2000) == 20 and _rss_at(polls, 0.1, 2000) is None
+    assert rss_at(polls, 0.5, 2000) == 20 and rss_at(polls, 0.1, 2000) is None

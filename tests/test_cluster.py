@@ -16,8 +16,9 @@ from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from leadpulse.admin import forget
-from leadpulse.collector import Collector, CollectorSettings
-from leadpulse.embedded import TansuBroker
+from leadpulse.collector.app import Collector
+from leadpulse.collector.config import CollectorSettings
+from leadpulse.dev.embedded import TansuBroker
 from leadpulse.model import ScoringModel
 from leadpulse.settings import Settings
 from leadpulse.state import LeadStore, connect

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from leadpulse.admin import forget
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.model import ScoringModel
 from leadpulse.bounds import Retention
 from leadpulse.state import ANONYMOUS, ERASED, SCORED, LeadStore

@@ -10,8 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leadpulse import events
+from leadpulse.dev.simulate import journeys
 from leadpulse.errors import InvalidEvent
-from leadpulse.events import from_dict, integer_paths, load_schema, parse
+from leadpulse.events import FAST_CHECK, from_dict, integer_paths, load_schema, parse
+from leadpulse.fastcheck import compile_check
 
 NOW = 1_790_000_000_000
 SKEW = 300_000
@@ -126,6 +129,21 @@ def test_custom_traits_are_scalars_or_flat_lists_and_kept_ones_serialise() -> No
     orjson.dumps(event.traits)  # what state.py stores for fit rules must serialise, always
 
 
+def test_events_older_than_the_horizon_are_too_old_measured_from_their_arrival() -> None:
+    day = 86_400_000
+    assert parse(raw(occurred_at=NOW - 30 * day), NOW, SKEW, max_age_ms=30 * day).occurred_at == NOW - 30 * day
+    for stamp in (NOW - 30 * day - 1, 0, "1970-01-01T00:00:00Z"):
+        with pytest.raises(InvalidEvent) as info:
+            parse(raw(occurred_at=stamp), NOW, SKEW, max_age_ms=30 * day)
+        assert (info.value.reason, info.value.field) == ("too_old", "occurred_at")
+        assert "30d before the event arrived" in str(info.value)
+    # A record replayed 100 days after it arrived is judged by its arrival, not by the clock.
+    assert parse(raw(occurred_at=NOW - 10 * day), NOW + 100 * day, SKEW, max_age_ms=30 * day, arrived_ms=NOW)
+    with pytest.raises(InvalidEvent, match="too_old"):
+        from_dict(orjson.loads(raw(occurred_at=NOW - 31 * day)), NOW, SKEW, 30 * day)
+    assert parse(raw(occurred_at=0), NOW, SKEW).occurred_at == 0  # no horizon given: none applies
+
+
 def test_awkward_but_valid_ids_are_accepted() -> None:
     for lead in ("{tag}", "a:b:c", "with space", "ünïcødé-😀", "x" * 256):
         assert parse(raw(lead_id=lead), NOW, SKEW).lead_id == lead
@@ -163,6 +181,8 @@ def test_fast_validation_agrees_with_the_reference_validator(data: dict[str, obj
     """Whatever we accept, the JSON Schema 2020-12 reference accepts, and the other way round."""
     reference = jsonschema.Draft202012Validator(load_schema("event.schema.json"))
     expected = reference.is_valid(json.loads(json.dumps(data)))
+    if FAST_CHECK.check(data):  # the fast check alone never accepts what the schema refuses
+        assert expected
     try:
         from_dict(data, NOW * 10, SKEW)
         accepted = True
@@ -174,3 +194,32 @@ def test_fast_validation_agrees_with_the_reference_validator(data: dict[str, obj
             assert exc.reason in {"bad_timestamp", "future_timestamp"}
     if accepted:
         assert expected
+
+
+def test_the_fast_check_is_compiled_for_the_shipped_schema() -> None:
+    """An unsupported keyword would switch it off and cost every event ~20 µs: never silently."""
+    assert FAST_CHECK.active, FAST_CHECK.reason
+    assert FAST_CHECK.reason is None and "def check(v):" in FAST_CHECK.source
+
+
+def test_typical_events_take_the_fast_path_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated journeys (every source and type, anonymous visits, traits) and RFC 3339 times
+    parse without the full validator, which is made to fail the test if it is ever reached."""
+    sample = list(journeys(300, seed=3, start_ms=NOW - 86_400_000))
+    sample += [{**e, "occurred_at": "2026-09-21T12:00:00.250+02:00"} for e in sample[:200]]
+    assert {e["source"] for e in sample} == {"web", "email", "webinar", "profile", "crm"}
+
+    def unreachable(data: object) -> None:
+        raise AssertionError(f"took the full validator: {data!r}")
+
+    monkeypatch.setattr(events, "_validate_envelope", unreachable)
+    for e in sample:
+        assert FAST_CHECK.check(orjson.loads(orjson.dumps(e))), e
+        assert parse(orjson.dumps(e), NOW, SKEW).event_id == e["event_id"]
+
+
+def test_a_keyword_the_generator_does_not_know_switches_it_off_visibly() -> None:
+    schema = {**load_schema("event.schema.json"), "propertyNames": {"maxLength": 40}}
+    off = compile_check(schema)
+    assert not off.active and "propertyNames" in (off.reason or "") and off.source == ""
+    assert off.check({"event_id": "e1"}) is False  # accepts nothing: the full validator decides

@@ -21,7 +21,7 @@ from redis.exceptions import OutOfMemoryError
 from leadpulse import events as contract
 from leadpulse import kafka
 from leadpulse.admin import rescore
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.errors import InvalidEvent, StateError
 from leadpulse.isolate import retriable
 from leadpulse.keys import Keys
@@ -34,6 +34,7 @@ from .kafkatools import WorkerProcess, committed_all, consume_until, produce, ru
 
 pytestmark = pytest.mark.integration
 SKEW = 300_000
+MAX_AGE = 30 * 86_400_000  # the default model's max_event_age
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def hand_picked() -> list[bytes]:
 def expected(raw: bytes, now: int) -> str:
     """What the contract says about a message: 'scored' or the dead-letter reason."""
     try:
-        contract.parse(raw, now, SKEW)
+        contract.parse(raw, now, SKEW, max_age_ms=MAX_AGE)
     except InvalidEvent as exc:
         return exc.reason
     return "scored"

@@ -122,7 +122,7 @@ class FakeRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: int = 0
+    timestamp: int = NOW  # the broker stamps a record when it arrives: events are judged by that
 
 
 class FakeStore:

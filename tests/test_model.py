@@ -51,6 +51,15 @@ def test_bad_keys_are_reported_by_path(change: tuple[str, str], path: str) -> No
     assert str(info.value).startswith(f"m.yaml: {path}: "), str(info.value)
 
 
+def test_max_event_age_defaults_to_30_days_and_null_turns_it_off() -> None:
+    assert load_model().max_event_age == parse_model(BASE).max_event_age == 30 * 86_400_000
+    assert parse_model(BASE + "max_event_age: 90d\n").max_event_age == 90 * 86_400_000
+    assert parse_model(BASE + "max_event_age: null\n").max_event_age is None
+    for bad in ("0", "soon"):
+        with pytest.raises(ModelError, match="max_event_age"):
+            parse_model(BASE + f"max_event_age: {bad}\n")
+
+
 def test_regex_that_does_not_compile_is_reported() -> None:
     with pytest.raises(ModelError, match=r"rules\[0\]\.when\.url: .*regex does not compile"):
         parse_model(BASE.replace('{glob: "*/pricing*"}', '{regex: "(unclosed"}'))

@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from leadpulse.embedded import RedisServer, Service, TansuBroker, free_port
+from leadpulse.dev.embedded import RedisServer, Service, TansuBroker, free_port
 
 from .kafkatools import WorkerProcess, event_bytes, produce
 

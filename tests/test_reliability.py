@@ -27,9 +27,9 @@ import pytest
 from redis.asyncio import Redis
 
 from leadpulse import layout
-from leadpulse.embedded import RedisServer, TansuBroker, free_port
+from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.model import ScoringModel
-from leadpulse.simulate import key_for
+from leadpulse.dev.simulate import key_for
 from leadpulse.keys import Keys
 from leadpulse.state import LeadStore
 

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from leadpulse import layout
-from leadpulse.embedded import RedisServer, TansuBroker, free_port
+from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.model import ScoringModel
 from leadpulse.bounds import Retention

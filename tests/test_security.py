@@ -3,6 +3,7 @@ bounded HTTP input."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from leadpulse.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.errors import StateError
 from leadpulse.model import ScoringModel
 from leadpulse.state import LeadStore
@@ -149,3 +150,65 @@ async def test_metrics_can_be_locked_too(broker: TansuBroker, locked_redis: Redi
     async with running(worker) as proc:
         assert (await call(proc, "GET", "/metrics"))[0] == 401
         assert (await call(proc, "GET", "/metrics", API_TOKEN))[0] == 200
+
+
+async def raw_http(port: int, request: bytes) -> tuple[int, bytes]:
+    """One request as raw bytes (clients refuse to send what a hostile one sends); status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
+    finally:
+        writer.close()
+
+
+async def test_client_mistakes_get_4xx_and_log_no_traceback(worker: WorkerProcess) -> None:
+    logged = worker.log.stat().st_size
+    auth = f"Authorization: Bearer {API_TOKEN}\r\n".encode()
+    cases = [
+        (b"/leads/top?limit=%C2%B2", auth, 400),  # '²'.isdigit() is True, int('²') fails
+        (b"/leads/top?limit=" + b"9" * 5000, auth, 400),  # int() refuses more than 4,300 digits
+        (b"/leads/top?limit=%FF", auth, 400),
+        (b"/leads/top?limit=3", b"Authorization: Bearer \xff\r\n", 401),  # not UTF-8: a wrong token
+        (b"/leads/top?limit=3", b"Authorization: Bearer " + API_TOKEN.encode() + b"\xff\r\n", 401),
+        (b"/leads/%FF%FE", auth, 404),  # kept as typed: an id like any other, unknown
+        (b"/leads/top?limit=3", auth, 200),
+    ]
+    for target, header, status in cases:
+        got, body = await raw_http(worker.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + header
+                                   + b"Connection: close\r\n\r\n")
+        assert got == status, (target, header, body)
+        if status != 200:
+            assert orjson.loads(body)["code"] in ("bad_limit", "unauthorized", "unknown_lead")
+    with worker.log.open("rb") as log:
+        log.seek(logged)
+        text = log.read().decode(errors="replace")
+    assert "Traceback" not in text and " ERROR " not in text, text
+
+
+async def test_an_undecodable_request_is_a_400_not_a_500_with_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # The worker API's safety net, on a real aiohttp server: any handler that meets a byte a client
+    # sent that is not text (here: a header with \xff, held by aiohttp as a lone surrogate).
+    from aiohttp import web
+
+    from leadpulse.api import client_errors
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=request.headers.get("X-Name", "").encode())
+
+    app = web.Application(middlewares=[client_errors])
+    app.router.add_get("/echo", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        assert (await raw_http(port, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Name: kim\r\nConnection: close\r\n\r\n")) == (200, b"kim")
+        status, body = await raw_http(port, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Name: k\xffm\r\nConnection: close\r\n\r\n")
+        assert (status, orjson.loads(body)["code"]) == (400, "bad_encoding")
+    finally:
+        await runner.cleanup()
+    assert not [r for r in caplog.records if r.levelno >= 40 or r.exc_info]

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leadpulse.events import load_schema, parse
-from leadpulse.segment import (
+from leadpulse.collector.segment import (
     Context,
     Ignored,
     Unmappable,

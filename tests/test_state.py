@@ -18,16 +18,16 @@ from redis.asyncio import Redis
 from leadpulse import erasure, handoff, layout
 from leadpulse import events as contract
 from leadpulse.bounds import Retention
-from leadpulse.embedded import RedisServer
-from leadpulse.engine import reference_score
+from leadpulse.dev.embedded import RedisServer
+from leadpulse.dev.simulate import journeys
 from leadpulse.events import Event
+from leadpulse.explanation import LeadView
 from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
-from leadpulse.simulate import journeys
-from leadpulse.explanation import LeadView
 from leadpulse.state import DUPLICATE, SCORED, LeadStore, Transition
 
 from .fixtures import DAY, T0, event
+from .reference import reference_score
 
 MODEL = """
 version: test-1
@@ -150,6 +150,22 @@ async def test_an_event_applied_twice_changes_nothing(store: LeadStore, redis: R
     assert again.outcomes == [DUPLICATE]
     assert same_batch.outcomes == [DUPLICATE, DUPLICATE]
     assert [await redis.dump(k) for k in keys] == state
+
+
+async def test_a_redis_that_lost_its_scripts_and_data_gets_both_back(store: LeadStore, redis: Redis) -> None:
+    """NOSCRIPT (Redis restarted or failed over): the scripts are loaded again and the store,
+    which counts the reloads itself, gives its rule codes back before its next batch."""
+    await store.apply([(event("web", "demo_request", T0, lead="r1"), "t:0:1")])
+    codes, table = dict(store.rule_codes), await redis.hgetall(store.keys.rules)
+    assert codes and store.scripts.reloads == 0
+    await redis.flushdb()
+    await redis.script_flush()
+    await store.apply([(event("web", "demo_request", T0, lead="r2"), "t:0:2")])
+    assert store.scripts.reloads == 1  # this batch found the scripts gone
+    await store.apply([(event("web", "page_view", T0, lead="r2", url="https://x.io/pricing"), "t:0:3")])
+    assert store.rule_codes == codes and await redis.hgetall(store.keys.rules) == table
+    assert (await store.view("r2", T0)).explanation.score == pytest.approx(50 + 3 + 25)
+    assert LeadStore(redis, store.model).scripts.reloads == 0  # the count is this store's, not global
 
 
 async def test_duplicates_within_one_batch_count_once(store: LeadStore) -> None:

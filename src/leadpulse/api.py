@@ -1,14 +1,17 @@
-"""The HTTP API, served by Faust's web server: lead reads, health, readiness, metrics."""
+"""The HTTP API, served by Faust's web server: lead reads and erasure; health, readiness and
+metrics through probes.py. It knows the store and a readiness callable, not the worker."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
+import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
+from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 
 from redis.exceptions import RedisError
@@ -18,13 +21,28 @@ from .errors import StateError
 from .explanation import LeadView
 from .handoff import iso
 from .metrics import Metrics
+from .probes import Readiness, add_probes
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .worker import ScoringService
+from .state import LeadStore
 
 LEAD_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 MAX_TOP = 500
+log = logging.getLogger("leadpulse.api")
+
+
+@aiohttp_web.middleware
+async def client_errors(
+    request: aiohttp_web.Request, handler: Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]],
+) -> aiohttp_web.StreamResponse:
+    """Bytes a client sent that do not decode (a \\xff in a header arrives as a lone surrogate,
+    a bad percent-escape) are the client's mistake: 400 and a one-line log, not a 500 with a
+    traceback. Installed on Faust's aiohttp application (worker.create_app)."""
+    try:
+        return await handler(request)
+    except UnicodeError as exc:
+        log.info("%s %s: undecodable input (%s)", request.method, request.rel_url.raw_path, type(exc).__name__)
+        return aiohttp_web.json_response({"code": "bad_encoding", "message": "the request holds bytes that are not text"},
+                                         status=400)
 
 
 def lead_json(view: LeadView) -> dict[str, Any]:
@@ -60,11 +78,17 @@ def _authorized(request: Request, token: Any) -> bool:
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
+    # surrogateescape: a non-UTF-8 byte (held as a lone surrogate) is a wrong token, not an error
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), token.get_secret_value().encode())
 
 
-def register(app: faust.App, service: ScoringService, settings: Settings, metrics: Metrics) -> None:
-    store = service.store
+def register(app: faust.App, store: LeadStore, settings: Settings, metrics: Metrics, readiness: Readiness) -> None:
+    # Probes are plain aiohttp routes on the application Faust's aiohttp driver serves, as in the
+    # other processes.
+    router = app.web.web_app.router  # type: ignore[attr-defined]
+    metrics_allowed = (lambda request: _authorized(request, settings.api_token)) if settings.protect_metrics else None
+    add_probes(router, readiness, metrics.registry, metrics_allowed)
 
     def now_ms() -> int:
         return int(time.time() * 1000)
@@ -74,7 +98,8 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
         if not _authorized(request, settings.api_token):
             return _error(web, 401, "unauthorized", "a valid bearer token is required")
         raw = request.query.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_TOP:
+        # ASCII digits only ("²".isdigit() is true, int("²") fails) and few (int() refuses 4,300+)
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_TOP:
             return _error(web, 400, "bad_limit", f"limit must be an integer from 1 to {MAX_TOP}")
         try:
             views = await store.top(int(raw), now_ms())
@@ -116,30 +141,3 @@ def register(app: faust.App, service: ScoringService, settings: Settings, metric
                               f"no lead {lead_id!r}; its tombstone is written all the same, so events still on "
                               f"their way cannot create it")
             return self.json({"deleted": lead_id})
-
-    @app.page("/healthz")
-    async def healthz(web: View, request: Request) -> Response:
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: View, request: Request) -> Response:
-        try:
-            redis_ok = bool(await asyncio.wait_for(service.redis.ping(), timeout=1.0))
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            redis_ok = False
-        checks = {
-            "redis": redis_ok,
-            "redis_write_refused": service.write_refused,  # "oom" | "readonly" | None
-            "kafka": service.kafka_ok,
-            "partitions_assigned": len(service.assigned),
-            "started": service.prepared.is_set(),
-        }
-        ok = redis_ok and service.ready
-        reason = None if ok else (service.not_ready_because or "redis unreachable")
-        return web.json({"ready": ok, "reason": reason, **checks}, status=200 if ok else 503)
-
-    @app.page("/metrics")
-    async def metrics_view(web: View, request: Request) -> Response:
-        if settings.protect_metrics and not _authorized(request, settings.api_token):
-            return _error(web, 401, "unauthorized", "a valid bearer token is required")
-        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")

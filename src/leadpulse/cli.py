@@ -1,77 +1,59 @@
-"""`leadpulse` command line: worker, dev, produce, score, top, check-model."""
+"""`leadpulse` command line: worker, dev, produce, score, top, rescore, check-model here; collector,
+alerts, bench, report and calibrate in their own packages, imported when they run."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import importlib
 import sys
 import time
-import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
-from pydantic import BeforeValidator, SecretStr
 
+from .cliopts import configure_logging, echo_config, fails_cleanly, print_config_option, settings_options
+from .cliopts import settings_from as _settings
 from .errors import ConfigError
-from .model import ScoringModel, load_model
-from .settings import Settings, load_settings
+from .settings import Settings
 
-
-def _option_type(annotation: Any) -> Any:
-    base = annotation
-    if typing.get_origin(annotation) is not typing.Literal:  # X | None: the X
-        base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
-    if typing.get_origin(base) is typing.Literal:
-        return click.Choice([str(a) for a in typing.get_args(base)])
-    return {int: click.INT, float: click.FLOAT, bool: click.BOOL, Path: click.Path(path_type=Path)}.get(
-        base, click.STRING
-    )
-
-
-def settings_options(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Every setting as a flag (`--redis-url` for LEADPULSE_REDIS_URL): one model, two doors."""
-    for name, field in reversed(Settings.model_fields.items()):
-        flag = "--" + name.replace("_", "-")
-        # durations ("400d") are parsed by the setting's own validator
-        parsed = any(isinstance(m, BeforeValidator) for m in field.metadata)
-        fun = click.option(
-            flag, name, type=click.STRING if parsed else _option_type(field.annotation), default=None,
-            help=f"{field.description} [env LEADPULSE_{name.upper()}]",
-        )(fun)
-    return fun
-
-
-def _settings(options: dict[str, Any]) -> Settings:
-    names = set(Settings.model_fields)
-    picked = {k: options.pop(k) for k in list(options) if k in names}
-    for key, value in picked.items():
-        if value is not None and Settings.model_fields[key].annotation in (SecretStr, SecretStr | None):
-            picked[key] = SecretStr(value)
-    return load_settings(**picked)
+if TYPE_CHECKING:
+    from .model import ScoringModel
 
 
 def _model(settings: Settings) -> ScoringModel:
+    from .model import load_model
+
     return load_model(settings.model)
 
 
-def fails_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Configuration errors are one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fun)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fun(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"leadpulse: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+#: commands imported only when they run (or --help lists them): the offline analysis tools need
+#: scikit-learn and matplotlib, and the collector, alerts and the benchmark are other processes
+#: with their own dependencies (aiohttp servers) that `leadpulse worker` never loads
+_LAZY = {
+    "report": "leadpulse.analysis.commands:report",
+    "calibrate": "leadpulse.analysis.commands:calibrate",
+    "alerts": "leadpulse.alerts.command:alerts",
+    "bench": "leadpulse.bench.cli:bench",
+    "collector": "leadpulse.collector.command:collector",
+}
 
 
-@click.group()
+class _Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _LAZY:
+            module, attr = _LAZY[name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="leadpulse")
 def main() -> None:
     """LeadPulse: streaming, real-time B2B lead scoring."""
@@ -79,18 +61,18 @@ def main() -> None:
 
 @main.command()
 @settings_options
-@click.option("--print-config", is_flag=True, help="print the settings (secrets masked) and exit")
+@print_config_option
 @fails_cleanly
 def worker(print_config: bool, **options: Any) -> None:
     """Consume events, score leads in Redis, publish handoffs; serve the HTTP API and metrics."""
     settings = _settings(options)
     model = _model(settings)
     if print_config:
-        click.echo(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2).decode())
+        echo_config(settings.masked())
         return
     from .worker import run_worker
 
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     run_worker(settings, model)
 
 
@@ -104,7 +86,7 @@ def worker(print_config: bool, **options: Any) -> None:
 @fails_cleanly
 def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | None, data_dir: Path | None) -> None:
     """Everything on this machine: a Kafka-protocol broker, Redis, the worker and simulated traffic."""
-    from .dev import run_dev
+    from .dev.runner import run_dev
 
     run_dev(leads=leads, rate=rate, waves=waves, http_port=http_port, model_path=model_path, data_dir=data_dir)
 
@@ -118,7 +100,7 @@ def dev(leads: int, rate: float, waves: int, http_port: int, model_path: Path | 
 @fails_cleanly
 def produce(file: Any, leads: int, seed: int, now: bool, **options: Any) -> None:
     """Send events (a JSONL file, or synthetic journeys) to the input topics."""
-    from .produce import produce_events
+    from .dev.produce import produce_events
 
     settings = _settings(options)
     if file is None and not leads:
@@ -222,28 +204,10 @@ def rescore(**options: Any) -> None:
 @fails_cleanly
 def check_model(path: Path | None) -> None:
     """Validate a scoring model YAML (default: the shipped model) and summarise it."""
+    from .model import load_model
+
     model = load_model(path)
     click.echo(
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
         f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
     )
-
-
-def _register_services() -> None:
-    # The collector and the alerts service are separate processes with their own settings.
-    from .alerts import alerts
-    from .bench import bench
-    from .collector import collector
-
-    main.add_command(collector)
-    main.add_command(alerts)
-    main.add_command(bench)
-
-
-_register_services()
-
-
-def _configure_logging(level: str) -> None:
-    import logging
-
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,7 +24,9 @@ def parse_ms(value: object) -> int:
     raise ValueError(f"{value!r} is not a duration such as 30d, 12h, 5m or 90s")
 
 
+
 def format_ms(ms: int) -> str:
+    """The shortest exact way to write a duration: 2592000000 -> "30d" (for messages)."""
     for unit in ("w", "d", "h", "m", "s"):
         size = _UNITS_MS[unit]
         if ms and ms % size == 0:

@@ -6,7 +6,7 @@ the running sums in Redis and compute every score, grade, stage and explanation 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .events import Event
@@ -72,20 +72,6 @@ def _checks(pred: Predicate) -> list[Check]:
     return checks
 
 
-def compile_predicate(pred: Predicate) -> Check:
-    checks = _checks(pred)
-
-    def holds(value: Any) -> bool:
-        # Properties are free-form JSON: a list or an object where a string was expected
-        # simply does not match; it must never stop the worker.
-        try:
-            return all(check(value) for check in checks)
-        except (TypeError, ValueError):
-            return False
-
-    return holds
-
-
 def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool] | None:
     """One function for a rule's conditions, None when it has none; the common shapes (one
     key, one test) become a single closure, since matching runs for every event. May raise
@@ -110,10 +96,11 @@ def _holds(check: Callable[[Mapping[str, Any]], bool] | None, values: Mapping[st
 
 
 def derived_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
-    """Traits the fit rules may use besides the ones sent: `email_domain` from `email`."""
-    out = dict(traits)
+    """Traits the fit rules may use besides the ones sent: `email_domain`, from `email` only.
+    A sent `email_domain` is ignored: beside a gmail address it would dodge a personal-email rule."""
+    out = {k: v for k, v in traits.items() if k != "email_domain"}
     email = traits.get("email")
-    if isinstance(email, str) and "@" in email and "email_domain" not in out:
+    if isinstance(email, str) and "@" in email:
         out["email_domain"] = email.rsplit("@", 1)[1].strip().casefold()
     return out
 
@@ -135,8 +122,8 @@ class Scorer:
         #: per (source, type) seen: the rules of that type, then those of any type of the source
         self._merged: dict[tuple[str, str], list[_Compiled]] = {}
         self._fit = [(r, _compile_when(r.when)) for r in model.fit.rules]
-        #: the trait names fit rules read: only these are kept in Redis
-        self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when})
+        #: the trait names fit rules read: only these are kept in Redis (email_domain is derived)
+        self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when}) - {"email_domain"}
 
     def _rules_for(self, source: str, type_: str) -> list[_Compiled]:
         rules = self._merged.get((source, type_))
@@ -173,9 +160,3 @@ def grade_rank(letter: str | None) -> int:
     """A=3 … D=0, so that "at least grade X" is a comparison."""
     return 0 if letter is None else len(GRADES) - 1 - GRADES.index(letter)
 
-
-def reference_score(
-    events: Iterable[tuple[float, int, float | None]], at: int
-) -> float:
-    """Σ pointsᵢ·2^{−(t−tᵢ)/h}: the plain definition the forward-decayed store must equal."""
-    return sum(p * (1.0 if h is None else 2.0 ** (-(at - t) / h)) for p, t, h in events)

@@ -40,8 +40,8 @@ async def erase(store: LeadStore, lead_id: str) -> bool:
     state. A lead never seen is tombstoned too: its events still on their way cannot create it."""
     keys, lead = store.keys, store.keys.lead(lead_id)
     try:
-        existed = await scripts.ERASE(
-            store.redis, [*keys.indexes(keys.shard(lead_id)), lead.state, lead.dedup, lead.replay, lead.traits, lead.outbox],
+        existed = await store.scripts.run(
+            scripts.ERASE, [*keys.indexes(keys.shard(lead_id)), lead.state, lead.dedup, lead.replay, lead.traits, lead.outbox],
             [lead_id, store.retention.tombstone_ttl_ms, layout.TOMBSTONE],
         )
         await unlink(store, {lead_id}, {})
@@ -61,7 +61,7 @@ async def unlink(store: LeadStore, leads: set[str], routed: Mapping[str, set[str
     found = await pipe.execute()
     calls = [(scripts.UNLINK, store.keys.anon(a), [lead]) for lead, members in zip(ordered, found)
              for a in sorted({m.decode() if isinstance(m, bytes) else m for m in members} | routed.get(lead, set()))]
-    await scripts.pipelined(store.redis, calls)
+    await store.scripts.pipelined(calls)
     pipe = store.redis.pipeline(transaction=False)
     for lead in ordered:
         pipe.delete(store.keys.lead(lead).visitors)

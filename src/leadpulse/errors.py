@@ -1,4 +1,5 @@
-"""One root exception; the `retriable` flag lets the worker choose retry vs dead-letter."""
+"""One root exception; the `retriable` flag (read by isolate.retriable) lets the worker choose
+retry vs dead-letter."""
 
 from __future__ import annotations
 
@@ -50,6 +51,3 @@ class RedisRefused(LeadPulseError):
     holding the wrong type, keys of one call in different slots): the batch is split to find
     the records that cause it."""
 
-
-class UnknownLead(LeadPulseError):
-    pass

@@ -1,11 +1,12 @@
-"""Kafka plumbing shared by the worker, the CLI and the tests: client options, topics, reads."""
+"""Kafka plumbing shared by the worker, the collector, alerts, the CLI and the tests: client options,
+consumer groups, topics, commits, reads."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -14,9 +15,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
 from aiokafka.structs import OffsetAndMetadata
 
+from .retry import Retry
 from .settings import Settings
 
 log = logging.getLogger("leadpulse.kafka")
+
+#: Tansu holds a joining member for session_timeout/2 (Apache Kafka: group.initial.rebalance.delay.ms);
+#: Faust's default of 60 s made a first start wait 30 s. 10 s is aiokafka's own default.
+SESSION_TIMEOUT_MS = 10_000
 
 
 async def started(client: Any) -> Any:
@@ -31,8 +37,7 @@ async def started(client: Any) -> Any:
 
 
 async def commit_owned(
-    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata],
-    retry: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],
+    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], retry: Retry,
 ) -> dict[TopicPartition, OffsetAndMetadata]:
     """Commit the offsets of partitions still assigned to us; return what was committed.
 
@@ -43,7 +48,8 @@ async def commit_owned(
     if not owned:
         return {}
     try:
-        await retry(lambda: consumer.commit(owned), "commit")
+        # Both are KafkaErrors a retry cannot cure: the partitions are no longer ours to commit.
+        await retry(lambda: consumer.commit(owned), "commit", fatal=(CommitFailedError, IllegalStateError))
     except (CommitFailedError, IllegalStateError) as exc:
         log.warning("commit refused after a rebalance (%s); the new owner replays the batch", exc)
         return {}
@@ -71,6 +77,14 @@ def client_options(settings: Settings) -> dict[str, Any]:
         password = settings.kafka_sasl_password
         options["sasl_plain_password"] = password.get_secret_value() if password else None
     return options
+
+
+def group_options(settings: Settings, group_id: str) -> dict[str, Any]:
+    """aiokafka consumer arguments for a member of `group_id` that commits explicitly, after its work."""
+    return {
+        **client_options(settings), "group_id": group_id, "enable_auto_commit": False,
+        "session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": SESSION_TIMEOUT_MS // 3,
+    }
 
 
 def faust_credentials(settings: Settings) -> Any:

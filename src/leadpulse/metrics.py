@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -80,6 +80,3 @@ class Metrics:
         wall, cpu = self._work_end
         wall.set(time.time())
         cpu.set(time.process_time())
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

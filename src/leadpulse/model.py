@@ -18,11 +18,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .durations import parse_ms
 from .errors import ModelError
+from .events import Source
 from .patterns import regex_matcher
 
-SOURCES = ("web", "email", "webinar", "profile", "crm")
 GRADES = ("A", "B", "C", "D")
-Source = Literal["web", "email", "webinar", "profile", "crm"]
 Scalar = str | int | float | bool
 DurationMs = Annotated[int, BeforeValidator(parse_ms)]
 Id = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
@@ -221,6 +220,12 @@ class Fit(Frozen):
             raise ValueError("grades must satisfy A > B > C")
         return self
 
+    def grade(self, fit_points: float) -> str:
+        for letter in ("A", "B", "C"):
+            if fit_points >= self.grades[letter]:  # type: ignore[index]
+                return letter
+        return "D"
+
 
 class Stage(Frozen):
     name: Id
@@ -239,6 +244,7 @@ class ScoringModel(Frozen):
     hysteresis: Annotated[float, Field(ge=0)] = 0.0
     dedup_window: DurationMs = 7 * 86_400_000
     clock_skew: DurationMs = 5 * 60_000
+    max_event_age: DurationMs | None = 30 * 86_400_000  # None: no limit
 
     @model_validator(mode="before")
     @classmethod
@@ -262,6 +268,8 @@ class ScoringModel(Frozen):
                         f"{kind}[{i}].category: unknown category {rule.category!r}"
                         f" (known: {', '.join(sorted(self.categories))})"
                     )
+        if self.max_event_age is not None and self.max_event_age <= 0:
+            raise ValueError("max_event_age: must be > 0 (null: no limit)")
         if len(self.stages) < 2:
             raise ValueError("stages: give at least two stages (e.g. lead and mql)")
         names = [s.name for s in self.stages]
@@ -280,9 +288,6 @@ class ScoringModel(Frozen):
     @cached_property
     def rule_index(self) -> dict[str, Rule | FitRule]:
         return {r.id: r for r in (*self.rules, *self.fit.rules)}
-
-    def stage_index(self, name: str) -> int:
-        return next(i for i, s in enumerate(self.stages) if s.name == name)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 
 from . import events as event_contract
+from .bounded import RecentIds
 from .errors import InternalFailure, InvalidEvent
 from .events import Event
 from .handoff import build, iso, publishes
@@ -59,30 +60,6 @@ class Producer(Protocol):
 class Topics:
     handoff: str
     dlq: str
-
-
-class PublishedIds:
-    """Handoff ids known to be on the handoff topic: bounded, oldest forgotten first.
-
-    A replay only re-decides the uncommitted tail of a partition (a few batches) and a start
-    re-reads the handoff topic's tail (worker.HANDOFF_TAIL per partition), so the capacity only
-    needs to hold those; it bounds the worker's memory however long it runs."""
-
-    def __init__(self, capacity: int = 50_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._capacity = capacity
-
-    def __contains__(self, handoff_id: object) -> bool:
-        return handoff_id in self._ids
-
-    def add(self, handoff_id: str) -> None:
-        self._ids[handoff_id] = None
-        self._ids.move_to_end(handoff_id)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
 
 def _header(text: str) -> bytes:
@@ -164,7 +141,7 @@ class Batch:
 class Processor:
     def __init__(
         self, store: LeadStore, producer: Producer, topics: Topics, metrics: Metrics,
-        *, max_event_bytes: int = event_contract.MAX_EVENT_BYTES, published: PublishedIds | None = None,
+        *, max_event_bytes: int = event_contract.MAX_EVENT_BYTES, published: RecentIds[str] | None = None,
     ) -> None:
         self.store = store
         self.model: ScoringModel = store.model
@@ -172,7 +149,10 @@ class Processor:
         self.topics = topics
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
-        self.published = published or PublishedIds()
+        # Handoff ids known to be on the handoff topic. A replay only re-decides the uncommitted tail
+        # of a partition (a few batches) and a start re-reads the topic's tail (worker.HANDOFF_TAIL
+        # per partition): the capacity covers those, and bounds memory however long the worker runs.
+        self.published: RecentIds[str] = published if published is not None else RecentIds(50_000)
 
     def prepare(self, records: Sequence[Record]) -> Batch:
         """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
@@ -181,12 +161,14 @@ class Processor:
         valid: list[tuple[Event, str]] = []
         invalid: list[tuple[Record, InvalidEvent]] = []
         origins: list[Record] = []
-        skew = self.model.clock_skew
+        skew, max_age = self.model.clock_skew, self.model.max_event_age
         for record in records:
             try:
                 if record.value is None:
                     raise InvalidEvent("empty", "the message has no value (a tombstone?)")
-                event = event_contract.parse(record.value, now_ms, skew, self.max_event_bytes)
+                # Arrival = the record's broker timestamp (rescore replays months-old records).
+                arrived = min(record.timestamp, now_ms) if record.timestamp and record.timestamp > 0 else now_ms
+                event = event_contract.parse(record.value, now_ms, skew, self.max_event_bytes, max_age, arrived)
             except InvalidEvent as exc:
                 invalid.append((record, exc))
             except Exception as exc:  # noqa: BLE001 - the contract let through what parsing cannot take

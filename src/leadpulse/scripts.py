@@ -11,10 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 _LIB = "lib.lua"
-#: how many times the scripts were found missing (Redis restarted or failed over): LeadStore
-#: re-reads the rule codes when this moves
-generation = 0
-_USES_LIB = {"apply.lua", "sweep.lua", "ack.lua", "read.lua"}
+_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua"})
 
 
 class Script:
@@ -26,16 +23,6 @@ class Script:
         self.name = name
         self.source = body
         self.sha = hashlib.sha1(body.encode()).hexdigest()
-
-    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # The script cache is empty after a restart or failover: load and run once more.
-            global generation
-            generation += 1
-            await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
 APPLY = Script("apply.lua")
@@ -56,28 +43,47 @@ async def load_all(redis: Redis) -> None:
         await redis.script_load(script.source)
 
 
-async def pipelined(redis: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
-    """Run many script calls in one round trip; reload and retry the ones that hit NOSCRIPT."""
-    if not calls:
-        return []
-    pipe = redis.pipeline(transaction=False)
-    for script, keys, args in calls:
-        # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the method (a
-        # node might lack the script), and our NOSCRIPT handling below covers exactly that.
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-    if missing:
-        global generation
-        generation += 1
-        await load_all(redis)
-        retry = redis.pipeline(transaction=False)
-        for i in missing:
-            script, keys, args = calls[i]
-            retry.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        for i, r in zip(missing, await retry.execute(raise_on_error=False)):
-            results[i] = r
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
-    return results
+class Scripts:
+    """The scripts on one Redis client: calls by SHA, and what a lost script cache costs.
+
+    Redis forgets its scripts when it restarts or fails over (NOSCRIPT): a call that finds its
+    script missing loads it and runs once more. `reloads` counts those times; LeadStore, which
+    owns this object, re-reads its rule codes when it moves (Redis may have lost its data too).
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.reloads = 0
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.reloads += 1
+            await self.redis.script_load(script.source)
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def pipelined(self, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run many script calls in one round trip; reload and retry the ones that hit NOSCRIPT."""
+        if not calls:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the method (a
+            # node might lack the script), and our NOSCRIPT handling below covers exactly that.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            self.reloads += 1
+            await load_all(self.redis)
+            retry = self.redis.pipeline(transaction=False)
+            for i in missing:
+                script, keys, args = calls[i]
+                retry.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for i, r in zip(missing, await retry.execute(raise_on_error=False)):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results

@@ -1,27 +1,140 @@
-"""Settings, modelled once: `LEADPULSE_*` environment variables, the same options as CLI flags.
+"""Settings, modelled once, for every process: LEADPULSE_* environment variables, the same
+options as CLI flags (cliopts.py), and for the collector and alerts a section of a YAML file
+(`--config` / LEADPULSE_CONFIG). Precedence: flags, then environment, then the file, then defaults.
 
-Secrets are `SecretStr` and `masked()` is what gets printed or logged.
+Secrets are `SecretStr`, and `masked()` is what gets printed or logged.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import yaml
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .durations import parse_ms
 from .errors import ConfigError
 
-SOURCES = ("web", "email", "webinar", "profile", "crm")
+CONFIG_ENV = "LEADPULSE_CONFIG"
 #: a duration setting: "400d", "12h", "90s" or a number of seconds, kept in ms
 DurationMs = Annotated[int, BeforeValidator(parse_ms)]
+S = TypeVar("S", bound="BaseConfig")
+
+# The config file's section for the class being loaded: pydantic-settings builds its sources per
+# instantiation and passes them nothing, so `load` hands the section over here.
+_file_section: ContextVar[dict[str, Any] | None] = ContextVar("leadpulse_config_section", default=None)
 
 
-class Settings(BaseSettings):
+def read_config_section(path: Path, section: str) -> dict[str, Any]:
+    """One top-level section of the YAML config file (`collector:`, `alerts:`)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (collector:, alerts:)")
+    part = data.get(section) or {}
+    if not isinstance(part, dict):
+        raise ConfigError(f"config file {path}: section {section!r} must be a mapping")
+    return part
+
+
+class _SectionSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_section.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in (_file_section.get() or {}).items() if k in self.settings_cls.model_fields}
+
+
+def cut_password(url: str) -> str:
+    """A URL as it may be shown: its password replaced (redis://user:***@host)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def cut_query(url: str) -> str:
+    """A URL as it may be shown: tokens often ride in the query, so it goes."""
+    return url.split("?", 1)[0] + "?***" if urlsplit(url).query else url
+
+
+def _shown(value: Any, partly: Callable[[str], str] | None = None) -> Any:
+    if isinstance(value, SecretStr):
+        return partly(value.get_secret_value()) if partly else "***"
+    if isinstance(value, str) and partly:
+        return partly(value)
+    if isinstance(value, tuple):
+        return [_shown(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "masked"):
+        return value.masked()
+    return value
+
+
+class BaseConfig(BaseSettings):
+    """LEADPULSE_* settings; a class with a `config_section` also reads that section of the file."""
+
     model_config = SettingsConfigDict(env_prefix="LEADPULSE_", frozen=True, extra="ignore")
+    #: the config file's section this class reads ("": it reads no file)
+    config_section: ClassVar[str] = ""
+    #: fields shown in part by `masked()` (a URL without its password), by how
+    partly_masked: ClassVar[dict[str, Callable[[str], str]]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _SectionSource(settings_cls)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as they may be printed or logged: secrets replaced, passwords cut from URLs."""
+        return {name: _shown(getattr(self, name), self.partly_masked.get(name)) for name in type(self).model_fields}
+
+
+def load(cls: type[S], config: Path | None = None, **overrides: Any) -> S:
+    """`cls` from flags (`overrides`, None = not given), LEADPULSE_* variables and, for a class
+    with a section, the config file (`config`, else LEADPULSE_CONFIG). Errors are one line."""
+    section: dict[str, Any] = {}
+    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if cls.config_section and path:
+        section = read_config_section(path, cls.config_section)
+        unknown = sorted(set(section) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown key {cls.config_section}.{unknown[0]} "
+                              f"(known: {', '.join(cls.model_fields)})")
+    token = _file_section.set(section)
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        name = str(err["loc"][0]) if err["loc"] else where
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {where} (LEADPULSE_{name.upper()}): {msg}") from None
+    finally:
+        _file_section.reset(token)
+
+
+class Settings(BaseConfig):
+    """What the worker needs, and the other commands the parts they share (Kafka, topics, Redis)."""
+
+    partly_masked: ClassVar[dict[str, Callable[[str], str]]] = {"redis_url": cut_password}
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -44,6 +157,7 @@ class Settings(BaseSettings):
     group_id: str = Field("leadpulse", description="Kafka consumer group of the workers")
     topic_prefix: str = Field("events.", description="input topics are <prefix><source>")
     handoff_topic: str = Field("leads.handoff", description="where handoffs are published")
+    outcomes_topic: str = Field("leads.outcomes", description="where CRM outcomes are published as labelled examples (schemas/outcome.schema.json)")
     dlq_topic: str = Field("events.dlq", description="where events that cannot be scored go")
     partitions: int = Field(8, ge=1, description="partitions of topics created at start")
     replication_factor: int = Field(1, ge=1, description="replication of topics created at start")
@@ -85,34 +199,11 @@ class Settings(BaseSettings):
 
     @property
     def input_topics(self) -> dict[str, str]:
-        return {f"{self.topic_prefix}{source}": source for source in SOURCES}
+        from .events import SOURCES  # the contract, loaded when a process needs its topics
 
-    def masked(self) -> dict[str, Any]:
-        """The settings as they may be printed: secrets replaced, passwords cut from URLs."""
-        out: dict[str, Any] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                if name == "redis_url":
-                    parts = urlsplit(value.get_secret_value())
-                    netloc = parts.netloc
-                    if parts.password is not None:
-                        netloc = netloc.replace(f":{parts.password}@", ":***@")
-                    value = urlunsplit(parts._replace(netloc=netloc))
-                else:
-                    value = "***"
-            elif isinstance(value, Path):
-                value = str(value)
-            out[name] = value
-        return out
+        return {f"{self.topic_prefix}{source}": source for source in SOURCES}
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with CLI flags (not None) taking precedence."""
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {where} (LEADPULSE_{where.upper()}): {msg}") from None
+    return load(Settings, **overrides)

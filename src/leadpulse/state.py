@@ -209,23 +209,24 @@ class LeadStore:
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
-        self._generation = -1
+        self.scripts = scripts.Scripts(redis)
+        self._reloads = -1  # scripts.reloads when the rule codes were read
         self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
 
     async def ready(self) -> None:
         """Read (or give) the rule codes and build the spec: at first use, and again after the
         scripts had to be reloaded (Redis restarted, perhaps without its data: then the codes
         this process knew are given back, rules.lua)."""
-        if self._generation == scripts.generation:
+        if self._reloads == self.scripts.reloads:
             return
         ids = [r.id for r in (*self.model.rules, *self.model.fit.rules)]
         args = [x for rule_id in ids for x in (rule_id, self.rule_codes.get(rule_id, 0))]
-        flat = [_text(x) for x in await scripts.RULES(self.redis, [self.keys.rules], args)]
+        flat = [_text(x) for x in await self.scripts.run(scripts.RULES, [self.keys.rules], args)]
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
-        self._generation = scripts.generation
+        self._reloads = self.scripts.reloads
 
     def _alias(self, anonymous_id: str, lead_id: str) -> None:
         """Remember a link; past ALIAS_CACHE the oldest is forgotten (Redis keeps every link and
@@ -282,7 +283,7 @@ class LeadStore:
             # time, matches) is bounded by the model, not by the input.
             logged = [orjson.dumps([op[0], op[1], "", "", 0, *op[5:]]).decode() for _, op in items]
             calls.append((scripts.ANON, k, [keep.anon_ttl_ms, keep.anon_max_events, now, self.model.dedup_window, *logged]))
-        replies = await scripts.pipelined(self.redis, calls)
+        replies = await self.scripts.pipelined(calls)
         result = BatchResult(outcomes)
         n_apply = len(calls) - len(anon)
         erased = self._collect(leads, replies[:n_apply], result)
@@ -301,9 +302,9 @@ class LeadStore:
                 for i, _ in items:
                     outcomes[i] = ANONYMOUS
         if redirected:
-            erased |= self._collect(redirected, await scripts.pipelined(self.redis, self._apply_calls(redirected, now)), result)
+            erased |= self._collect(redirected, await self.scripts.pipelined(self._apply_calls(redirected, now)), result)
         if links:
-            await scripts.pipelined(self.redis, [(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
+            await self.scripts.pipelined([(scripts.RETIRE, self.keys.anon(a), []) for a, owner in links
                                                  if owner not in erased])
         if erased:  # visitors of an erased lead (a stale link, a rescore's identify) lose the link
             await erasure.unlink(self, erased, routed)
@@ -352,7 +353,7 @@ class LeadStore:
         await erasure.register(self, links)  # first: no link that erasing its lead could not find
         calls = [(scripts.LINK, self.keys.anon(a), [lead, self.retention.alias_ttl_ms]) for a, lead in links]
         owners = []
-        for (anon_id, _), reply in zip(links, await scripts.pipelined(self.redis, calls)):
+        for (anon_id, _), reply in zip(links, await self.scripts.pipelined(calls)):
             owner = _text(reply[0])
             owners.append((anon_id, owner))
             self._alias(anon_id, owner)
@@ -422,7 +423,7 @@ class LeadStore:
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         """The lead at the instant `at`; None when it has no state."""
-        (view,) = await self.read([lead_id], at)
+        (view,) = await self.read([(lead_id, at)])
         return view
 
     async def top(self, limit: int, at: int) -> list[LeadView]:
@@ -436,35 +437,34 @@ class LeadStore:
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
-        views = [v for v in await self.read(candidates, at) if v is not None]
+        views = [v for v in await self.read([(lead, at) for lead in candidates]) if v is not None]
         views.sort(key=lambda v: v.explanation.score, reverse=True)
         return views[:limit]
 
-    async def read(self, leads: Sequence[str], at: int) -> list[LeadView | None]:
-        """Leads at the instant `at`, in their order (None: no state), as read.lua explains them:
-        one call per index shard (one cluster slot) and LEADS_PER_CALL leads, in one round trip."""
-        groups: dict[str, list[str]] = {}
-        for lead in leads:
-            groups.setdefault(self.keys.shard(lead), []).append(lead)
-        order = [lead for members in groups.values() for lead in members]
+    async def read(self, leads: Sequence[tuple[str, int]]) -> list[LeadView | None]:
+        """Leads, each at its instant (lead id, epoch ms), in their order (None: no state), as
+        read.lua explains them: one call per index shard (one cluster slot) and LEADS_PER_CALL
+        leads, all in one round trip."""
+        groups: dict[str, list[int]] = {}
+        for i, (lead, _) in enumerate(leads):
+            groups.setdefault(self.keys.shard(lead), []).append(i)
+        parts = [members[start : start + LEADS_PER_CALL] for members in groups.values()
+                 for start in range(0, len(members), LEADS_PER_CALL)]
         try:
             await self.ready()
-            calls = [(scripts.READ, [self.keys.lead(lead).state for lead in members[start : start + LEADS_PER_CALL]],
-                      [self.spec, at])
-                     for members in groups.values() for start in range(0, len(members), LEADS_PER_CALL)]
-            replies = await scripts.pipelined(self.redis, calls)
+            calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [self.spec, *(leads[i][1] for i in part)])
+                     for part in parts]
+            replies = await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
-        read = dict(zip(order, (found for reply in replies for found in _unpack(reply))))
-        return [self._view(lead, at, read[lead]) for lead in leads]
-
-    def _view(self, lead_id: str, at: int, found: Any) -> LeadView | None:
-        """A lead as read.lua reports it: false when it has no state, else [stage, clock, explanation]."""
-        if not found:
-            return None
-        stage, clock, why = found
-        return LeadView(lead_id, at, self.model.stages[stage].name, clock, self.model.version,
-                        explained(why, self.rule_names, self.categories))
+        views: list[LeadView | None] = [None] * len(leads)
+        for part, reply in zip(parts, replies):
+            for i, found in zip(part, _unpack(reply)):
+                if found:  # [stage, clock, explanation]; false: no state (or erased)
+                    stage, clock, why = found
+                    views[i] = LeadView(*leads[i], self.model.stages[stage].name, clock, self.model.version,
+                                        explained(why, self.rule_names, self.categories))
+        return views
 
     async def sweep(self, now: int, limit: int = 500) -> list[Transition]:
         """Demote the leads whose score has decayed below their stage's floor by `now`.
@@ -478,7 +478,7 @@ class LeadStore:
                 pipe.zrangebyscore(self.keys.indexes(shard)[0], "-inf", now, start=0, num=limit)
             due = [_text(m) for rows in await pipe.execute() for m in rows][:limit]
             calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
-            replies = await scripts.pipelined(self.redis, calls)
+            replies = await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
@@ -494,6 +494,6 @@ class LeadStore:
             await self.ready()
             now = int(time.time() * 1000)
             calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq, now]) for lead, seq in last.items()]
-            await scripts.pipelined(self.redis, calls)
+            await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc

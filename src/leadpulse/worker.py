@@ -18,38 +18,33 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 import mode
-from faust.app.base import BootStrategy
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from faust.app.base import BootStrategy
 from redis.exceptions import RedisError
 
 from . import api, kafka, scripts
+from .bounded import RecentIds
+from .bounds import Retention, write_refusal
 from .errors import StateError
+from .kafka import SESSION_TIMEOUT_MS
 from .metrics import Metrics
 from .model import ScoringModel
-from .pipeline import Batch, Processor, PublishedIds, Topics
+from .pipeline import Batch, Processor, Topics
+from .rebalance import Partitions
+from .retry import Retry, Stopped
 from .settings import Settings
-from .bounds import Retention, write_refusal
 from .state import LeadStore, connect
 
 log = logging.getLogger("leadpulse.worker")
-T = TypeVar("T")
 
 #: handoff records re-read per partition at start, to skip re-publishing after a crash
 HANDOFF_TAIL = 5000
-#: Tansu holds a joining member for session_timeout/2 (Apache Kafka: group.initial.rebalance.delay.ms);
-#: Faust's default of 60 s made a first start wait 30 s. 10 s is aiokafka's own default.
-SESSION_TIMEOUT_MS = 10_000
-
-
-class _Stopping(Exception):
-    pass
 
 
 class ScoringService(mode.Service):
@@ -73,10 +68,10 @@ class ScoringService(mode.Service):
         self.processor = Processor(
             self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,
             max_event_bytes=settings.max_event_bytes,
-            published=PublishedIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
+            published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
         self.consumer: AIOKafkaConsumer | None = None
-        self.assigned: set[TopicPartition] = set()
+        self.partitions = Partitions("worker", changed=self._update_ready, revoked=self._forget_lag)
         self.prepared = asyncio.Event()
         self.redis_ok = False
         #: "oom" / "readonly" while Redis refuses our writes (state.write_refusal); None otherwise
@@ -84,41 +79,33 @@ class ScoringService(mode.Service):
         self.kafka_ok = False
         self.processed = 0
         self.caught_up = False
-        # batches fetched and not yet committed; a rebalance waits for them to commit
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._revoking = False
         self._positions: dict[TopicPartition, int] = {}
+        # Set when the service stops: a retry waiting out an outage gives up its batch at once.
+        self._stopping = asyncio.Event()
+        #: every outage is waited out, never a crash loop
+        self.retry = Retry((StateError, RedisError, OSError, KafkaError), self._failed, stopping=self._stopping)
+
+    async def on_stop(self) -> None:
+        self._stopping.set()
 
     # --- start-up ----------------------------------------------------------------------
 
-    async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
-        """Run `op` until it succeeds, backing off; never crash-loop on an outage."""
-        delay = 0.1
-        while True:
-            try:
-                result = await op()
-            except (StateError, RedisError, OSError) as exc:
-                self.metrics.redis_errors.labels(what).inc()
-                refused = write_refusal(exc)
-                if refused:  # reachable, but taking no writes
-                    self._write_refused(refused)
-                    log.warning("%s: redis refuses writes (%s: %s); retrying in %.1f s", what, refused, exc, delay)
-                else:
-                    self.redis_ok = False
-                    log.warning("%s: redis unavailable (%s); retrying in %.1f s", what, exc, delay)
-            except KafkaError as exc:
-                self.kafka_ok = False
-                self.metrics.kafka_errors.labels(what).inc()
-                log.warning("%s: kafka error (%s); retrying in %.1f s", what, exc, delay)
+    def _failed(self, what: str, exc: Exception, delay: float) -> None:
+        """A retried operation failed: count it, and say not ready while it lasts."""
+        if isinstance(exc, KafkaError):
+            self.kafka_ok = False
+            self.metrics.kafka_errors.labels(what).inc()
+            log.warning("%s: kafka error (%s); retrying in %.1f s", what, exc, delay)
+        else:
+            self.metrics.redis_errors.labels(what).inc()
+            refused = write_refusal(exc)
+            if refused:  # reachable, but taking no writes
+                self._write_refused(refused)
+                log.warning("%s: redis refuses writes (%s: %s); retrying in %.1f s", what, refused, exc, delay)
             else:
-                return result
-            self._update_ready()
-            if self.should_stop:
-                raise _Stopping(what)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                self.redis_ok = False
+                log.warning("%s: redis unavailable (%s); retrying in %.1f s", what, exc, delay)
+        self._update_ready()
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None,
                    headers: list[tuple[str, bytes]] | None = None) -> Any:
@@ -140,11 +127,11 @@ class ScoringService(mode.Service):
             await scripts.load_all(self.redis)
             self.redis_ok = True
 
-        await self._retry(redis_ready, "connect")
-        await self._retry(self._start_producer, "producer_start")
+        await self.retry(redis_ready, "connect")
+        await self.retry(self._start_producer, "producer_start")
         topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
-        await self._retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
-        tail = await self._retry(
+        await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
+        tail = await self.retry(
             lambda: kafka.read_tail(self.settings, self.settings.handoff_topic, HANDOFF_TAIL), "read_handoffs"
         )
         for record in tail:
@@ -158,13 +145,9 @@ class ScoringService(mode.Service):
     def _consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         consumer = AIOKafkaConsumer(
-            **kafka.client_options(s),
-            group_id=s.group_id,
-            enable_auto_commit=False,
+            **kafka.group_options(s, s.group_id),
             auto_offset_reset="earliest",
             max_poll_records=s.batch_max,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
             # Kafka's default. Fetched records wait in aiokafka's buffer while the worker is behind,
             # up to this much per partition: 4 MiB on 40 partitions let a backlog hold up to
             # 160 MiB of fetched records in the worker.
@@ -173,7 +156,7 @@ class ScoringService(mode.Service):
             # a short wait costs idle fetches, never throughput, and keeps handoffs prompt.
             fetch_max_wait_ms=s.batch_wait_ms,
         )
-        consumer.subscribe(list(s.input_topics), listener=_Rebalance(self))
+        consumer.subscribe(list(s.input_topics), listener=self.partitions)
         return consumer
 
     # --- the loop ----------------------------------------------------------------------
@@ -182,7 +165,7 @@ class ScoringService(mode.Service):
     async def _run(self) -> None:
         try:
             await self._prepare()
-            await self._retry(self._start_consumer, "consumer_start")
+            await self.retry(self._start_consumer, "consumer_start")
             self.kafka_ok = True
             _tune_gc()
             # Three stages joined by one-batch queues, so that the worker's CPU (parsing batch
@@ -200,7 +183,7 @@ class ScoringService(mode.Service):
                 for task in stages:
                     task.cancel()
                 await asyncio.gather(*stages, return_exceptions=True)
-        except _Stopping:
+        except Stopped:
             log.info("stopping before the batch could be completed; it will be consumed again")
         finally:
             self.set_shutdown()
@@ -208,7 +191,7 @@ class ScoringService(mode.Service):
     async def _fetch_stage(self, out: asyncio.Queue[_InFlight | None]) -> None:
         assert self.consumer is not None
         while not self.should_stop:
-            if self._revoking:
+            if self.partitions.handing_over:
                 await asyncio.sleep(0.05)  # no new batch while partitions are being handed over
                 continue
             try:
@@ -221,7 +204,7 @@ class ScoringService(mode.Service):
                 continue
             if batch:
                 self.kafka_ok = True
-                self._started_batch()
+                self.partitions.batch_started()
                 records = [r for msgs in batch.values() for r in msgs]
                 offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
                 await out.put(_InFlight(self.processor.prepare(records), offsets, time.monotonic()))
@@ -232,7 +215,7 @@ class ScoringService(mode.Service):
 
     async def _apply_stage(self, inbox: asyncio.Queue[_InFlight | None], out: asyncio.Queue[_InFlight | None]) -> None:
         while (item := await inbox.get()) is not None:
-            await self._retry(lambda: self.processor.apply(item.batch), "process")
+            await self.retry(lambda: self.processor.apply(item.batch), "process")
             self.redis_ok = True
             if item.batch.valid:  # the batch was written: Redis takes writes
                 self._write_refused(None)
@@ -241,32 +224,23 @@ class ScoringService(mode.Service):
 
     async def _commit_stage(self, inbox: asyncio.Queue[_InFlight | None]) -> None:
         while (item := await inbox.get()) is not None:
-            await self._retry(lambda: self.processor.publish(item.batch), "publish")
+            await self.retry(lambda: self.processor.publish(item.batch), "publish")
             await self._commit(item.offsets)
             self.processed += len(item.batch.records)
             self.metrics.commit_latency.observe(time.monotonic() - item.consumed)
-            self._finished_batch()
+            self.partitions.batch_done()
             self._observe_lag()
             self._update_ready()
 
-    def _started_batch(self) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-
-    def _finished_batch(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         assert self.consumer is not None
-        for tp, o in (await kafka.commit_owned(self.consumer, offsets, self._retry)).items():
+        for tp, o in (await kafka.commit_owned(self.consumer, offsets, self.retry)).items():
             self._positions[tp] = o.offset
 
     def _observe_lag(self) -> None:
         if self.consumer is None:
             return
-        caught_up = bool(self.assigned)
+        caught_up = bool(self.partitions.assigned)
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
@@ -292,7 +266,7 @@ class ScoringService(mode.Service):
             self.redis_ok = bool(await asyncio.wait_for(self.redis.ping(), timeout=2.0))
         except (RedisError, OSError, TimeoutError):
             self.redis_ok = False
-        if self.write_refused and self.redis_ok and self._in_flight == 0:
+        if self.write_refused and self.redis_ok and self.partitions.in_flight == 0:
             # No batch is retrying to find out (an idle worker): a write of our own does.
             try:
                 await asyncio.wait_for(self.redis.set(self.store.keys.probe, b"1", px=10_000), timeout=2.0)
@@ -317,7 +291,7 @@ class ScoringService(mode.Service):
     @property
     def ready(self) -> bool:
         return (self.prepared.is_set() and self.redis_ok and self.write_refused is None and self.kafka_ok
-                and bool(self.assigned))
+                and bool(self.partitions.assigned))
 
     @property
     def not_ready_because(self) -> str | None:
@@ -332,9 +306,31 @@ class ScoringService(mode.Service):
             return "redis refuses writes: READONLY (a replica); scoring waits"
         if not self.kafka_ok:
             return "kafka unreachable"
-        if not self.assigned:
+        if not self.partitions.assigned:
             return "no partitions assigned"
         return None
+
+    async def readiness(self) -> dict[str, Any]:
+        """/readyz: Redis is asked now (an idle worker has nothing else telling it Redis went away)."""
+        try:
+            redis_ok = bool(await asyncio.wait_for(self.redis.ping(), timeout=1.0))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            redis_ok = False
+        ok = redis_ok and self.ready
+        return {
+            "ready": ok,
+            "reason": None if ok else (self.not_ready_because or "redis unreachable"),
+            "redis": redis_ok,
+            "redis_write_refused": self.write_refused,  # "oom" | "readonly" | None
+            "kafka": self.kafka_ok,
+            "partitions_assigned": len(self.partitions.assigned),
+            "started": self.prepared.is_set(),
+        }
+
+    def _forget_lag(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:  # another worker reports these now: no stale lag from us
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
 
     # --- decay sweep ---------------------------------------------------------------------
 
@@ -396,30 +392,6 @@ class _InFlight:
     consumed: float  # monotonic time the batch was fetched
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: ScoringService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Let the batches in flight finish and commit while we still own their partitions.
-        self.service._revoking = True
-        try:
-            await asyncio.wait_for(self.service._idle.wait(), timeout=30)
-        except TimeoutError:
-            log.warning("rebalance: the batches in flight did not finish; they will be replayed")
-        self.service.assigned -= set(revoked)
-        for tp in revoked:  # another worker reports these now: no stale lag from us
-            with contextlib.suppress(KeyError):
-                self.service.metrics.lag.remove(tp.topic, str(tp.partition))
-        self.service._update_ready()
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.service._revoking = False
-        self.service.assigned = set(assigned)
-        log.info("assigned %d partitions", len(assigned))
-        self.service._update_ready()
-
-
 def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None = None) -> tuple[faust.App, ScoringService]:
     metrics = metrics or Metrics()
     metrics.model.info({"version": model.version})
@@ -437,6 +409,7 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
         datadir=str(Path(tempfile.gettempdir()) / f"leadpulse-{settings.group_id}"),
         topic_replication_factor=settings.replication_factor,
         autodiscover=False,
+        web_application_options={"middlewares": [api.client_errors]},
     )
     # No Faust consumer (our batch consumer owns the group, so the worker never waits for a
     # second group join) and no Faust producer (its start crashes the worker when the broker
@@ -445,7 +418,7 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
     app.boot_strategy = BootStrategy(app, enable_kafka_producer=False)
     service = ScoringService(app, settings, model, metrics, loop=None)
     app.timer(settings.sweep_interval)(service.sweep)
-    api.register(app, service, settings, metrics)
+    api.register(app, service.store, settings, metrics, service.readiness)
     return app, service
 
 

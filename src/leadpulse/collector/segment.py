@@ -1,6 +1,6 @@
 """Segment Tracking API messages → LeadPulse events. Pure functions, no I/O.
 
-The collector (collector.py) hands each message of a request to `map_message` and produces what
+The collector (app.py) hands each message of a request to `map_message` and produces what
 comes back. Every event returned has passed `events.from_dict`, the same check the worker runs,
 so the collector never emits an event the worker would dead-letter for its content.
 
@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from . import events as contract
-from .errors import InvalidEvent
-from .settings import SOURCES
+from .. import events as contract
+from ..errors import InvalidEvent
+from ..events import SOURCES
 
 #: the Segment call types; `screen` (mobile apps) has no LeadPulse meaning and is ignored
 SEGMENT_TYPES = ("track", "page", "identify", "group", "alias", "screen")
@@ -71,6 +71,8 @@ _PERSONAL = frozenset({
 #: the contract's bounds on traits, so that a mapped trait is never what refuses an event
 _TRAIT_SCHEMA = _DEFS["envelope"]["properties"]["traits"]["properties"]
 _CUSTOM_TEXT = _DEFS["custom_trait"]["maxLength"]
+# Derived by the worker from `email` alone: a sent one is never forwarded.
+_DERIVED = frozenset({"email_domain", "emailDomain"})
 _TEXT_LIMITS = {"email": 320, "job_title": 256, "seniority": 64, "department": 128, "company": 256,
                 "company_domain": 256, "industry": 128, "country": 64, "timeline": 64}
 
@@ -131,6 +133,7 @@ class Context:
     track_events: Mapping[str, tuple[str, str]] = field(default_factory=track_map)
     sent_at_ms: int | None = None  # the request's sentAt, for clock-skew correction
     max_event_bytes: int = contract.MAX_EVENT_BYTES
+    max_age_ms: int | None = None  # the model's max_event_age: refuse what the worker would refuse
 
 
 class Mapped(NamedTuple):
@@ -278,7 +281,7 @@ def person_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     consumed = {"email", "job_title", "title", "jobTitle", "seniority", "department", "company",
                 "company_domain", "companyDomain", "website", "industry", "country", "timeline",
                 "employees", "employee_count", "annual_revenue", "annualRevenue", "budget"}
-    _extras(traits, consumed | _PERSONAL, out)
+    _extras(traits, consumed | _PERSONAL | _DERIVED, out)
     return out
 
 
@@ -464,7 +467,7 @@ def map_message(msg: Any, ctx: Context) -> Mapped:
     """Map and validate one message against the event contract. Raises Unmappable."""
     event = to_event(msg, ctx)
     try:
-        contract.from_dict(event, ctx.received_ms, ctx.skew_ms)
+        contract.from_dict(event, ctx.received_ms, ctx.skew_ms, ctx.max_age_ms)
     except InvalidEvent as exc:
         raise Unmappable(exc.reason, str(exc.args[0]) if exc.args else exc.reason, exc.field) from None
     value = orjson.dumps(event)

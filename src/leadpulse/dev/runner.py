@@ -14,12 +14,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 from rich.console import Console
 
-from . import kafka
+from .. import kafka
+from ..model import load_model
+from ..settings import Settings, load_settings
+from ..worker import FaustWorker, ScoringService, create_app
 from .embedded import Stack
-from .model import load_model
-from .settings import Settings, load_settings
 from .simulate import journeys, key_for, topic_for
-from .worker import FaustWorker, ScoringService, create_app
 
 console = Console(highlight=False)
 

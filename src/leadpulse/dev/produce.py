@@ -11,8 +11,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import kafka
-from .settings import Settings
+from .. import kafka
+from ..settings import Settings
 from .simulate import journeys, key_for, topic_for
 
 IN_FLIGHT = 5000
@@ -73,7 +73,8 @@ async def produce_events(settings: Settings, file: BinaryIO | None, leads: int, 
             items: Iterable[tuple[dict[str, Any] | None, bytes]] = _from_file(file)
             total = None
         else:
-            events = list(journeys(leads, seed=seed))
+            # Journeys of the last days: the worker refuses events older than the model's max_event_age.
+            events = list(journeys(leads, seed=seed, start_ms=int(time.time() * 1000) - 3 * 86_400_000))
             items = ((e, orjson.dumps(e)) for e in events)
             total = len(events)
         with Progress(

@@ -11,15 +11,15 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-SENIORITY = ["c_level", "vp", "director", "manager", "lead", "individual", "intern"]
-INDUSTRY = ["software", "saas", "fintech", "e-commerce", "manufacturing", "retail", "education", "government"]
-DEPARTMENT = ["marketing", "sales", "engineering", "finance", "operations", "hr"]
-DOMAINS = ["acme.io", "globex.com", "initech.com", "umbrella.co", "hooli.com", "gmail.com", "yahoo.com"]
+SENIORITY = ("c_level", "vp", "director", "manager", "lead", "individual", "intern")
+INDUSTRY = ("software", "saas", "fintech", "e-commerce", "manufacturing", "retail", "education", "government")
+DEPARTMENT = ("marketing", "sales", "engineering", "finance", "operations", "hr")
+DOMAINS = ("acme.io", "globex.com", "initech.com", "umbrella.co", "hooli.com", "gmail.com", "yahoo.com")
 TITLES = {
     "c_level": "Chief Revenue Officer", "vp": "VP Marketing", "director": "Director of Sales",
     "manager": "Marketing Manager", "lead": "Team Lead", "individual": "Analyst", "intern": "Intern",
 }
-PAGES = ["/", "/blog/scoring-101", "/product", "/customers/acme", "/pricing", "/compare/hubspot", "/docs"]
+PAGES = ("/", "/blog/scoring-101", "/product", "/customers/acme", "/pricing", "/compare/hubspot", "/docs")
 
 
 def _traits(rng: random.Random) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""`leadpulse bench --rss-events N`: the worker's RSS over a long stream (issue #4: "worker RSS
+"""Stage `rss` (`leadpulse bench --rss-events N`): the worker's RSS over a long stream (issue #4: "worker RSS
 flat (± 10 %) across 10 M events").
 
 The bench's other stages hold their event set in memory; 10 M events as dicts would take several
 GB. This stage generates events lazily instead, in chunks of `CHUNK_LEADS` journeys
-(`leadpulse.simulate`, the same mix as everywhere, anonymous page views under their visitor ids as
+(`leadpulse.dev.simulate`, the same mix as everywhere, anonymous page views under their visitor ids as
 simulate makes them), and produces them while the real worker consumes, never more than a tenth
 of the run (at most `AHEAD`) ahead of it. New leads keep arriving (each chunk is the journeys of
 new leads, started 2 s apart on the event clock as simulate does), so the lead population grows
@@ -30,10 +30,13 @@ from typing import Any
 import click
 import orjson
 
-from .bench import SOURCES, Child, CpuTrace, Worker, create_topics, measured, memory
+from ..events import SOURCES
+from .children import Child, Worker
+from .context import DB_RSS, Context
+from .eventset import create_topics
+from .measure import CpuTrace, memory
+from .report import Report, measured
 
-#: the stage's database on the bench's redis-server (the other stages use 1–7)
-DB_RSS = 8
 #: journeys per generated chunk (~20 events each: ~20 k events, well under a second to generate)
 CHUNK_LEADS = 1000
 #: most events produced and not yet processed: a tenth of the run, at most AHEAD (so a small run
@@ -56,7 +59,7 @@ def chunks(total: int, seed: int, max_leads: int, start_ms: int) -> Iterator[tup
     `start_ms + c × CHUNK_LEADS × ARRIVAL_MS`. Slots are recycled after `max_leads` leads: the
     lead then comes back with a new journey (event ids suffixed with the round, so none repeats).
     """
-    from .simulate import journeys
+    from ..dev.simulate import journeys
 
     slots = max(1, max_leads // CHUNK_LEADS)
     sent = 0
@@ -82,7 +85,7 @@ async def _used_memory(client: Any) -> int:
 
 
 async def _handoffs(worker: Worker) -> int:
-    """Handoffs the worker has published (its PublishedIds remembers up to 200 k of them)."""
+    """Handoffs the worker has published (its processor remembers up to 200 k published ids)."""
     with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
         _, text = await worker.get("/metrics")
         return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -99,7 +102,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from .produce import send_all
+    from ..dev.produce import send_all
 
     _, broker_pid = pids
     prefix = f"bench{tag}rss."
@@ -245,14 +248,9 @@ async def _delete_topics(bootstrap: str, topics: list[str]) -> bool:
         await admin.close()
 
 
-def render_line(r: dict[str, Any]) -> str:
-    """The stage in one line of the bench's table."""
-    s = r["series"]
-    at = " / ".join(f"{x['worker_rss_mib']:g}" for x in s)
-    capped = (f"ids recycled past {r['max_leads']:,} leads (after {r['leads_recycled_after_events']:,} events)"
-              if r["leads_recycled_after_events"] else f"cap of {r['max_leads']:,} not reached")
-    return (f"worker RSS over {r['processed']:,} streamed events ({r['leads']:,} leads, {capped}): "
-            f"{r['worker_rss_min_mib']}–{r['worker_rss_max_mib']} MiB at 10 %..100 %, spread "
-            f"{r['worker_rss_spread'] * 100:.1f} % (goal ± 10 %) [{at}]; {r['events_per_s']:,.0f} events/s "
-            f"(producer on the same cores); Redis used {r['redis_used_start_mib']:,.0f} → {r['redis_used_end_mib']:,.0f} MiB, "
-            f"broker RSS peak {r['broker_peak_rss_mib']:,.0f} MiB")
+async def stage(ctx: Context, report: Report) -> None:
+    """On its own topics and Redis database, first on a fresh broker."""
+    report.rss_soak = await rss_soak(
+        bootstrap=ctx.bootstrap, redis_url=ctx.url(DB_RSS), pids=ctx.pids, workdir=ctx.workdir, events=ctx.rss_events,
+        max_leads=ctx.rss_max_leads, seed=ctx.seed, partitions=ctx.partitions, tag=ctx.tag,
+        extra=ctx.extra, children=ctx.children, task=ctx.task)

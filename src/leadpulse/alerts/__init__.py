@@ -1,0 +1,1 @@
+"""`leadpulse alerts`: handoffs announced in Slack and on a signed webhook."""

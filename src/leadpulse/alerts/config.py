@@ -1,0 +1,75 @@
+"""The alerts service's settings: its `alerts:` section of the config file, LEADPULSE_* variables, flags."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+
+from ..errors import ConfigError
+from ..settings import BaseConfig, cut_query, load
+
+#: the worker settings alerts uses: where Kafka is, its group and the handoff topic
+KAFKA_FIELDS = ("kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+                "kafka_sasl_password", "kafka_ssl_cafile", "group_id", "handoff_topic", "partitions",
+                "replication_factor", "log_level")
+
+
+def _http_url(value: str | None, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http:// or https:// URL")
+    return value
+
+
+class AlertSettings(BaseConfig):
+    config_section: ClassVar[str] = "alerts"
+    partly_masked: ClassVar[dict[str, Callable[[str], str]]] = {"webhook_url": cut_query}
+
+    slack_webhook_url: SecretStr | None = Field(None, description="Slack incoming-webhook URL (a secret)")
+    webhook_url: str | None = Field(None, description="generic JSON webhook URL, signed with HMAC-SHA256")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for the webhook signature")
+    crm_url_template: str | None = Field(
+        None, description="link to a lead in the CRM; {lead_id} is replaced (URL-encoded)"
+    )
+    alerts_host: str = Field("127.0.0.1", description="address of the alerts metrics server")
+    alerts_port: int = Field(6068, ge=0, le=65535, description="alerts metrics port (0: any free port)")
+    alerts_demotions: bool = Field(False, description="also announce demotions (a lead leaving a stage)")
+    alerts_dlq_topic: str = Field("leads.handoff.dlq", description="where undeliverable alerts go")
+    alerts_max_attempts: int = Field(6, ge=1, le=50, description="tries per destination before dead-lettering")
+    alerts_backoff: float = Field(1.0, gt=0, description="seconds before the first retry; doubles each time")
+    alerts_backoff_max: float = Field(60.0, gt=0, description="longest wait between tries")
+    alerts_retry_after_max: float = Field(300.0, ge=0, description="longest Retry-After honoured (seconds)")
+    alerts_timeout: float = Field(10.0, gt=0, description="seconds before a delivery attempt times out")
+    alerts_start_from: Literal["latest", "earliest"] = Field(
+        "latest", description="where a new alerts group starts reading leads.handoff"
+    )
+    alerts_max_age: float = Field(
+        86_400.0, ge=0, description="skip handoffs that crossed longer ago than this, in seconds (0: never)"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return _http_url(value, "webhook_url")
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _slack(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and _http_url(value.get_secret_value(), "slack_webhook_url") is None:
+            return None
+        return value
+
+
+def load_alert_settings(config: Path | None = None, **overrides: Any) -> AlertSettings:
+    settings = load(AlertSettings, config, **overrides)
+    if settings.slack_webhook_url is None and settings.webhook_url is None:
+        raise ConfigError("no alert destination: set LEADPULSE_SLACK_WEBHOOK_URL and/or LEADPULSE_WEBHOOK_URL")
+    if settings.webhook_url and settings.webhook_secret is None:
+        raise ConfigError("LEADPULSE_WEBHOOK_URL needs LEADPULSE_WEBHOOK_SECRET: webhook calls are always signed")
+    return settings

@@ -1,0 +1,134 @@
+"""Stage `latency`: the time from an event's `occurred_at` to its handoff record on the handoff
+topic, at a fixed offered load (`--rate` events/s for `--latency-seconds`), with the worker
+already running on its own topics; and the worker's CPU share while it worked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from ..events import SOURCES
+from .children import Worker
+from .context import DB_LATENCY, Context
+from .eventset import create_topics
+from .report import Report
+
+
+async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: float, seconds: float,
+                      on_progress: Callable[[int], None], worker: Worker, settle_s: float = 300.0) -> dict[str, Any]:
+    """Offer `rate` events/s (occurred_at = send time); time each handoff from its trigger's occurred_at,
+    until `worker` has handled every offered event and each handoff it published has been read."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from ..dev.simulate import journeys, key_for, topic_for
+
+    total = int(rate * seconds)
+    events: list[dict[str, Any]] = []
+    for e in journeys(max(50, total // 12), seed=99, prefix=f"lat{uuid.uuid4().hex[:6]}"):
+        events.append(e)
+        if len(events) >= total:
+            break
+    occurred: dict[str, int] = {}
+    latencies: list[float] = []
+    consumer = AIOKafkaConsumer(handoff_topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await consumer.start()
+    await producer.start()
+    stop = asyncio.Event()
+    handoffs = {"n": 0, "timed": 0}
+
+    async def read() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            arrived = time.time()
+            for records in batch.values():
+                for r in records:
+                    handoffs["n"] += 1
+                    trigger = orjson.loads(r.value).get("triggered_by_event_id")
+                    if trigger in occurred:
+                        handoffs["timed"] += 1
+                        latencies.append(arrived - occurred[trigger] / 1000)
+
+    reader = asyncio.create_task(read())
+    try:
+        sent = 0
+        pending: list[Any] = []
+        t0 = time.perf_counter()
+        while sent < total:
+            due = min(total, int((time.perf_counter() - t0) * rate))
+            while sent < due:
+                e = events[sent]
+                e["occurred_at"] = int(time.time() * 1000)
+                occurred[e["event_id"]] = e["occurred_at"]
+                pending.append(await producer.send(topic_for(e, prefix), orjson.dumps(e), key=key_for(e)))
+                sent += 1
+            if len(pending) > 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            on_progress(sent)
+            await asyncio.sleep(0.005)
+        offered = sent / (time.perf_counter() - t0)
+        await asyncio.gather(*pending)
+        # The worker's own counts say when the last handoffs are in: a slow machine loses none of
+        # them (they are the tail of the distribution), a fast one waits for nothing.
+        deadline = time.monotonic() + settle_s
+        while True:
+            done, published = await worker.counts()
+            if done >= total and handoffs["n"] >= published:
+                break
+            if time.monotonic() > deadline or not worker.alive():
+                raise click.ClickException(
+                    f"latency: {done:,} of {total:,} events handled, {handoffs['n']:,} of {published:,} handoffs "
+                    f"read after {settle_s:.0f} s:\n{worker.tail()}")
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await reader
+        await producer.stop()
+        await consumer.stop()
+    latencies.sort()
+
+    def q(p: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) if latencies else None
+
+    return {
+        "offered_events_per_s": round(offered, 1), "events": total, "handoffs": handoffs["n"],
+        "timed_handoffs": handoffs["timed"], "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),
+        "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+    }
+
+
+def _absolute(advance: Callable[[int], None]) -> Callable[[int], None]:
+    state = {"n": 0}
+
+    def update(n: int) -> None:
+        if n > state["n"]:
+            advance(n - state["n"])
+            state["n"] = n
+
+    return update
+
+
+async def stage(ctx: Context, report: Report) -> None:
+    await ctx.flush(DB_LATENCY)
+    prefix = f"bench{ctx.tag}lat."
+    handoff = f"{prefix}handoff"
+    await create_topics(ctx.bootstrap, [f"{prefix}{s}" for s in SOURCES] + [handoff], ctx.partitions)
+    w = ctx.worker("latency", ctx.url(DB_LATENCY), group_id=f"{ctx.tag}-lat", topic_prefix=prefix,
+                   handoff_topic=handoff, dlq_topic=f"{prefix}dlq", log_level="warning")
+    await w.wait_ready()
+    await asyncio.sleep(1.0)
+    total = int(ctx.rate * ctx.latency_seconds)
+    report.latency = await latency_run(ctx.bootstrap, prefix, handoff, ctx.rate, ctx.latency_seconds,
+                                       _absolute(ctx.task(f"latency at {ctx.rate:,.0f} events/s offered", total)), w)
+    work = await w.work()
+    # its CPU over its own span: from the first offered batch to the last one handled
+    report.latency["worker_cpu_share"] = round(work.cpu / work.seconds, 3) if work.seconds else None
+    w.stop()

@@ -1,0 +1,1 @@
+"""`leadpulse collector`: the Segment Tracking API over HTTP, into the LeadPulse input topics."""
