@@ -8,6 +8,7 @@ import math
 from importlib.resources import files
 from typing import Any
 
+import jsonschema
 import msgpack
 import orjson
 import pytest
@@ -504,6 +505,8 @@ def test_reads_and_handoffs_never_disagree(redis_server: RedisServer, tmodel: Sc
     # state at the same instant, so the same score, breakdown, grade and contributions.
     from leadpulse.api import lead_json
 
+    handoff_schema = jsonschema.Draft202012Validator(contract.load_schema("handoff.schema.json"),
+                                                     format_checker=jsonschema.FormatChecker())
     used, moves = (tmodel, MOVES["test"]) if which == "test" else (model, MOVES["default"])
 
     async def run() -> list[tuple[Transition, LeadView | None, LeadView | None]]:
@@ -535,6 +538,7 @@ def test_reads_and_handoffs_never_disagree(redis_server: RedisServer, tmodel: Sc
             assert top is not None
         assert top is None or top.explanation == t.explanation
         record, read = handoff.build(used, t), lead_json(view)
+        handoff_schema.validate(record)
         fields = ("score", "fit_grade", "fit_score", "breakdown")
         assert {k: record[k] for k in fields} == {k: read[k] for k in fields}
         signals = [{k: s[k] for k in ("rule_id", "category", "points", "last_occurred_at")} for s in record["top_signals"]]
