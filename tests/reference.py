@@ -69,7 +69,7 @@ async def reference(redis_url: str, model: ScoringModel, events: list[dict[str, 
         for lead in leads:
             view = await store.view(lead, at)
             assert view is not None
-            scores[lead], stages[lead] = view.score, view.stage
+            scores[lead], stages[lead] = view.explanation.score, view.stage
         ids = {t.handoff_id for t in transitions if publishes(model, t)}
         return Reference(scores, stages, ids)
     finally:

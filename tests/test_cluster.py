@@ -60,7 +60,7 @@ async def test_engine_on_a_cluster_scores_merges_sweeps_and_ranks(cluster_store:
     link = event("profile", "identify", T0 + 200, lead="c-0", anon="cookie-c", traits={"seniority": "vp"})
     await store.apply([(link, "t:0:99")])
     view = await store.view("c-0", T0 + 200)
-    assert view is not None and {"pricing_page", "demo_request", "seniority_exec"} <= {c.rule_id for c in view.contributions}
+    assert view is not None and {"pricing_page", "demo_request", "seniority_exec"} <= {c.rule_id for c in view.explanation.contributions}
     top = await store.top(5, T0 + 300)
     assert top[0].lead_id == "c-0" and len(top) == 5  # c-0 has fit points on top of 75
     # Decay takes 75 points below MQL's floor (50) after ~75 days: every shard is swept.

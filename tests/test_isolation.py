@@ -15,9 +15,9 @@ import pytest
 from redis import exceptions as rx
 
 from leadpulse import events as contract
-from leadpulse.engine import Explainer
 from leadpulse.errors import InternalFailure, RedisRefused, StateError
 from leadpulse.events import Event
+from leadpulse.explanation import Explanation
 from leadpulse.isolate import bisect
 from leadpulse.metrics import Metrics
 from leadpulse.model import ScoringModel
@@ -131,7 +131,6 @@ class FakeStore:
     def __init__(self, model: ScoringModel, poisoned: set[str], transitions: dict[str, Transition] | None = None,
                  transient: int = 0) -> None:
         self.model = model
-        self.explainer = Explainer(model)
         self.poisoned = poisoned
         self.transitions = transitions or {}
         self.transient = transient
@@ -233,7 +232,7 @@ def test_a_record_whose_parsing_fails_unexpectedly_is_dead_lettered_alone(model:
 
 def test_a_handoff_that_cannot_be_built_dead_letters_the_event_that_caused_it(model: ScoringModel) -> None:
     # A stage index the model does not have: building the handoff fails for this transition only.
-    bad = Transition("b", 1, "promoted", 0, 99, NOW - 1000, "e1", 120.0, 110.0, {})
+    bad = Transition("b", 1, "promoted", 0, 99, NOW - 1000, "e1", 110.0, Explanation(120.0, {}, 0.0, "D", ()))
     store, producer = FakeStore(model, set(), {"e1": bad}), FakeProducer()
     proc = processor(store, producer)
 

@@ -64,7 +64,7 @@ async def test_the_store_scores_merges_and_sweeps_ids_with_braces(redis: Redis, 
     link = event("profile", "identify", T0 + 30, lead="}x", anon="}cookie{", traits={"seniority": "vp"})
     await store.apply([(link, "t:0:99")])
     view = await store.view("}x", T0 + 30)
-    assert view is not None and {"demo_request", "pricing_page", "seniority_exec"} <= {c.rule_id for c in view.contributions}
+    assert view is not None and {"demo_request", "pricing_page", "seniority_exec"} <= {c.rule_id for c in view.explanation.contributions}
     for lead in BRACES:
         assert (await store.view(lead, T0 + 30)) is not None, lead
     assert {v.lead_id for v in await store.top(50, T0 + 40)} == set(BRACES)

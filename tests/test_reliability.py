@@ -26,6 +26,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from leadpulse import layout
 from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.model import ScoringModel
 from leadpulse.dev.simulate import key_for
@@ -84,10 +85,11 @@ async def assert_matches_reference(
         for lead, expected in ref.scores.items():
             view = await store.view(lead, at)
             assert view is not None, lead
-            assert math.isclose(view.score, expected, rel_tol=1e-9, abs_tol=1e-9), (lead, view.score, expected)
+            score = view.explanation.score
+            assert math.isclose(score, expected, rel_tol=1e-9, abs_tol=1e-9), (lead, score, expected)
             assert view.stage == ref.stages[lead], (
-                lead, store.fields(await client.get(store.keys.lead(lead).state)),
-                store.fields(await client.get(Keys(f"ref{worker.tag}").lead(lead).state)))
+                lead, layout.unpack(await client.get(store.keys.lead(lead).state)),
+                layout.unpack(await client.get(Keys(f"ref{worker.tag}").lead(lead).state)))
     finally:
         await client.aclose()
     # Callers have drained the worker (every offset committed, the sweep caught up), so every

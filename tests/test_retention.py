@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import msgpack
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from leadpulse import layout
 from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.model import ScoringModel
@@ -36,8 +36,9 @@ async def expiry(redis: Redis, store: LeadStore, lead: str) -> dict[str, int]:
 
 
 async def traits_deadline(redis: Redis, store: LeadStore, lead: str) -> int | None:
-    state = msgpack.unpackb(await redis.get(store.keys.lead(lead).state), strict_map_key=False)
-    return state[12] if len(state) > 12 and state[12] is not False else None
+    state = layout.unpack(await redis.get(store.keys.lead(lead).state))
+    assert state is not None
+    return state.traits_expiry
 
 
 async def test_a_lead_in_the_first_stage_expires_and_a_staged_one_does_not(redis: Redis, model: ScoringModel) -> None:
@@ -86,7 +87,7 @@ async def test_a_lead_that_comes_back_after_expiring_starts_afresh(redis: Redis,
         event("profile", "identify", T0, lead="x3", traits={"seniority": "vp", "industry": "software"}),
         event("web", "demo_request", T0 + 1, lead="x3", event_id="x3-demo"),
     ]))
-    assert (await store.view("x3", T0 + 2)).fit_score == 35
+    assert (await store.view("x3", T0 + 2)).explanation.fit_score == 35
     # Redis expires the state first; the traits may outlive it by up to ttl/8.
     await redis.delete(store.keys.lead("x3").state, store.keys.lead("x3").dedup)
     later = T0 + 500 * DAY
@@ -95,9 +96,9 @@ async def test_a_lead_that_comes_back_after_expiring_starts_afresh(redis: Redis,
         event("web", "demo_request", later + 1, lead="x3"),
     ]))
     view = await store.view("x3", later + 2)
-    by_rule = {c.rule_id: c.points for c in view.contributions}
+    by_rule = {c.rule_id: c.points for c in view.explanation.contributions}
     assert by_rule["demo_request"] == pytest.approx(50)  # `once` awards again: a fresh lead
-    assert view.fit_score == 15  # the stale seniority and industry are not merged in
+    assert view.explanation.fit_score == 15  # the stale seniority and industry are not merged in
     assert "seniority_exec" not in by_rule and "industry_target" not in by_rule
 
 
@@ -131,7 +132,7 @@ async def test_anonymous_visitors_are_bounded_by_the_settings(redis: Redis, mode
     assert (await store.apply(positions([link]))).outcomes == [SCORED]
     assert 0 < await redis.pttl(store.keys.anon("v1").alias) <= 5 * DAY
     view = await store.view("v1-lead", T0 + 10)
-    assert {c.rule_id: c.points for c in view.contributions}["pricing_page"] > 0
+    assert {c.rule_id: c.points for c in view.explanation.contributions}["pricing_page"] > 0
     # The merged events are deduplicated against the lead, by hash, like any other.
     assert (await store.apply(positions([views[-1]._replace(lead_id="v1-lead", anonymous_id=None)]))).outcomes == [DUPLICATE]
 

@@ -8,6 +8,7 @@ import math
 from importlib.resources import files
 from typing import Any
 
+import jsonschema
 import msgpack
 import orjson
 import pytest
@@ -15,13 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from leadpulse import erasure, handoff, layout
 from leadpulse import events as contract
+from leadpulse.bounds import Retention
 from leadpulse.dev.embedded import RedisServer
+from leadpulse.dev.simulate import journeys
 from leadpulse.events import Event
+from leadpulse.explanation import LeadView
 from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
-from leadpulse.dev.simulate import journeys
-from leadpulse.state import DUPLICATE, SCORED, LeadStore
+from leadpulse.state import DUPLICATE, SCORED, LeadStore, Transition
 
 from .fixtures import DAY, T0, event
 from .reference import reference_score
@@ -117,8 +121,8 @@ def test_score_equals_the_plain_sum_for_any_arrival_order(
     view = asyncio.run(run())
     expected = reference_score(terms, at)
     scale = sum(abs(p) for p, _, _ in terms)
-    assert abs(view.score - expected) <= 1e-9 * scale, (view.score, expected)
-    assert math.isclose(sum(c.points for c in view.contributions), view.score, rel_tol=1e-12, abs_tol=1e-9)
+    assert abs(view.explanation.score - expected) <= 1e-9 * scale, (view.explanation.score, expected)
+    assert math.isclose(sum(c.points for c in view.explanation.contributions), view.explanation.score, rel_tol=1e-12, abs_tol=1e-9)
 
 
 async def test_landmark_is_renormalised_long_before_exp_overflows(store: LeadStore) -> None:
@@ -128,8 +132,8 @@ async def test_landmark_is_renormalised_long_before_exp_overflows(store: LeadSto
     at = T0 + 24 * 30 * DAY + 3_600_000
     view = await store.view("r", at)
     expected = reference_score([(20, e.occurred_at, 2 * 3_600_000) for e in events], at)
-    assert math.isfinite(view.score)
-    assert view.score == pytest.approx(expected, rel=1e-9)
+    assert math.isfinite(view.explanation.score)
+    assert view.explanation.score == pytest.approx(expected, rel=1e-9)
 
 
 # --- 2. idempotence ------------------------------------------------------------------------
@@ -161,7 +165,7 @@ async def test_a_redis_that_lost_its_scripts_and_data_gets_both_back(store: Lead
     assert store.scripts.reloads == 1  # this batch found the scripts gone
     await store.apply([(event("web", "page_view", T0, lead="r2", url="https://x.io/pricing"), "t:0:3")])
     assert store.rule_codes == codes and await redis.hgetall(store.keys.rules) == table
-    assert (await store.view("r2", T0)).score == pytest.approx(50 + 3 + 25)
+    assert (await store.view("r2", T0)).explanation.score == pytest.approx(50 + 3 + 25)
     assert LeadStore(redis, store.model).scripts.reloads == 0  # the count is this store's, not global
 
 
@@ -169,7 +173,7 @@ async def test_duplicates_within_one_batch_count_once(store: LeadStore) -> None:
     e = event("web", "demo_request", T0, lead="d2")
     result = await store.apply([(e, "t:0:1"), (e, "t:0:2")])
     assert result.outcomes == [SCORED, DUPLICATE]
-    assert (await store.view("d2", T0)).score == pytest.approx(50)
+    assert (await store.view("d2", T0)).explanation.score == pytest.approx(50)
 
 
 async def test_the_dedup_window_runs_on_arrival_time_and_bounds_memory(store: LeadStore, redis: Redis) -> None:
@@ -205,7 +209,7 @@ async def test_rolling_window_cap_and_once(store: LeadStore) -> None:
     regs = [event("webinar", "registered", T0 + k, lead="c") for k in range(3)]
     await store.apply(positions(opens + regs))
     view = await store.view("c", T0 + 5 * 3_600_000)
-    by_rule = {c.rule_id: c.points for c in view.contributions}
+    by_rule = {c.rule_id: c.points for c in view.explanation.contributions}
     assert sum(4 * 2 ** (-(T0 + 5 * 3_600_000 - e.occurred_at) / DAY) for e in opens[:2]) + 2 * 2 ** (
         -(3 * 3_600_000) / DAY
     ) == pytest.approx(by_rule["opens"])  # 4 + 4 + 2 = the cap of 10
@@ -214,7 +218,7 @@ async def test_rolling_window_cap_and_once(store: LeadStore) -> None:
     later = event("email", "open", T0 + 8 * DAY, lead="c")
     await store.apply(positions([later]))
     view2 = await store.view("c", T0 + 8 * DAY)
-    assert {c.rule_id: c.points for c in view2.contributions}["opens"] > 4
+    assert {c.rule_id: c.points for c in view2.explanation.contributions}["opens"] > 4
 
 
 # --- 3. promotion once, re-alert after demotion --------------------------------------------
@@ -230,7 +234,7 @@ async def test_promotion_is_reported_once_with_its_explanation(store: LeadStore)
     assert (t.kind, t.from_stage, t.to_stage, t.event_id) == ("promoted", 0, 1, "b")
     assert t.score == pytest.approx(3 * 2 ** (-1000 / DAY) + 25 * 2 ** (-1000 / (30 * DAY)) + 50)
     assert t.threshold == 40
-    assert {"r:demo", "r:pricing", "r:visit"} <= set(t.snapshot)
+    assert {c.rule_id for c in t.explanation.contributions} == {"demo", "pricing", "visit"}
     more = await store.apply(positions([event("web", "page_view", T0 + 2000, lead="h", url="/pricing/x")]))
     assert more.transitions == []  # already MQL: no second alert
 
@@ -273,7 +277,7 @@ async def test_sql_needs_its_minimum_grade(store: LeadStore) -> None:
     (t,) = (await store.apply(positions([identify]))).transitions
     assert (t.kind, t.to_stage) == ("promoted", 2)
     view = await store.view("g", T0 + 3)
-    assert view.fit_grade == "B"
+    assert view.explanation.fit_grade == "B"
     assert view.stage == "sql"
 
 
@@ -319,21 +323,69 @@ async def test_packing_keeps_every_double_exactly(redis: Redis) -> None:
     assert b"\xca\x3f\xc0\x00\x00" in packed  # 1.5 went as a float32: the exact-only shortcut is taken
 
 
-async def test_the_stored_state_is_what_the_scripts_computed(store: LeadStore, redis: Redis) -> None:
-    # The 2-hour half-life rule over months moves the landmark; the snapshot of the transition
-    # prints the sums the script held (%.17g) and the stored state must hold exactly those.
+async def test_the_packed_layout_is_the_one_layout_py_names(redis: Redis, tmodel: ScoringModel) -> None:
+    # lib.lua writes the state, layout.py names its fields: every field of a state the scripts
+    # wrote, read by name, holds what the events put there.
+    store = LeadStore(redis, tmodel, retention=Retention(lead_ttl_ms=400 * DAY))
+    now = T0 + 3 * DAY
+    staged = [
+        event("web", "page_view", T0, lead="lay", url="/blog"),
+        event("web", "page_view", T0, lead="lay", url="/blog"),
+        *[event("email", "open", T0 + k, lead="lay") for k in range(1, 4)],
+        event("webinar", "registered", T0 + 5, lead="lay"),
+        event("web", "demo_request", T0 + DAY, lead="lay"),  # mql
+        event("email", "unsubscribe", T0 + DAY + 1, lead="lay"),  # lead
+        event("web", "page_view", T0 + 2 * DAY, lead="lay", url="/pricing"),  # mql
+        event("email", "unsubscribe", T0 + 2 * DAY + 1, lead="lay"),  # lead
+        event("web", "demo_request", T0 + 2 * DAY + 2, lead="lay"),  # mql
+        event("profile", "identify", T0 + 2 * DAY + 3, lead="lay", traits={"employees": 80, "email": "a@gmail.com"}),
+    ]
+    transitions = (await store.apply(positions(staged), now=now)).transitions
+    await store.apply(positions([event("profile", "identify", T0, lead="idle", traits={"seniority": "vp"})]), now=now)
+    state = layout.unpack(await redis.get(store.keys.lead("lay").state))
+    code = store.rule_codes
+    fast, slow = (math.log(2) / (h * DAY) for h in (1, 30))
+    assert state is not None and state.format == layout.FORMAT
+    assert (state.base, state.clock, state.landmark) == (T0, 2 * DAY + 3, 0)  # L: the first decayed award
+    assert (state.stage, state.seq) == (1, 5) and [t.seq for t in transitions] == [1, 2, 3, 4, 5]
+    assert state.base + state.clock + state.due == await redis.zscore(store.keys.due, "lay")
+    assert state.oldest_arrival == now // 1000
+    assert state.indexes == 3  # in the due index and in the top index
+    exact = pytest.approx
+    assert state.sums == {  # [S, latest occurrence - B]: S = Σ p·e^{λ(t - L)}
+        code["visit"]: [exact(6 + 3 * math.exp(fast * 2 * DAY), rel=1e-15), 2 * DAY],
+        code["opens"]: [exact(4 * math.exp(fast) + 4 * math.exp(fast * 2) + 2 * math.exp(fast * 3), rel=1e-15), 3],
+        code["reg"]: [exact(5 * math.exp(slow * 5), rel=1e-15), 5],
+        code["demo"]: [exact(50 * math.exp(slow * DAY) + 50 * math.exp(slow * (2 * DAY + 2)), rel=1e-15), 2 * DAY + 2],
+        code["unsub"]: [-80, 2 * DAY + 1],
+        code["pricing"]: [exact(25 * math.exp(slow * 2 * DAY), rel=1e-15), 2 * DAY],
+    }
+    assert state.fit == {code["icp"]: 15, code["gmail"]: -10}
+    assert state.caps == {code["opens"]: [1, 4, 2, 4, 3, 2], code["reg"]: 5}  # awards of a window cap, a `once`
+    assert state.traits_expiry is None  # staged: kept for good
+    idle = layout.unpack(await redis.get(store.keys.lead("idle").state))
+    assert idle is not None and idle.stage == 0 and idle.traits_expiry is not None
+    assert idle.traits_expiry == now // 1000 + 400 * DAY // 1000 + 400 * DAY // 8000  # ttl + ttl/8 from `now`
+    assert (idle.base, idle.clock, idle.landmark, idle.sums, idle.due) == (T0, 0, None, {}, None)
+    await erasure.erase(store, "lay")
+    assert await redis.get(store.keys.lead("lay").state) == layout.TOMBSTONE
+    assert layout.unpack(layout.TOMBSTONE) is None
+
+
+async def test_a_transition_carries_what_a_read_of_its_state_gives(store: LeadStore, redis: Redis) -> None:
+    # The 2-hour half-life rule over months moves the landmark: the transition is explained by
+    # the script that decided it, a read of the stored state at crossed_at by read.lua. The same
+    # numbers, to the last bit.
     events = [event("webinar", "attended", T0 + k * 20 * DAY, lead="ps", minutes=40) for k in range(8)]
     events += [event("email", "click", T0 + 160 * DAY + k, lead="ps", url="u") for k in range(3)]
     events += [event("web", "demo_request", T0 + 161 * DAY, lead="ps")]
     (t,) = (await store.apply(positions(events))).transitions
-    fields = store.fields(await redis.get(store.keys.lead("ps").state))
-    assert fields is not None
-    rules = {k for k in t.snapshot if k[:2] in ("r:", "f:")}
-    assert rules == {k for k in fields if k[:2] in ("r:", "f:")} and len(rules) == 3
-    for k in rules:
-        assert [float(x) for x in fields[k].split()] == [float(x) for x in t.snapshot[k].split()], k
-    assert int(fields["L"]) > T0 + 100 * DAY  # renormalised
-    assert (fields["L"], fields["c"], fields["s"]) == (t.snapshot["L"], t.snapshot["c"], t.snapshot["s"])
+    state = layout.unpack(await redis.get(store.keys.lead("ps").state))
+    assert state is not None and state.base + state.landmark > T0 + 100 * DAY  # renormalised
+    view = await store.view("ps", t.crossed_at)
+    assert view is not None and view.explanation == t.explanation
+    assert [c.rule_id for c in t.explanation.contributions] == ["demo", "click", "minutes"]
+    assert t.explanation.score == t.score >= t.threshold
 
 
 @pytest.mark.parametrize("which", ["default", "test"])
@@ -392,11 +444,11 @@ async def test_anonymous_activity_merges_exactly_into_the_lead(store: LeadStore,
     direct = [e._replace(lead_id="m2", anonymous_id=None) for e in [*anon_events, link, later]]
     await store.apply(positions(direct))
     at = T0 + 6 * 3_600_000
-    assert (await store.view("m", at)).score == pytest.approx((await store.view("m2", at)).score, rel=1e-12)
+    assert (await store.view("m", at)).explanation.score == pytest.approx((await store.view("m2", at)).explanation.score, rel=1e-12)
     assert not await redis.exists("lp:a{cookie}:s")  # the log moved into the lead
     # Linking again (a retried identify) changes nothing.
     await store.apply([(link._replace(event_id="again"), "t:1:1")])
-    assert (await store.view("m", at)).score == pytest.approx((await store.view("m2", at)).score, rel=1e-12)
+    assert (await store.view("m", at)).explanation.score == pytest.approx((await store.view("m2", at)).explanation.score, rel=1e-12)
 
 
 # --- 6. reads -------------------------------------------------------------------------------
@@ -410,12 +462,128 @@ async def test_read_returns_breakdown_and_contributions_that_sum_to_the_score(st
     ]
     await store.apply(positions(events))
     view = await store.view("v", T0 + 3 * DAY)
-    assert view.fit_score == 5 and view.fit_grade == "D"
-    assert set(view.breakdown) == {"fast", "slow", "flat", "fitcat"}
-    assert sum(view.breakdown.values()) == pytest.approx(view.score)
-    assert sum(c.points for c in view.contributions) == pytest.approx(view.score)
+    assert view.explanation.fit_score == 5 and view.explanation.fit_grade == "D"
+    assert set(view.explanation.breakdown) == {"fast", "slow", "flat", "fitcat"}
+    assert sum(view.explanation.breakdown.values()) == pytest.approx(view.explanation.score)
+    assert sum(c.points for c in view.explanation.contributions) == pytest.approx(view.explanation.score)
     assert view.model_version == "test-1"
     assert await store.view("nobody", T0) is None
+
+
+# What a lead can be sent, per model: (source, type, properties, traits). The test model's
+# KINDS, a capped and a `once` rule, identifies that move the fit grade (SQL needs C); the
+# default model's many rules per category (the order in which a sum adds its terms matters).
+MOVES = {
+    "test": [
+        *[(source, type_, props, {}) for source, type_, props, _ in KINDS],
+        ("email", "open", {}, {}),
+        ("webinar", "registered", {}, {}),
+        ("profile", "identify", {}, {"seniority": "vp"}),
+        ("profile", "identify", {}, {"employees": 500}),
+        ("profile", "identify", {}, {"employees": 10, "email": "x@gmail.com"}),
+    ],
+    "default": [
+        *[("web", "page_view", {"url": f"https://x.io/{path}"}, {}) for path in ("pricing", "customers/a", "vs/y", "blog")],
+        *[("web", type_, {}, {}) for type_ in ("demo_request", "form_submit", "content_download")],
+        *[("email", type_, {}, {}) for type_ in ("open", "click", "reply", "unsubscribe", "bounce")],
+        *[("webinar", type_, {}, {}) for type_ in ("registered", "question_asked", "no_show")],
+        *[("webinar", "attended", {"minutes": m}, {}) for m in (45, 10)],
+        ("profile", "identify", {}, {"seniority": "vp", "job_title": "VP Sales", "department": "sales"}),
+        ("profile", "identify", {}, {"employees": 200, "industry": "saas", "annual_revenue": 2e7, "budget": "yes"}),
+        ("profile", "identify", {}, {"employees": 5, "email": "x@gmail.com", "timeline": "now"}),
+    ],
+}
+
+
+@pytest.mark.parametrize("which", ["test", "default"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.tuples(st.integers(0, 99), st.integers(0, 60 * DAY)), min_size=1, max_size=25))
+def test_reads_and_handoffs_never_disagree(redis_server: RedisServer, tmodel: ScoringModel, model: ScoringModel,
+                                           which: str, items: list[tuple[int, int]]) -> None:
+    # After each event that causes a transition, and after the sweep's demotions, the lead is read
+    # at crossed_at (GET /leads/{id}'s view, /leads/top's) and compared with the handoff: the same
+    # state at the same instant, so the same score, breakdown, grade and contributions.
+    from leadpulse.api import lead_json
+
+    handoff_schema = jsonschema.Draft202012Validator(contract.load_schema("handoff.schema.json"),
+                                                     format_checker=jsonschema.FormatChecker())
+    used, moves = (tmodel, MOVES["test"]) if which == "test" else (model, MOVES["default"])
+
+    async def run() -> list[tuple[Transition, LeadView | None, LeadView | None]]:
+        client = Redis.from_url(redis_server.url)
+        try:
+            await client.flushdb()
+            store = LeadStore(client, used)
+            seen: list[tuple[Transition, LeadView | None, LeadView | None]] = []
+
+            async def read(transitions: list[Transition]) -> None:
+                for t in transitions:
+                    top = {v.lead_id: v for v in await store.top(10, t.crossed_at)}
+                    seen.append((t, await store.view("q", t.crossed_at), top.get("q")))
+
+            for n, (kind, offset) in enumerate(items):
+                source, type_, props, traits = moves[kind % len(moves)]
+                e = event(source, type_, T0 + offset, lead="q", event_id=f"q{n}", traits=traits, **props)
+                # The event's own transition: the state it was decided on is the one stored now (a
+                # demotion caught up before the event was decided before the event's points).
+                await read([t for t in (await store.apply([(e, f"t:0:{n}")])).transitions if t.event_id == e.event_id])
+            await read(await store.sweep(T0 + 400 * DAY))
+            return seen
+        finally:
+            await client.aclose()
+
+    for t, view, top in asyncio.run(run()):
+        assert view is not None and view.explanation == t.explanation
+        if view.stage != used.stages[0].name:
+            assert top is not None
+        assert top is None or top.explanation == t.explanation
+        record, read = handoff.build(used, t), lead_json(view)
+        handoff_schema.validate(record)
+        fields = ("score", "fit_grade", "fit_score", "breakdown")
+        assert {k: record[k] for k in fields} == {k: read[k] for k in fields}
+        signals = [{k: s[k] for k in ("rule_id", "category", "points", "last_occurred_at")} for s in record["top_signals"]]
+        positive = [read["contributions"][i] for i, c in enumerate(view.explanation.contributions) if c.points > 0]
+        assert signals == positive[: handoff.TOP_SIGNALS]
+        # and the score reported is the one decided on
+        if t.kind == "promoted":
+            assert t.score >= t.threshold
+        else:
+            assert t.score < t.threshold or t.explanation.fit_grade > (used.stages[t.from_stage].min_grade or "D")
+
+
+def _as_stored_before(t: list[Any], state: layout.PackedState) -> list[Any]:
+    """A transition (as the scripts store it) as the previous version stored it, in JSON: numbers
+    as text, the score, then the lead's sums (lib.lua's former `snapshot`) for the explanation."""
+    base = state.base
+    snapshot = ["L", str(base + state.landmark), "s", str(state.stage), "c", str(base + state.clock)]
+    for code, (total, last) in state.sums.items():
+        snapshot += [f"r:{code}", f"{float(total)!r} {base + last}"]
+    for code, points in state.fit.items():
+        snapshot += [f"f:{code}", repr(float(points))]
+    seq, kind, frm, to, at, event_id, threshold, explanation = t
+    return [seq, kind, frm, to, str(at), event_id, repr(float(explanation[0])), repr(float(threshold)), snapshot]
+
+
+async def test_transitions_stored_by_the_previous_version_come_back_explained(store: LeadStore, redis: Redis) -> None:
+    # Replay logs and outboxes written before transitions carried their explanation hold the
+    # lead's sums instead: a replay or a re-sweep explains them from those sums, as then.
+    demo = event("web", "demo_request", T0, lead="old")
+    promoted = (await store.apply(positions([demo]))).transitions
+    keys = store.keys.lead("old")
+    state = layout.unpack(await redis.get(keys.state))
+    assert state is not None and [t.to_stage for t in promoted] == [1]
+    log = msgpack.unpackb(await redis.get(keys.replay))
+    for rec in log:
+        rec[2] = [_as_stored_before(t, state) for t in rec[2]]
+    await redis.set(keys.replay, orjson.dumps(log))
+    replayed = await store.apply([(demo, "t:0:0")])
+    assert replayed.outcomes == [DUPLICATE] and replayed.transitions == promoted
+    (demoted,) = await store.sweep(T0 + 20 * DAY)  # below the floor 35 after 30d·log2(50/35)
+    state = layout.unpack(await redis.get(keys.state))
+    assert state is not None
+    outbox = msgpack.unpackb(await redis.get(keys.outbox))
+    await redis.set(keys.outbox, orjson.dumps([_as_stored_before(t, state) for t in outbox]))
+    assert await store.sweep(T0 + 21 * DAY) == [demoted]
 
 
 async def test_top_ranks_staged_leads_by_score_now(store: LeadStore) -> None:
@@ -424,7 +592,7 @@ async def test_top_ranks_staged_leads_by_score_now(store: LeadStore) -> None:
     await store.apply(positions([event("web", "page_view", T0, lead="cold", url="/blog")]))
     top = await store.top(10, T0 + 11 * DAY)
     assert [v.lead_id for v in top] == ["new", "old"]
-    assert top[0].score > top[1].score
+    assert top[0].explanation.score > top[1].explanation.score
 
 
 async def test_decay_demotions_are_the_same_whether_swept_in_time_or_caught_up_later(store: LeadStore) -> None:
@@ -475,7 +643,7 @@ async def test_a_changed_model_never_jams_the_store(store: LeadStore, redis: Red
     assert result.outcomes == [SCORED]
     view = await other.view("mc", T0 + 10)
     assert view.stage == "mql"
-    assert {c.rule_id: c.points for c in view.contributions}["opens"] == pytest.approx(10, rel=1e-3)
+    assert {c.rule_id: c.points for c in view.explanation.contributions}["opens"] == pytest.approx(10, rel=1e-3)
 
 
 async def test_free_form_properties_never_break_matching(redis: Redis) -> None:

@@ -17,8 +17,8 @@ from faust.web import Request, Response, View
 from redis.exceptions import RedisError
 
 from .admin import forget
-from .engine import LeadView
 from .errors import StateError
+from .explanation import LeadView
 from .handoff import iso
 from .metrics import Metrics
 from .probes import Readiness, add_probes
@@ -46,13 +46,14 @@ async def client_errors(
 
 
 def lead_json(view: LeadView) -> dict[str, Any]:
+    why = view.explanation
     return {
         "lead_id": view.lead_id,
-        "score": round(view.score, 6),
+        "score": round(why.score, 6),
         "stage": view.stage,
-        "fit_grade": view.fit_grade,
-        "fit_score": view.fit_score,
-        "breakdown": {k: round(v, 6) for k, v in view.breakdown.items()},
+        "fit_grade": why.fit_grade,
+        "fit_score": why.fit_score,
+        "breakdown": {k: round(v, 6) for k, v in why.breakdown.items()},
         "contributions": [
             {
                 "rule_id": c.rule_id,
@@ -60,9 +61,9 @@ def lead_json(view: LeadView) -> dict[str, Any]:
                 "points": round(c.points, 6),
                 "last_occurred_at": iso(c.last_occurred_at) if c.last_occurred_at is not None else None,
             }
-            for c in view.contributions
+            for c in why.contributions
         ],
-        "last_event_at": iso(view.last_event_at) if view.last_event_at is not None else None,
+        "last_event_at": iso(view.last_event_at),
         "as_of": iso(view.at),
         "model_version": view.model_version,
     }

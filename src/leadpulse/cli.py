@@ -111,11 +111,12 @@ def produce(file: Any, leads: int, seed: int, now: bool, **options: Any) -> None
 def _view_text(view: Any) -> str:
     from .handoff import iso
 
+    why = view.explanation
     lines = [
-        f"{view.lead_id}: score {view.score:.1f}  stage {view.stage}  fit grade {view.fit_grade} ({view.fit_score:+.0f})",
-        "  breakdown: " + ", ".join(f"{k} {v:+.1f}" for k, v in view.breakdown.items()),
+        f"{view.lead_id}: score {why.score:.1f}  stage {view.stage}  fit grade {why.fit_grade} ({why.fit_score:+.0f})",
+        "  breakdown: " + ", ".join(f"{k} {v:+.1f}" for k, v in why.breakdown.items()),
     ]
-    for c in view.contributions:
+    for c in why.contributions:
         when = f"  (last {iso(c.last_occurred_at)})" if c.last_occurred_at else ""
         lines.append(f"  {c.points:+8.2f}  {c.rule_id:<28} {c.category}{when}")
     return "\n".join(lines)
@@ -165,7 +166,7 @@ def top(limit: int, as_json: bool, **options: Any) -> None:
         click.echo(orjson.dumps([lead_json(v) for v in views]).decode())
         return
     for v in views:
-        click.echo(f"{v.score:8.1f}  {v.stage:<5} {v.fit_grade}  {v.lead_id}")
+        click.echo(f"{v.explanation.score:8.1f}  {v.stage:<5} {v.explanation.fit_grade}  {v.lead_id}")
 
 
 @main.command()

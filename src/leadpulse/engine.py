@@ -1,21 +1,18 @@
-"""Pure scoring: which rules an event matches, fit from traits, and explaining a lead's state.
+"""Pure scoring: which rules an event matches, and fit from traits.
 
-No I/O here. `state.py` keeps the running sums in Redis; this module decides what to add and
-turns a stored snapshot into a score, a grade, a stage and its explanation at any instant.
+No I/O here. This module decides what to add; the scripts (lua/lib.lua, through `state.py`) keep
+the running sums in Redis and compute every score, grade, stage and explanation from them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .events import Event
 from .model import GRADES, Predicate, ScoringModel
 from .patterns import glob_matcher, regex_matcher
 
-LN2 = math.log(2)
 Check = Callable[[Any], bool]
 
 
@@ -157,94 +154,6 @@ class Scorer:
 
     def kept_traits(self, traits: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in traits.items() if k in self.fit_traits}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a snapshot: the same arithmetic as the Lua scripts, in Python, for reads and handoffs.
-
-
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    rule_id: str
-    category: str
-    points: float  # at the instant read, after decay, weight and category cap
-    last_occurred_at: int | None  # epoch ms; None for fit rules
-
-
-@dataclass(frozen=True, slots=True)
-class LeadView:
-    lead_id: str
-    at: int
-    score: float
-    stage: str
-    fit_grade: str
-    fit_score: float
-    breakdown: dict[str, float]
-    contributions: tuple[Contribution, ...]
-    last_event_at: int | None
-    model_version: str
-
-
-class Explainer:
-    def __init__(self, model: ScoringModel) -> None:
-        self.model = model
-        self._half_life = {r.id: model.half_life_ms(r) for r in model.rules}
-        self._category = {r.id: r.category for r in (*model.rules, *model.fit.rules)}
-
-    def view(self, lead_id: str, fields: Mapping[str, str], at: int) -> LeadView:
-        """Score, grade, stage and per-rule contributions of a stored lead hash at instant `at`."""
-        model = self.model
-        landmark = int(fields.get("L", at))
-        raw: list[tuple[str, str, float, int | None]] = []
-        fit_score = 0.0
-        for key, value in fields.items():
-            if key.startswith("r:"):
-                rule_id = key[2:]
-                if rule_id not in self._category:
-                    continue  # a rule removed from the model: `leadpulse rescore` drops its points
-                s, _, t = value.partition(" ")
-                hl = self._half_life.get(rule_id)
-                points = float(s) * (1.0 if hl is None else math.exp(-LN2 / hl * (at - landmark)))
-                raw.append((rule_id, self._category[rule_id], points, int(t)))
-            elif key.startswith("f:"):
-                rule_id = key[2:]
-                if rule_id not in self._category:
-                    continue
-                points = float(value)
-                fit_score += points
-                raw.append((rule_id, self._category[rule_id], points, None))
-        by_cat: dict[str, float] = {}
-        for _, cat, points, _ in raw:
-            by_cat[cat] = by_cat.get(cat, 0.0) + points
-        scale: dict[str, float] = {}
-        breakdown: dict[str, float] = {}
-        for cat, total in by_cat.items():
-            spec = model.categories[cat]
-            weighted = spec.weight * total
-            capped = min(weighted, spec.cap) if spec.cap is not None else weighted
-            breakdown[cat] = capped
-            scale[cat] = (capped / total) if total else 0.0
-        contributions = tuple(
-            sorted(
-                (Contribution(rid, cat, points * scale[cat], t) for rid, cat, points, t in raw),
-                key=lambda c: -abs(c.points),
-            )
-        )
-        stage_index = int(fields.get("s", 0))
-        stage = model.stages[min(stage_index, len(model.stages) - 1)].name
-        clock = fields.get("c")
-        return LeadView(
-            lead_id=lead_id,
-            at=at,
-            score=sum(breakdown.values()),
-            stage=stage,
-            fit_grade=model.fit.grade(fit_score),
-            fit_score=fit_score,
-            breakdown=breakdown,
-            contributions=contributions,
-            last_event_at=int(clock) if clock is not None else None,
-            model_version=model.version,
-        )
 
 
 def grade_rank(letter: str | None) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from . import scripts
+from . import layout, scripts
 from .errors import StateError
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ async def erase(store: LeadStore, lead_id: str) -> bool:
     try:
         existed = await store.scripts.run(
             scripts.ERASE, [*keys.indexes(keys.shard(lead_id)), lead.state, lead.dedup, lead.replay, lead.traits, lead.outbox],
-            [lead_id, store.retention.tombstone_ttl_ms],
+            [lead_id, store.retention.tombstone_ttl_ms, layout.TOMBSTONE],
         )
         await unlink(store, {lead_id}, {})
     except RedisError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .engine import Explainer
 from .model import ScoringModel
 from .state import Transition
 
@@ -22,21 +21,23 @@ def publishes(model: ScoringModel, t: Transition) -> bool:
     return stage.handoff
 
 
-def build(model: ScoringModel, explainer: Explainer, t: Transition) -> dict[str, Any]:
-    view = explainer.view(t.lead_id, t.snapshot, t.crossed_at)
+def build(model: ScoringModel, t: Transition) -> dict[str, Any]:
+    """The record of a transition: its numbers are those the script that decided it computed
+    (t.explanation, lib.lua `explain`), rounded for the reader."""
+    why = t.explanation
     rules = model.rule_index
-    signals = [c for c in view.contributions if c.points > 0][:TOP_SIGNALS]
+    signals = [c for c in why.contributions if c.points > 0][:TOP_SIGNALS]
     return {
         "handoff_id": t.handoff_id,
         "kind": t.kind,
         "lead_id": t.lead_id,
         "stage": model.stages[t.to_stage].name,
         "previous_stage": model.stages[t.from_stage].name,
-        "score": round(t.score, 6),
+        "score": round(why.score, 6),
         "threshold": t.threshold,
-        "fit_grade": view.fit_grade,
-        "fit_score": view.fit_score,
-        "breakdown": {cat: round(v, 6) for cat, v in view.breakdown.items()},
+        "fit_grade": why.fit_grade,
+        "fit_score": why.fit_score,
+        "breakdown": {cat: round(v, 6) for cat, v in why.breakdown.items()},
         "top_signals": [
             {
                 "rule_id": c.rule_id,

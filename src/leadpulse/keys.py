@@ -3,11 +3,11 @@
 All keys of one lead share one hash tag, so a lead's state lives in one hash slot and its Lua
 scripts work on Redis Cluster. The prefix separates deployments sharing a Redis.
 
-  <p>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack, laid out in lua/lib.lua),
-                            or the tombstone of an erased lead (lua/erase.lua)
+  <p>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack; layout.py names its
+                            fields), or the tombstone of an erased lead (lua/erase.lua)
   <p>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: arrival ms)
   <p>:l{<lead>}:x   string  transitions of recent events, re-emitted when a message is replayed
-                            (JSON; written only by events that cause one; expires after the
+                            (msgpack; written only by events that cause one; expires after the
                             dedup window)
   <p>:l{<lead>}:p   string  the fit-relevant traits (JSON; identified leads only)
   <p>:l{<lead>}:o   string  demotions the sweep decided and not yet acknowledged as published

@@ -247,7 +247,7 @@ class Processor:
             try:
                 if not publishes(self.model, t) or t.handoff_id in self.published:
                     continue
-                record = build(self.model, self.store.explainer, t)
+                record = build(self.model, t)
                 built.append(Handoff(t, t.lead_id.encode(), orjson.dumps(record), record["stage"], record["previous_stage"]))
             except Exception as exc:  # noqa: BLE001 - this transition's record only; the caller decides
                 failed.append((t, exc))

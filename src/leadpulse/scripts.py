@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 _LIB = "lib.lua"
-_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua"})
+_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua"})
 
 
 class Script:
@@ -28,13 +28,14 @@ class Script:
 APPLY = Script("apply.lua")
 SWEEP = Script("sweep.lua")
 ACK = Script("ack.lua")
+READ = Script("read.lua")
 ANON = Script("anon.lua")
 LINK = Script("link.lua")
 RETIRE = Script("retire.lua")
 RULES = Script("rules.lua")
 ERASE = Script("erase.lua")
 UNLINK = Script("unlink.lua")
-ALL = (APPLY, SWEEP, ACK, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
 
 
 async def load_all(redis: Redis) -> None:

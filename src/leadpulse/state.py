@@ -22,11 +22,12 @@ from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import erasure, scripts
+from . import erasure, layout, scripts
 from .bounds import Retention
-from .engine import Explainer, LeadView, Scorer, grade_rank
+from .engine import Scorer, grade_rank
 from .errors import LeadPulseError, RedisRefused, StateError
 from .events import Event
+from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
 
@@ -39,8 +40,8 @@ _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
-    category per rule, categories, caps, stages, grades; and how long an idle lead in the
-    first stage is kept (0: forever)."""
+    category per rule, categories, caps, stages, grades; how long an idle lead in the first
+    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -74,58 +75,10 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
         "ttl": lead_ttl_ms,
+        "format": layout.FORMAT,
+        "erased": layout.ERASED,
     }
     return bytes(msgpack.packb(spec))
-
-
-#: the layout of the packed lead state (lua/lib.lua); format 0 is an erased lead's tombstone
-STATE_FORMAT = 2
-ERASED_FORMAT = 0
-
-
-def unpack_state(raw: bytes | None) -> list[Any] | None:
-    """A lead's packed state as stored (lua/lib.lua has the layout); None when there is none
-    (or the lead was erased)."""
-    if raw is None:
-        return None
-    state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    if isinstance(state, list) and state[:1] == [ERASED_FORMAT]:
-        return None
-    if not isinstance(state, list) or not state or state[0] != STATE_FORMAT:
-        raise StateError(f"lead state of an unknown format: {state[:1] if isinstance(state, list) else type(state)}")
-    return state
-
-
-def _by_code(table: Any) -> dict[int, Any]:
-    # cmsgpack packs a table keyed 1..n as an array, and an empty one as []
-    return dict(enumerate(table, 1)) if isinstance(table, list) else table
-
-
-def rule_name(code: int, names: Mapping[int, str]) -> str:
-    """The id of a rule code; "#<code>" for a code `names` lacks (no rule of this model)."""
-    return names.get(code) or f"#{code}"
-
-
-def state_fields(raw: bytes | None, names: Mapping[int, str]) -> dict[str, str] | None:
-    """A packed lead state as the fields Explainer.view and handoff snapshots use: L, c, s, q,
-    u, r:<rule> "S t", f:<rule> points (decimal strings that read back exactly). `names`: rule
-    code -> id (LeadStore.rule_names)."""
-    state = unpack_state(raw)
-    if state is None:
-        return None
-    _, base, clock, landmark, stage, seq, due, _, _, sums, fit, _ = state[:12]
-    fields = {"s": str(stage), "q": str(seq)}
-    if clock is not False:
-        fields["c"] = str(int(base + clock))
-        if due is not False:
-            fields["u"] = str(int(base + clock + due))
-    if landmark is not False:
-        fields["L"] = str(int(base + landmark))
-    for code, (total, last) in _by_code(sums).items():
-        fields[f"r:{rule_name(code, names)}"] = f"{float(total)!r} {int(base + last)}"
-    for code, points in _by_code(fit).items():
-        fields[f"f:{rule_name(code, names)}"] = repr(float(points))
-    return fields
 
 
 #: Redis cannot serve for now (a failover, resharding, a dataset loading, a long script, memory,
@@ -175,12 +128,17 @@ class Transition:
     to_stage: int
     crossed_at: int
     event_id: str | None
-    score: float
     threshold: float
-    snapshot: dict[str, str]
+    #: the lead at crossed_at, as the script that decided computed it (lib.lua `explain`)
+    explanation: Explanation
 
     #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
     _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def score(self) -> float:
+        """The score the stage was decided on."""
+        return self.explanation.score
 
     @property
     def handoff_id(self) -> str:
@@ -192,31 +150,31 @@ class Transition:
         return self._handoff_id
 
     @classmethod
-    def from_reply(cls, lead_id: str, raw: Sequence[Any], names: Mapping[int, str]) -> Transition:
-        """A transition as the scripts report it; `names` turns the rule codes of its snapshot
-        (`r:<code>`, `f:<code>`) back into rule ids."""
-        seq, kind, frm, to, at, event_id, score, threshold, snap = raw
-        flat = [_text(x) for x in snap]
-        for i in range(0, len(flat), 2):
-            key = flat[i]
-            if key[:2] in ("r:", "f:"):
-                flat[i] = key[:2] + rule_name(int(key[2:]), names)
+    def from_reply(cls, lead_id: str, raw: Sequence[Any], rules: Mapping[int, str],
+                   categories: Sequence[str]) -> Transition:
+        """A transition as the scripts report it (unpacked); `rules` and `categories` name the
+        codes of its explanation (explanation.explained)."""
+        seq, kind, frm, to, at, event_id, threshold, explanation = raw
         return cls(
             lead_id=lead_id,
-            seq=int(seq),
-            kind=_text(kind),
-            from_stage=int(frm),
-            to_stage=int(to),
-            crossed_at=int(at),
-            event_id=_text(event_id) if event_id else None,
-            score=float(_text(score)),
-            threshold=float(_text(threshold)),
-            snapshot=dict(zip(flat[::2], flat[1::2])),
+            seq=seq,
+            kind=kind,
+            from_stage=frm,
+            to_stage=to,
+            crossed_at=at,
+            event_id=event_id or None,
+            threshold=float(threshold),
+            explanation=explained(explanation, rules, categories),
         )
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _unpack(reply: bytes) -> Any:
+    """A script's reply packed with cmsgpack (apply.lua, sweep.lua, read.lua)."""
+    return msgpack.unpackb(reply, raw=False, strict_map_key=False)
 
 
 #: outcome of each event in a batch; ERASED: refused, its lead was erased (its tombstone, erase.lua)
@@ -245,7 +203,8 @@ class LeadStore:
         self.retention = retention or Retention()
         self.retention.check(model)
         self.scorer = Scorer(model)
-        self.explainer = Explainer(model)
+        #: the spec's category order: explanations name categories by index in it
+        self.categories = tuple(model.categories)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
@@ -268,10 +227,6 @@ class LeadStore:
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
         self._reloads = self.scripts.reloads
-
-    def fields(self, raw: bytes | None) -> dict[str, str] | None:
-        """A lead's packed state (GET of its state key) as Explainer.view reads it."""
-        return state_fields(raw, self.rule_names)
 
     def _alias(self, anonymous_id: str, lead_id: str) -> None:
         """Remember a link; past ALIAS_CACHE the oldest is forgotten (Redis keeps every link and
@@ -449,7 +404,7 @@ class LeadStore:
         erased = set()
         items = iter(leads.items())
         for reply in replies:
-            for lead_reply in orjson.loads(reply):  # apply.lua answers one JSON text per call
+            for lead_reply in _unpack(reply):  # apply.lua answers one packed string per call
                 lead_id, slot = next(items)
                 statuses, transitions = _text(lead_reply[0]), lead_reply[1]
                 for status, i in zip(statuses, slot.index):
@@ -457,7 +412,8 @@ class LeadStore:
                         result.outcomes[i] = _STATUS[status]
                 if statuses[:1] == "e":
                     erased.add(lead_id)
-                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names) for t in transitions)
+                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories)
+                                          for t in transitions)
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
@@ -466,14 +422,9 @@ class LeadStore:
         return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
-        try:
-            await self.ready()
-            fields = self.fields(await self.redis.get(self.keys.lead(lead_id).state))
-        except RedisError as exc:
-            raise StateError(f"redis: {exc}") from exc
-        if fields is None:
-            return None
-        return self.explainer.view(lead_id, fields, at)
+        """The lead at the instant `at`; None when it has no state."""
+        (view,) = await self.read([(lead_id, at)])
+        return view
 
     async def top(self, limit: int, at: int) -> list[LeadView]:
         """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
@@ -483,18 +434,37 @@ class LeadStore:
             for shard in self.keys.shards():
                 pipe.zrevrange(self.keys.indexes(shard)[1], 0, want - 1, withscores=True)
             ranked = [(rank, _text(m)) for rows in await pipe.execute() for m, rank in rows]
-            candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
-            pipe = self.redis.pipeline(transaction=False)
-            for lead in candidates:
-                pipe.get(self.keys.lead(lead).state)
-            raws = await pipe.execute()
-            await self.ready()
-            rows = [self.fields(raw) for raw in raws]
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
-        views = [self.explainer.view(lead, fields, at) for lead, fields in zip(candidates, rows) if fields is not None]
-        views.sort(key=lambda v: -v.score)
+        candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
+        views = [v for v in await self.read([(lead, at) for lead in candidates]) if v is not None]
+        views.sort(key=lambda v: v.explanation.score, reverse=True)
         return views[:limit]
+
+    async def read(self, leads: Sequence[tuple[str, int]]) -> list[LeadView | None]:
+        """Leads, each at its instant (lead id, epoch ms), in their order (None: no state), as
+        read.lua explains them: one call per index shard (one cluster slot) and LEADS_PER_CALL
+        leads, all in one round trip."""
+        groups: dict[str, list[int]] = {}
+        for i, (lead, _) in enumerate(leads):
+            groups.setdefault(self.keys.shard(lead), []).append(i)
+        parts = [members[start : start + LEADS_PER_CALL] for members in groups.values()
+                 for start in range(0, len(members), LEADS_PER_CALL)]
+        try:
+            await self.ready()
+            calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [self.spec, *(leads[i][1] for i in part)])
+                     for part in parts]
+            replies = await self.scripts.pipelined(calls)
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+        views: list[LeadView | None] = [None] * len(leads)
+        for part, reply in zip(parts, replies):
+            for i, found in zip(part, _unpack(reply)):
+                if found:  # [stage, clock, explanation]; false: no state (or erased)
+                    stage, clock, why = found
+                    views[i] = LeadView(*leads[i], self.model.stages[stage].name, clock, self.model.version,
+                                        explained(why, self.rule_names, self.categories))
+        return views
 
     async def sweep(self, now: int, limit: int = 500) -> list[Transition]:
         """Demote the leads whose score has decayed below their stage's floor by `now`.
@@ -513,7 +483,7 @@ class LeadStore:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            out.extend(Transition.from_reply(lead, t, self.rule_names) for t in reply)
+            out.extend(Transition.from_reply(lead, t, self.rule_names, self.categories) for t in _unpack(reply))
         return out
 
     async def ack(self, transitions: Sequence[Transition]) -> None:

@@ -69,19 +69,14 @@ async def score(redis: Redis, model: ScoringModel, leads: Sequence[History]) -> 
                 if t.kind == "promoted":
                     reached[t.lead_id] = max(reached.get(t.lead_id, 0), t.to_stage)
         out: dict[str, Scored] = {}
-        await store.ready()
         for start in range(0, len(leads), 1000):
             part = leads[start : start + 1000]
-            pipe = redis.pipeline(transaction=False)
-            for h in part:
-                pipe.get(keys.lead(h.lead_id).state)
-            for h, raw in zip(part, await pipe.execute()):
-                fields = store.fields(raw)
-                if fields is None:  # no event before its outcome: nothing scored
+            for h, view in zip(part, await store.read([(h.lead_id, h.at) for h in part])):  # as LeadStore.view reads
+                if view is None:  # no event before its outcome: nothing scored
                     out[h.lead_id] = Scored(0.0, 0.0, model.fit.grade(0.0), 0)
                     continue
-                view = store.explainer.view(h.lead_id, fields, h.at)  # what LeadStore.view reads
-                out[h.lead_id] = Scored(view.score, view.fit_score, view.fit_grade, reached.get(h.lead_id, 0))
+                why = view.explanation
+                out[h.lead_id] = Scored(why.score, why.fit_score, why.fit_grade, reached.get(h.lead_id, 0))
         return out
     finally:
         await _forget(redis, keys.prefix)

@@ -58,7 +58,7 @@ def main() -> None:  # pragma: no cover - runs in a child process
         result = await store.apply([(parsed, f"{message.topic}:{message.partition}:{message.offset}")], now)
         for t in result.transitions:
             if publishes(model, t):
-                await handoffs.send(key=t.lead_id.encode(), value=orjson.dumps(build(model, store.explainer, t)))
+                await handoffs.send(key=t.lead_id.encode(), value=orjson.dumps(build(model, t)))
 
     @app.agent(source)
     async def score(stream: Any) -> None:

@@ -16,17 +16,12 @@ async def final_scores(redis_url: str, leads: Sequence[str], at: int) -> dict[st
     client = Redis.from_url(redis_url)
     try:
         store = LeadStore(client, load_model())
-        await store.ready()
         out: dict[str, float] = {}
         for i in range(0, len(leads), 1000):
             chunk = leads[i : i + 1000]
-            pipe = client.pipeline(transaction=False)
-            for lead in chunk:
-                pipe.get(store.keys.lead(lead).state)
-            for lead, raw in zip(chunk, await pipe.execute()):
-                # as LeadStore.view reads a lead, one pipelined round trip per thousand
-                fields = store.fields(raw)
-                out[lead] = store.explainer.view(lead, fields, at).score if fields is not None else math.nan
+            # as LeadStore.view reads a lead, one pipelined round trip per thousand
+            for lead, view in zip(chunk, await store.read([(lead, at) for lead in chunk])):
+                out[lead] = view.explanation.score if view is not None else math.nan
         return out
     finally:
         await client.aclose()

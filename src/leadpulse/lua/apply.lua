@@ -9,11 +9,11 @@
 -- ARGV[2+i]      lead i: msgpack [lead_id, [[member, t, event_id, pos, evaluate, [rule, points, ...],
 --                                             [rule, fit points, ...] | false, traits_json | false] ...]]
 --                (rules by code)
--- Returns one JSON text (one bulk string is far cheaper to read than nested replies): a list
--- with, per lead, [statuses, transitions, stage]
+-- Returns one string packed with cmsgpack (one bulk string is far cheaper to read than nested
+-- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage]
 --   statuses: one character per event: o applied, d duplicate, e refused: the lead was erased
---   transitions: [seq, kind, from, to, crossed_at, event_id | false, score, threshold, snapshot]
---   (an empty list may be encoded as {})
+--   transitions: [seq, kind, from, to, crossed_at, event_id | false, threshold, explanation]
+--   (lib.lua `explain`, at crossed_at)
 local NOW = tonumber(ARGV[2])
 -- Numbers handed to redis.call go through %.17g: pass integers as strings made once.
 local NOW_S, DEDUP_S = ARGV[2], string.format('%d', DEDUP)
@@ -21,7 +21,7 @@ local results = {}
 
 local function replay_log(key)
   local raw = redis.call('GET', key)
-  return raw and cjson.decode(raw) or {}
+  return raw and stored(raw) or {}
 end
 
 for i = 1, #ARGV - 2 do
@@ -47,7 +47,7 @@ for i = 1, #ARGV - 2 do
       replays = replays or replay_log(xkey)
       for _, rec in ipairs(replays) do
         if rec[1] == member and rec[2] == pos then
-          for _, tr in ipairs(rec[3]) do out[#out + 1] = tr end
+          for _, tr in ipairs(rec[3]) do out[#out + 1] = current(tr) end
         end
       end
     else
@@ -65,8 +65,7 @@ for i = 1, #ARGV - 2 do
         -- fit is recomputed from all traits: it replaces every fit rule's points
         local fit = {}
         for j = 1, #op[7], 2 do fit[op[7][j]] = op[7][j + 1] end
-        st.f = fit
-        moved(st)
+        set_fit(st, fit)
       end
       if type(op[8]) == 'string' then traits = op[8] end
       if not st.c or t > st.c then
@@ -108,9 +107,9 @@ for i = 1, #ARGV - 2 do
   if added and TTL > 0 and st.s == 0 then st.dirty = true end
   -- A replay comes within the dedup window, or the event counts as new anyway (with no window,
   -- nothing is ever a replay).
-  if logged and DEDUP > 0 then redis.call('SET', xkey, cjson.encode(replays), 'PX', DEDUP_S) end
+  if logged and DEDUP > 0 then redis.call('SET', xkey, cmsgpack.pack(replays), 'PX', DEDUP_S) end
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
   save(st, NOW)
   results[#results + 1] = {table.concat(statuses), out, st.s}
 end
-return cjson.encode(results)
+return cmsgpack.pack(results)

@@ -4,10 +4,11 @@
 -- KEYS[1] due index   KEYS[2] top index   KEYS[3] state   KEYS[4] dedup set   KEYS[5] replay log
 -- KEYS[6] traits      KEYS[7] outbox
 -- ARGV[1] lead id     ARGV[2] tombstone ttl (ms; 0: kept forever)
+-- ARGV[3] the tombstone: a state of the erased format (layout.py), which lib.lua `load` knows
 -- The caller then unlinks the lead's visitors (its set `…:n`; unlink.lua, each in the visitor's
 -- own slot: on a cluster they live elsewhere) and deletes the set.
 -- Returns 1 if the lead had a state (not already a tombstone), else 0.
-local TOMBSTONE = cmsgpack.pack({0})  -- format 0: erased (lib.lua)
+local TOMBSTONE = ARGV[3]
 local raw = redis.call('GET', KEYS[3])
 local existed = (raw and raw ~= TOMBSTONE) and 1 or 0
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])

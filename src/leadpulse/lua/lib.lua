@@ -7,27 +7,16 @@
 -- exactly (whole numbers become integers, float32 only where that is exact). Rules are kept by
 -- code (a small integer, rules.lua) and times as offsets from a base B of the lead (times in ms
 -- were most of the bytes). The tables unpack as the scripts use them: no conversion per rule.
--- An erased lead's key holds the tombstone {0} (format 0, erase.lua) instead: `load` marks the
--- state `erased`; the scripts refuse to score into it and `save` never writes over it.
---   [1] format version   [2] B: base of the lead's times (epoch ms) | false
---   [3] c - B: c is the lead's clock, latest event time applied (or demotion time swept) | false
---   [4] L - B: L is the landmark of the forward-decayed sums | false
---   [5] s: stage index (0 = first stage)     [6] q: transitions so far (for handoff ids)
---   [7] u - c: u is when the lead falls below its stage's floor by decay alone | false (never)
---   [8] m: arrival time (epoch s, rounded down) of the oldest dedup entry: the set is trimmed
---       only once that has left the window | false
---   [9] ix: 1 = in the due index at u, 2 = in the top index, 4 = an index may be stale
---   [10] r: {rule -> {S, t - B}}: S = sum of p*e^{lambda(t_i - L)}, t = latest occurrence
---   [11] f: {rule -> fit points (not decayed)}
---   [12] k: {rule -> cap ledger}: a lifetime total, or {t1 - B, a1, t2 - B, a2, ...} (awards
---        within a window)
---   [13] e: wall-clock time (epoch s, the scripts' `now`) until which the traits key `…:p` is known to
---        live; absent or false while it has no expiry (optional: states written before have 12)
+-- The layout, field by field, and its format numbers belong to layout.py (PackedState): the
+-- spec passes the numbers in, and tests/test_state.py checks every field `save` writes there.
+-- `load` below names the fields. An erased lead's key holds the tombstone (format
+-- SPEC.erased, erase.lua): `load` marks the state `erased`; the scripts refuse to score into
+-- it and `save` never writes over it.
 -- B moves up to the clock when offsets from it would outgrow 32 bits (every ~50 days of
 -- activity). Kept apart (read rarely, and too big to unpack on every event): the traits `…:p`
 -- (written by apply.lua, read by the worker), the replay log `…:x` and the sweep's outbox `…:o`.
--- The spec (ARGV[1], msgpack, state.py) is indexed by rule code. Transitions name rules by code
--- too (`r:<code>` in snapshots): state.py puts the names back.
+-- The spec (ARGV[1], msgpack, state.py) is indexed by rule code. Transitions and reads name
+-- rules and categories by code and index too (`explain`): explanation.py puts the names back.
 --
 -- Expiry (spec `ttl`, ms; 0 = keep forever): a lead in the first stage expires `ttl` after its
 -- last write, since its state is then written with PX (no extra command). Its traits `…:p` must
@@ -39,17 +28,16 @@
 local SPEC = cmsgpack.unpack(ARGV[1])
 local LAM, CAT, CATS, CAPS, STAGES = SPEC.lam, SPEC.cat, SPEC.cats, SPEC.caps, SPEC.stages
 local NSTAGE, HYST, DEDUP, GRADES = #STAGES, SPEC.hyst, SPEC.dedup, SPEC.grades
+local NCAT = #CATS
 -- e^709 overflows a double; move the landmark long before any exponent gets there.
 local RENORM = 600
-local FORMAT, ERASED = 2, 0
+local FORMAT, ERASED = SPEC.format, SPEC.erased
 local IN_DUE, IN_TOP, STALE = 1, 2, 4
 local REBASE = 4294967296
 local TTL = SPEC.ttl or 0
 local TTL_S, SLACK_S = math.floor(TTL / 1000), math.floor(TTL / 8000)
-
-local function fmt(x)
-  return string.format('%.17g', x)
-end
+-- the lead whose rules are in code order in R_CODES/R_SUMS and F_CODES/F_POINTS (`codes`)
+local R_CODES, R_SUMS, F_CODES, F_POINTS, NR, NF, ORDERED = {}, {}, {}, {}, 0, 0, nil
 
 -- `pkey`: the lead's traits key, whose expiry follows the state's (above).
 local function load(key, pkey)
@@ -162,6 +150,7 @@ local function add(st, id, p, t)
     if tr > rs[2] then rs[2] = tr end
   else
     st.r[id] = {v, tr}
+    if ORDERED == st then ORDERED = nil end
   end
   moved(st)
 end
@@ -219,14 +208,51 @@ local function award(st, id, p, t)
   return a
 end
 
--- The score at the lead's clock is asked for by evaluate, next_due and the top index in turn:
--- kept (st.memo at st.memo_t) until the lead moves.
-local function score_at(st, t)
-  if t == st.memo_t then return st.memo end
+-- The lead's rules in code order: R_CODES[1..NR] with their sums (st.r's {S, t - B}) in
+-- R_SUMS, F_CODES[1..NF] with their fit points in F_POINTS; built by the first `codes(st)` of a
+-- lead (the scripts take one lead at a time) and kept until the lead gets a rule it had no points
+-- of (ORDERED = nil). Sums add their terms in this order, never in `pairs` order: that depends
+-- on how the table was built (unpacked, or grown by this call), and a floating-point sum on the
+-- order of its terms. So the same state gives the same bits in the script that decides and in a
+-- read that unpacks it later. Reused arrays: no garbage per lead.
+local function in_order(tbl, codes, values)
+  local n = 0
+  for id, v in pairs(tbl) do
+    n = n + 1
+    local j = n - 1
+    while j > 0 and codes[j] > id do
+      codes[j + 1], values[j + 1] = codes[j], values[j]
+      j = j - 1
+    end
+    codes[j + 1], values[j + 1] = id, v
+  end
+  return n
+end
+
+local function codes(st)
+  if ORDERED ~= st then
+    NR, NF, ORDERED = in_order(st.r, R_CODES, R_SUMS), in_order(st.f, F_CODES, F_POINTS), st
+  end
+end
+
+-- Replace the lead's fit points (apply.lua: fit is recomputed from all traits).
+local function set_fit(st, fit)
+  st.f = fit
+  if ORDERED == st then ORDERED = nil end
+  moved(st)
+end
+
+-- Each category's points at t, before its weight and cap (docs/scoring.md §1): category ->
+-- points. `rules`, when given (explain), receives each rule's part, flat:
+-- rule, category, points at t, latest occurrence - B | false (fit), ...
+local function category_points(st, t, rules)
   local sums, decay = {}, {}
-  for id, rs in pairs(st.r) do
+  codes(st)
+  for i = 1, NR do
+    local id = R_CODES[i]
     local c = CAT[id]
     if c then
+      local rs = R_SUMS[i]
       local l = LAM[id]
       local v = rs[1]
       if l > 0 then
@@ -239,52 +265,138 @@ local function score_at(st, t)
         v = v * e
       end
       sums[c] = (sums[c] or 0) + v
+      if rules then
+        local n = #rules
+        rules[n + 1], rules[n + 2], rules[n + 3], rules[n + 4] = id, c, v, rs[2]
+      end
     end
   end
-  for id, p in pairs(st.f) do
+  for i = 1, NF do
+    local id = F_CODES[i]
     local c = CAT[id]
-    if c then sums[c] = (sums[c] or 0) + p end
+    if c then
+      local p = F_POINTS[i]
+      sums[c] = (sums[c] or 0) + p
+      if rules then
+        local n = #rules
+        rules[n + 1], rules[n + 2], rules[n + 3], rules[n + 4] = id, c, p, false
+      end
+    end
   end
-  local total = 0
-  for c, v in pairs(sums) do
-    local cs = CATS[c]
-    v = v * cs[1]
-    if cs[2] >= 0 and v > cs[2] then v = cs[2] end
-    total = total + v
-  end
-  if t == st.c then st.memo_t, st.memo = t, total end
-  return total
+  return sums
 end
 
-local function grade(st)
-  local fit = 0
-  for id, p in pairs(st.f) do
-    if CAT[id] then fit = fit + p end
+-- The score from the categories' points: each weighted, then capped from above, added in the
+-- order of the categories. `shares`, when given (explain), receives each category's part.
+local function total(sums, shares)
+  local score = 0
+  for c = 1, NCAT do
+    local v = sums[c]
+    if v then
+      local cs = CATS[c]
+      v = v * cs[1]
+      if cs[2] >= 0 and v > cs[2] then v = cs[2] end
+      score = score + v
+      if shares then shares[c] = v end
+    end
   end
+  return score
+end
+
+-- The score at the lead's clock is asked for by evaluate, next_due and the top index in turn:
+-- kept (st.memo at st.memo_t) until the lead moves. `explain` adds up the same way: its score
+-- is this one, to the last bit.
+local function score_at(st, t)
+  if t == st.memo_t then return st.memo end
+  local score = total(category_points(st, t))
+  if t == st.c then st.memo_t, st.memo = t, score end
+  return score
+end
+
+-- The raw fit points (no weight, no cap), which the grade is taken from.
+local function fit_points(st)
+  local fit = 0
+  codes(st)
+  for i = 1, NF do
+    if CAT[F_CODES[i]] then fit = fit + F_POINTS[i] end
+  end
+  return fit
+end
+
+-- The grade of `fit` fit points, as a rank: 3 = A ... 0 = D.
+local function grade(fit)
   for i = 1, 3 do
     if fit >= GRADES[i] then return 4 - i end
   end
   return 0
 end
 
-local function snapshot(st)
-  local out = {'L', string.format('%d', st.L or 0), 's', tostring(st.s), 'c', string.format('%d', st.c or 0)}
-  for id, rs in pairs(st.r) do
-    out[#out + 1] = 'r:' .. id
-    out[#out + 1] = fmt(rs[1]) .. ' ' .. string.format('%d', st.B + rs[2])
+-- Why the lead scores what it does at t (docs/scoring.md §1), for a read (read.lua) or a
+-- transition: only they pay for it. Each category's points weighted and capped (the breakdown,
+-- added up as score_at adds it: the same score), each rule's contribution (its points at t scaled
+-- by its category's breakdown / points, 0 when those are 0) with its latest occurrence, and the
+-- raw fit points with their grade. Lists are flat (fewer tables to pack):
+--   {score, fit points, grade rank, {category, breakdown, ...},
+--    {rule, category, contribution, latest occurrence (epoch ms) | false (fit), ...}}
+-- in the order of categories and rule codes. Replies and logs carry it packed with cmsgpack,
+-- which keeps every double exactly (JSON would need `%.17g`, slow here; cjson keeps 14 digits).
+local function explain(st, t)
+  local rules, shares = {}, {}
+  local sums = category_points(st, t, rules)
+  local score = total(sums, shares)
+  local breakdown, scale = {}, {}
+  for c = 1, NCAT do
+    local w = shares[c]
+    if w then
+      breakdown[#breakdown + 1] = c
+      breakdown[#breakdown + 1] = w
+      if sums[c] ~= 0 then scale[c] = w / sums[c] else scale[c] = 0 end
+    end
   end
-  for id, p in pairs(st.f) do
-    out[#out + 1] = 'f:' .. id
-    out[#out + 1] = fmt(p)
+  for i = 1, #rules, 4 do
+    rules[i + 2] = rules[i + 2] * scale[rules[i + 1]]
+    if rules[i + 3] then rules[i + 3] = st.B + rules[i + 3] end
   end
-  return out
+  local fit = fit_points(st)
+  return {score, fit, grade(fit), breakdown, rules}
+end
+
+-- A transition as an older version stored it in a replay log or an outbox, with the lead's
+-- sums instead of their explanation ([seq, kind, from, to, crossed_at, event, score, threshold,
+-- snapshot], times and numbers as text; snapshot: L, s, c, then `r:<rule>` "S t" and
+-- `f:<rule>` points), explained from those sums at crossed_at; a current one as it is.
+local function current(tr)
+  local snap = tr[9]
+  if type(snap) ~= 'table' then return tr end
+  local old = {B = 0, r = {}, f = {}}
+  for i = 1, #snap, 2 do
+    local k, v = snap[i], snap[i + 1]
+    local kind, code = k:sub(1, 2), tonumber(k:sub(3))
+    if k == 'L' then
+      old.L = tonumber(v)
+    elseif kind == 'r:' then
+      local s, last = v:match('^(%S+) (%S+)$')
+      old.r[code] = {tonumber(s), tonumber(last)}
+    elseif kind == 'f:' then
+      old.f[code] = tonumber(v)
+    end
+  end
+  local at = tonumber(tr[5])
+  return {tr[1], tr[2], tr[3], tr[4], at, tr[6], tonumber(tr[8]), explain(old, at)}
+end
+
+-- Transitions as a replay log (`…:x`) or an outbox (`…:o`) stores them: packed with cmsgpack,
+-- or JSON (its first byte `[`) where an older version wrote them (they last up to dedup_window).
+local function stored(raw)
+  if raw:byte(1) == 91 then return cjson.decode(raw) end
+  return cmsgpack.unpack(raw)
 end
 
 -- Decide the stage at t. Promotion: the highest stage whose min_score and min_grade hold.
 -- Demotion: leave every stage whose floor (min_score - hysteresis) or min_grade fails.
 local function evaluate(st, t, trigger, out)
   local score = score_at(st, t)
-  local g = grade(st)
+  local g = grade(fit_points(st))
   local cur, best, kind = st.s, st.s, nil
   for i = NSTAGE - 1, cur + 1, -1 do
     local sp = STAGES[i + 1]
@@ -308,8 +420,8 @@ local function evaluate(st, t, trigger, out)
   st.q = st.q + 1
   st.s = best
   moved(st)
-  -- crossed_at as a decimal string: exact in a JSON reply or log (cjson keeps 14 digits)
-  out[#out + 1] = {st.q, kind, cur, best, string.format('%d', t), trigger, fmt(score), fmt(threshold), snapshot(st)}
+  -- the explanation's score is `score`, computed the same way
+  out[#out + 1] = {st.q, kind, cur, best, t, trigger, threshold, explain(st, t)}
 end
 
 -- The first t after t0 with f(t) < floor, on a doubling grid refined by bisection to the
@@ -383,11 +495,13 @@ local function folded_score(st)
     end
     return g
   end
-  for id, rs in pairs(st.r) do
+  codes(st)
+  for i = 1, NR do
+    local id = R_CODES[i]
     local c = CAT[id]
     if c then
       local g = group(c)
-      local l, v = LAM[id], rs[1]
+      local l, v = LAM[id], R_SUMS[i][1]
       if l > 0 then
         if v < 0 then return nil end
         local j = 4
@@ -399,11 +513,11 @@ local function folded_score(st)
       end
     end
   end
-  for id, p in pairs(st.f) do
-    local c = CAT[id]
+  for i = 1, NF do
+    local c = CAT[F_CODES[i]]
     if c then
       local g = group(c)
-      g[3] = g[3] + p
+      g[3] = g[3] + F_POINTS[i]
     end
   end
   local n, L, exp = #list, st.L, math.exp
@@ -506,8 +620,10 @@ local function next_due(st, search)
   local floor = STAGES[st.s + 1][1] - HYST
   local t0 = st.c
   local decaying = false
-  for id, rs in pairs(st.r) do
-    if LAM[id] and LAM[id] > 0 and rs[1] ~= 0 then decaying = true end
+  codes(st)
+  for i = 1, NR do
+    local l = LAM[R_CODES[i]]
+    if l and l > 0 and R_SUMS[i][1] ~= 0 then decaying = true end
   end
   if not decaying then return nil end
   if score_at(st, t0) < floor then return t0 end

@@ -1,20 +1,23 @@
 -- sweep.lua: demote one lead whose score has decayed below its stage's floor, at the instant
 -- it crossed. The decision is kept in the outbox until ack.lua confirms it was published, so a
 -- crash between deciding and publishing re-publishes the same handoff (same id) next sweep.
--- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state   KEYS[4] lead outbox (JSON)
+-- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state   KEYS[4] lead outbox (lib.lua `stored`)
 -- KEYS[5] lead traits (its expiry follows the state's, lib.lua)
 -- ARGV[1] model spec  ARGV[2] now (ms)    ARGV[3] lead id
--- Returns {transitions} (pending or new); empty when nothing is due.
+-- Returns the transitions (pending or new, as apply.lua reports them) packed with cmsgpack;
+-- none when nothing is due.
 local now, lead = tonumber(ARGV[2]), ARGV[3]
 local pending = redis.call('GET', KEYS[4])
 if pending then
-  return cjson.decode(pending)
+  local out = stored(pending)
+  for i, tr in ipairs(out) do out[i] = current(tr) end
+  return cmsgpack.pack(out)
 end
 local st = load(KEYS[3], KEYS[5])
 if st.erased then  -- erased meanwhile: nothing to demote, nothing to index
   redis.call('ZREM', KEYS[1], lead)
   redis.call('ZREM', KEYS[2], lead)
-  return {}
+  return cmsgpack.pack({})
 end
 local out = {}
 catch_up(st, now, out)
@@ -22,12 +25,12 @@ if #out > 0 then
   -- The lead stays in the due index at its old time until ack.lua re-indexes it.
   local px = outbox_px(st)
   if px then
-    redis.call('SET', KEYS[4], cjson.encode(out), 'PX', px)
+    redis.call('SET', KEYS[4], cmsgpack.pack(out), 'PX', px)
   else
-    redis.call('SET', KEYS[4], cjson.encode(out))
+    redis.call('SET', KEYS[4], cmsgpack.pack(out))
   end
 else
   reindex(st, KEYS[1], KEYS[2], lead, true)
 end
 save(st, now)
-return out
+return cmsgpack.pack(out)

@@ -1,0 +1,18 @@
+-- read.lua: leads as they stand at an instant, for reads (GET /leads/{id}, /leads/top, the CLI,
+-- the bench, calibration): the same explanation a transition carries (lib.lua `explain`).
+-- Writes nothing.
+-- KEYS[i]     lead i's state (on a cluster, the leads of one call share a slot)
+-- ARGV[1]     model spec    ARGV[1+i]  the instant lead i is read at (epoch ms)
+-- Returns, packed with cmsgpack, per lead: false (no state, or erased) or
+--   [stage, clock (epoch ms), explanation at its instant]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local st = load(key)
+  -- every stored state has a clock: an applied event sets it
+  if st.erased or not st.c then
+    out[i] = false
+  else
+    out[i] = {st.s, st.c, explain(st, tonumber(ARGV[1 + i]))}
+  end
+end
+return cmsgpack.pack(out)
