@@ -23,6 +23,11 @@ from .patterns import regex_matcher
 GRADES = ("A", "B", "C", "D")
 Source = Literal["web", "email", "webinar", "profile", "crm"]
 Scalar = str | int | float | bool
+#: which part of a URL a predicate sees (docs/scoring.md, URL matching)
+UrlPart = Literal["path", "host", "full"]
+#: event properties holding a URL: their predicates see the normalised path unless `part` says
+#: otherwise (`part` on any other property or trait declares it a URL)
+URL_PROPERTIES = frozenset({"url", "referrer"})
 DurationMs = Annotated[int, BeforeValidator(parse_ms)]
 Id = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
@@ -37,24 +42,35 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+def _one_or_more(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value
+
+
+Patterns = Annotated[tuple[str, ...], BeforeValidator(_one_or_more), Field(min_length=1)]
+
+
 class Predicate(Frozen):
     """Conditions on one property or trait; all given operators must hold.
 
     A bare scalar means `equals`, a bare list means `in`. String comparisons by `equals`,
-    `in` and `contains` ignore case; `glob` ignores case; `regex` is as written.
+    `in` and `contains` ignore case; `glob` ignores case; `regex` is as written. `contains`
+    and `glob` take one string or a list (any of them). `part` is not an operator: it picks
+    what of a URL the operators see.
     """
 
+    part: UrlPart | None = None
     equals: Scalar | None = None
     in_: tuple[Scalar, ...] | None = Field(default=None, alias="in")
     not_in: tuple[Scalar, ...] | None = None
-    contains: str | None = None
+    contains: Patterns | None = None
     regex: str | None = None
-    glob: str | None = None
+    glob: Patterns | None = None
     gte: float | None = None
     gt: float | None = None
     lte: float | None = None
     lt: float | None = None
     exists: bool | None = None
+    truthy: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -67,7 +83,7 @@ class Predicate(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Predicate:
-        if all(getattr(self, name) is None for name in type(self).model_fields):
+        if all(getattr(self, name) is None for name in type(self).model_fields if name != "part"):
             raise ValueError("a predicate needs at least one operator")
         for name in ("gte", "gt", "lte", "lt"):
             bound = getattr(self, name)
@@ -82,6 +98,12 @@ class Predicate(Frozen):
                     f"(no backreferences, lookaround or atomic groups; docs/scoring.md): {exc}"
                 ) from None
         return self
+
+    def url_part(self, name: str) -> UrlPart:
+        """What the operators see of property `name`: `full` is the value as sent."""
+        if self.part is not None:
+            return self.part
+        return "path" if name in URL_PROPERTIES else "full"
 
 
 def _split_when(value: Any) -> Any:
