@@ -141,6 +141,19 @@ class Cap(Frozen):
         return self
 
 
+def _once(value: Any) -> bool | int:
+    """`true`/`false`, or a renewal period as a duration string (ms). A bare number is refused:
+    `once: 1` would read as "one second" to the parser and as "yes" to a person."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        ms = parse_ms(value)
+        if ms <= 0:
+            raise ValueError("the renewal period must be > 0")
+        return ms
+    raise ValueError("once is true (for life), false, or a renewal period with a unit such as 90d")
+
+
 class Rule(Frozen):
     id: Id
     description: str = ""
@@ -148,7 +161,8 @@ class Rule(Frozen):
     points: float
     when: When
     cap: Cap | None = None
-    once: bool = False
+    #: True: once per lead, ever; an int: once per that many ms (the award renews after it)
+    once: Annotated[bool | int, BeforeValidator(_once)] = False
     half_life: DurationMs | None = None  # overrides the category's decay
 
     @model_validator(mode="after")
@@ -165,9 +179,18 @@ class Rule(Frozen):
         return self
 
     @property
+    def renewal_ms(self) -> int | None:
+        """`once: 90d`: the renewal period in ms; None for a lifetime `once` or none."""
+        return None if isinstance(self.once, bool) else self.once
+
+    @property
     def effective_cap(self) -> Cap | None:
-        # `once` is a lifetime cap equal to the rule's own points: one mechanism in Redis.
-        return Cap(points=self.points, window=None) if self.once else self.cap
+        # `once` is a cap equal to the rule's own points: one mechanism in Redis. For life, or
+        # over the renewal period: the awards in (t - period, t] hold the rule's points exactly
+        # when one was made less than a period ago (each award is all or nothing).
+        if self.once is False:
+            return self.cap
+        return Cap.model_construct(points=self.points, window=self.renewal_ms)  # both checked already
 
 
 class FitRule(Frozen):
