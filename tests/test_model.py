@@ -101,3 +101,12 @@ def test_once_is_for_life_or_renews_after_a_period() -> None:
             rule(bad)
     with pytest.raises(ModelError, match="use either cap or once"):
         parse_model(BASE.replace("points: 25,", "points: 25, once: 30d, cap: {points: 50},"))
+
+
+def test_custom_fields_are_checked_like_the_rest() -> None:
+    model = parse_model(BASE + "custom_fields: {traits: [plan], properties: {web: [utm_source]}}\n")
+    assert model.custom_fields.traits == ("plan",) and model.custom_fields.properties == {"web": ("utm_source",)}
+    with pytest.raises(ModelError, match=r"custom_fields\.properties\.fax"):
+        parse_model(BASE + "custom_fields: {properties: {fax: [x]}}\n")
+    with pytest.raises(ModelError, match=r"custom_fields\.trait"):
+        parse_model(BASE + "custom_fields: {trait: [plan]}\n")

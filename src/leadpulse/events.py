@@ -38,6 +38,19 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 _SCHEMA = load_schema("event.schema.json")
+_DEFS = _SCHEMA["$defs"]
+
+# What the contract names, read from it so that nothing else keeps a copy that can drift.
+#: the event types each source sends
+EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    s: tuple(_DEFS[s]["properties"]["type"]["enum"]) for s in _DEFS["envelope"]["properties"]["source"]["enum"]
+}
+#: the properties the contract defines per source (others are allowed: properties are free-form)
+EVENT_PROPERTIES: dict[str, frozenset[str]] = {
+    s: frozenset(_DEFS[s]["properties"].get("properties", {}).get("properties", {})) for s in EVENT_TYPES
+}
+#: the traits the contract defines (others are allowed as custom traits)
+KNOWN_TRAITS = frozenset(_DEFS["envelope"]["properties"]["traits"]["properties"])
 
 
 def _compile(name: str) -> Any:

@@ -280,12 +280,22 @@ class Stage(Frozen):
     description: str = ""
 
 
+class CustomFields(Frozen):
+    """Fields the events carry beyond the contract (schemas/event.schema.json). Only
+    `check-model` reads this: a rule on a property or trait that is neither in the contract nor
+    declared here is reported as a likely typo."""
+
+    traits: tuple[str, ...] = ()
+    properties: dict[Source, tuple[str, ...]] = Field(default_factory=dict)
+
+
 class ScoringModel(Frozen):
     version: Annotated[str, Field(min_length=1, max_length=64)]
     categories: dict[Id, Category]
     rules: tuple[Rule, ...]
     fit: Fit = Field(default_factory=Fit)
     stages: tuple[Stage, ...]
+    custom_fields: CustomFields = Field(default_factory=CustomFields)
     hysteresis: Annotated[float, Field(ge=0)] = 0.0
     dedup_window: DurationMs = 7 * 86_400_000
     clock_skew: DurationMs = 5 * 60_000
@@ -354,8 +364,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
-        if part == "properties":  # When keeps properties beside source/type; users never write it
+    for i, part in enumerate(loc):
+        if part == "properties" and i and loc[i - 1] == "when":  # When keeps them apart; users never write it
             continue
         if isinstance(part, int):
             out += f"[{part}]"
