@@ -7,9 +7,10 @@ dot segments resolved; percent-escapes decoded (UTF-8); trailing slashes removed
 kept (URL paths are case-sensitive, and every operator but `regex` ignores case anyway).
 
 One anchored regex rather than yarl or urllib.parse: this runs on every event with a URL, and
-both parse (and validate) much more than is needed here: per distinct URL 3.6 µs (yarl.URL) and
-3.9 µs (urlsplit, uncached) against 0.4 µs for the regex, measured side by side. The price is
-that only `scheme://` and `//` are read as carrying a host: anything else is a path as it stands.
+both parse (and validate) much more than is needed here. Per distinct utm-tagged URL (CPU, best
+of 7 over 100,000, timed in turns): `url_path` 0.59 µs, `yarl.URL(u).path` 2.53 µs, `urlsplit(u)`
+alone 2.36 µs (uncached; it splits, nothing more). The price is that only `scheme://` and `//`
+are read as carrying a host: anything else is a path as it stands.
 """
 
 from __future__ import annotations
