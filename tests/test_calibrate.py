@@ -83,9 +83,10 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 def test_candidate_passes_check_model(calibrated: tuple[Path, dict[str, Any]]) -> None:
     out, summary = calibrated
-    result = CliRunner().invoke(main, ["check-model", str(out)])
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["check-model", "--strict", str(out)])
+    assert result.exit_code == 0, result.output  # the custom trait it learned from is declared
     model = load_model(out)
+    assert model.custom_fields.traits == ("plan",)
     assert summary["rules"] == len(model.rules) + len(model.fit.rules)
     assert 1 <= summary["rules"] <= 12
     assert model.version == summary["version"]

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from leadpulse.errors import ModelError
-from leadpulse.model import IdleDecay, load_model, parse_model
+from leadpulse.model import Cap, IdleDecay, load_model, parse_model
 
 BASE = """
 version: t1
@@ -82,3 +83,30 @@ def test_models_are_frozen() -> None:
     model = parse_model(BASE)
     with pytest.raises(Exception):
         model.rules[0].points = 1  # type: ignore[misc]
+
+
+def test_once_is_for_life_or_renews_after_a_period() -> None:
+    def rule(once: str) -> Any:
+        return parse_model(BASE.replace("points: 25,", f"points: 25, once: {once},")).rules[0]
+
+    assert rule("true").effective_cap == Cap(points=25, window=None) and rule("true").renewal_ms is None
+    renewing = rule("90d")
+    assert renewing.renewal_ms == 90 * 86_400_000
+    # the renewal is a window cap of the rule's own points over the period (lua/lib.lua `award`)
+    assert renewing.effective_cap == Cap(points=25, window="90d")
+    assert rule("false").effective_cap is None
+    for bad, reason in [("1", "a renewal period with a unit such as 90d"), ("0d", "must be > 0"),
+                        ("soon", "not a duration"), ("[1]", "a renewal period")]:
+        with pytest.raises(ModelError, match=rf"rules\[0\]\.once: .*{reason}"):
+            rule(bad)
+    with pytest.raises(ModelError, match="use either cap or once"):
+        parse_model(BASE.replace("points: 25,", "points: 25, once: 30d, cap: {points: 50},"))
+
+
+def test_custom_fields_are_checked_like_the_rest() -> None:
+    model = parse_model(BASE + "custom_fields: {traits: [plan], properties: {web: [utm_source]}}\n")
+    assert model.custom_fields.traits == ("plan",) and model.custom_fields.properties == {"web": ("utm_source",)}
+    with pytest.raises(ModelError, match=r"custom_fields\.properties\.fax"):
+        parse_model(BASE + "custom_fields: {properties: {fax: [x]}}\n")
+    with pytest.raises(ModelError, match=r"custom_fields\.trait"):
+        parse_model(BASE + "custom_fields: {trait: [plan]}\n")

@@ -221,6 +221,37 @@ async def test_rolling_window_cap_and_once(store: LeadStore) -> None:
     assert {c.rule_id: c.points for c in view2.explanation.contributions}["opens"] > 4
 
 
+async def test_once_with_a_renewal_period_is_earned_again_a_period_after_the_last_award(redis: Redis) -> None:
+    renewing = parse_model(MODEL.replace("points: 50, when", "points: 50, once: 90d, when"), "renewal")
+    assert renewing.rule_index["demo"].renewal_ms == 90 * DAY  # type: ignore[union-attr]
+    store = LeadStore(redis, renewing)
+
+    async def demo(day: float, lead: str = "rn") -> float:
+        """The points the demo request of `day` earned (read at its own instant, undecayed)."""
+        at = T0 + int(day * DAY)
+        before = await store.view(lead, at)
+        await store.apply(positions([event("web", "demo_request", at, lead=lead)]))
+        after = await store.view(lead, at)
+        points = lambda view: 0.0 if view is None else {c.rule_id: c.points for c in view.explanation.contributions}.get("demo", 0.0)  # noqa: E731
+        return round(points(after) - points(before), 9)
+
+    # 90 days after the last award it is earned in full again; within them, not at all (a
+    # request that earned nothing does not push the renewal back).
+    assert [await demo(d) for d in (0, 30, 100, 130, 189.999, 190, 250, 281)] == [50, 0, 50, 0, 0, 50, 0, 50]
+    view = await store.view("rn", T0 + 281 * DAY)
+    awarded = (0, 100, 190, 281)
+    assert {c.rule_id: c.points for c in view.explanation.contributions}["demo"] == pytest.approx(
+        sum(50 * 2 ** (-(281 - d) / 30) for d in awarded), rel=1e-12)
+    # Caps decide at arrival (docs/scoring.md §6): a late request is checked against the awards
+    # at or before its own time, so one arriving after a later award can earn again inside it.
+    assert [await demo(d, "late") for d in (0, 95, 91)] == [50, 50, 50]
+    # The lifetime form never renews.
+    lifetime = LeadStore(redis, parse_model(MODEL.replace("points: 50, when", "points: 50, once: true, when"), "life"))
+    await lifetime.apply(positions([event("web", "demo_request", T0 + d * DAY, lead="lf") for d in (0, 100, 400)]))
+    view = await lifetime.view("lf", T0 + 400 * DAY)
+    assert {c.rule_id: c.points for c in view.explanation.contributions}["demo"] == pytest.approx(50 * 2 ** (-400 / 30), rel=1e-12)
+
+
 # --- 3. promotion once, re-alert after demotion --------------------------------------------
 
 

@@ -201,13 +201,24 @@ def rescore(**options: Any) -> None:
 
 @main.command("check-model")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--strict", is_flag=True, help="fail (exit code 1) on warnings too")
 @fails_cleanly
-def check_model(path: Path | None) -> None:
-    """Validate a scoring model YAML (default: the shipped model) and summarise it."""
+def check_model(path: Path | None, strict: bool) -> None:
+    """Validate a scoring model YAML (default: the shipped model), warn about what cannot work
+    as written (a type no event has, an unknown property or trait, a stage out of reach), and
+    summarise it. Exit codes: 2 the model does not load, 1 warnings under --strict."""
     from .model import load_model
+    from .modelcheck import findings
 
     model = load_model(path)
+    origin = str(path) if path is not None else "default_model.yaml"
+    found = findings(model)
+    for finding in found:
+        click.echo(f"warning: {origin}: {finding}", err=True)
+    if strict and found:
+        sys.exit(1)
+    warned = f" ({len(found)} warning{'s' if len(found) != 1 else ''})" if found else ""
     click.echo(
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
-        f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}"
+        f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}{warned}"
     )

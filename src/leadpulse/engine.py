@@ -6,14 +6,21 @@ the running sums in Redis and compute every score, grade, stage and explanation 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .events import Event
-from .model import GRADES, Predicate, ScoringModel
+from .model import GRADES, Predicate, ScoringModel, UrlPart
 from .patterns import glob_matcher, regex_matcher
+from .urls import url_host, url_path
 
 Check = Callable[[Any], bool]
+#: where a compiled check finds its value: a property or trait name, or (name, URL part) for
+#: the part worked out once per event (`_with_url_parts`)
+ValueKey = str | tuple[str, UrlPart]
+
+#: strings `truthy` reads as "no", compared trimmed and case-folded (docs/scoring.md, Predicates)
+FALSY_WORDS = frozenset({"", "false", "no", "n", "none", "null", "nil", "n/a", "na", "-", "off", "unknown"})
 
 
 def _fold(value: Any) -> Any:
@@ -33,11 +40,61 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def truthy(value: Any) -> bool:
+    """Whether a value says "yes": present and not false, 0, an empty list or object, or a
+    string that reads as "no" (FALSY_WORDS, or a number equal to 0 like "0.00"). A list says
+    yes when one of its items does."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str):
+        word = value.strip().casefold()
+        return word not in FALSY_WORDS and _number(word) != 0
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, list):
+        return any(truthy(item) for item in value)
+    return bool(value)
+
+
+#: answers a pattern keeps, and the longest value it keeps one for: at most 337 KB per pattern
+#: (measured with tracemalloc, 1024 values of 256 characters), whatever the traffic
+MEMO_ENTRIES = 1024
+MEMO_VALUE_CHARS = 256
+
+
+def _remembered(match: Callable[[str], bool]) -> Check:
+    """A pattern's check on strings, remembering its answers: a call into RE2 costs about a
+    microsecond, and the values it sees repeat (a site has a few hundred paths; normalised,
+    every utm-tagged visit of /pricing is the same string). Full, the memo starts afresh."""
+    memo: dict[str, bool] = {}
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        hit = memo.get(value)
+        if hit is None:
+            hit = match(value)
+            if len(value) <= MEMO_VALUE_CHARS:
+                if len(memo) >= MEMO_ENTRIES:
+                    memo.clear()
+                memo[value] = hit
+        return hit
+
+    return check
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != ""
+
+
 def _checks(pred: Predicate) -> list[Check]:
     checks: list[Check] = []
     if pred.exists is not None:
         want = pred.exists
-        checks.append(lambda v: (v is not None and v != "") is want)
+        checks.append(lambda v: _present(v) is want)
+    if pred.truthy is not None:
+        want_yes = pred.truthy
+        checks.append(lambda v: truthy(v) is want_yes)
     if pred.equals is not None:
         target = _fold(pred.equals)
         checks.append(lambda v: _fold(v) == target)
@@ -45,18 +102,21 @@ def _checks(pred: Predicate) -> list[Check]:
         allowed = frozenset(_fold(x) for x in pred.in_)
         checks.append(lambda v: _fold(v) in allowed if isinstance(v, (str, int, float)) else False)
     if pred.not_in is not None:
+        # "present and not one of these": missing, null and "" are not present (as for exists)
         banned = frozenset(_fold(x) for x in pred.not_in)
-        checks.append(lambda v: isinstance(v, (str, int, float)) and _fold(v) not in banned)
+        checks.append(lambda v: isinstance(v, (str, int, float)) and v != "" and _fold(v) not in banned)
     if pred.contains is not None:
-        needle = pred.contains.casefold()
-        checks.append(lambda v: isinstance(v, str) and needle in v.casefold())
+        needles = tuple(n.casefold() for n in pred.contains)
+        if len(needles) == 1:
+            needle = needles[0]
+            checks.append(lambda v: isinstance(v, str) and needle in v.casefold())
+        else:
+            checks.append(lambda v: isinstance(v, str) and any(n in v.casefold() for n in needles))
     # linear-time matching of the first MATCH_LIMIT characters (patterns.py)
     if pred.regex is not None:
-        search = regex_matcher(pred.regex)
-        checks.append(lambda v: isinstance(v, str) and search(v))
+        checks.append(_remembered(regex_matcher(pred.regex)))
     if pred.glob is not None:
-        match = glob_matcher(pred.glob)
-        checks.append(lambda v: isinstance(v, str) and match(v))
+        checks.append(_remembered(glob_matcher(pred.glob)))
     bounds = [(b, op) for b, op in ((pred.gte, ">="), (pred.gt, ">"), (pred.lte, "<="), (pred.lt, "<")) if b is not None]
     if bounds:
         def in_range(v: Any) -> bool:
@@ -72,11 +132,35 @@ def _checks(pred: Predicate) -> list[Check]:
     return checks
 
 
-def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]], bool] | None:
+def _value_key(name: str, pred: Predicate) -> ValueKey:
+    part = pred.url_part(name)
+    return name if part == "full" else (name, part)
+
+
+def url_parts(when: Mapping[str, Predicate]) -> frozenset[tuple[str, UrlPart]]:
+    """The (property, part) pairs a rule's predicates read."""
+    return frozenset(k for name, pred in when.items() if isinstance(k := _value_key(name, pred), tuple))
+
+
+def _with_url_parts(values: Mapping[str, Any], parts: Iterable[tuple[str, UrlPart]]) -> dict[Any, Any]:
+    """`values` plus each URL part asked for, worked out once for all the rules that read it.
+    A value that is not a string stays what it is (no part to take)."""
+    out: dict[Any, Any] = dict(values)
+    for key in parts:
+        name, part = key
+        value = values.get(name)
+        if isinstance(value, str):
+            value = url_path(value) if part == "path" else url_host(value)
+        out[key] = value
+    return out
+
+
+def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[Any, Any]], bool] | None:
     """One function for a rule's conditions, None when it has none; the common shapes (one
-    key, one test) become a single closure, since matching runs for every event. May raise
+    key, one test) become a single closure, since matching runs for every event. Predicates on
+    a URL's part read it from the key (name, part) `_with_url_parts` adds. May raise
     TypeError/ValueError on odd JSON: the caller treats that as no match."""
-    parts = [(key, _checks(pred)) for key, pred in when.items()]
+    parts = [(_value_key(name, pred), _checks(pred)) for name, pred in when.items()]
     if not parts:
         return None
     if len(parts) == 1 and len(parts[0][1]) == 1:
@@ -86,7 +170,7 @@ def _compile_when(when: Mapping[str, Predicate]) -> Callable[[Mapping[str, Any]]
     return lambda values: all(check(values.get(key)) for key, check in flat)
 
 
-def _holds(check: Callable[[Mapping[str, Any]], bool] | None, values: Mapping[str, Any]) -> bool:
+def _holds(check: Callable[[Mapping[Any, Any]], bool] | None, values: Mapping[Any, Any]) -> bool:
     if check is None:
         return True
     try:
@@ -106,7 +190,9 @@ def derived_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: a compiled rule: ((rule id, points), its conditions or None)
-_Compiled = tuple[tuple[str, float], Callable[[Mapping[str, Any]], bool] | None]
+_Compiled = tuple[tuple[str, float], Callable[[Mapping[Any, Any]], bool] | None]
+#: the rules one (source, type) runs, and the URL parts they read
+_Kind = tuple[list[_Compiled], tuple[tuple[str, UrlPart], ...]]
 
 
 class Scorer:
@@ -114,30 +200,33 @@ class Scorer:
 
     def __init__(self, model: ScoringModel) -> None:
         self.model = model
-        self._by_kind: dict[tuple[str, str | None], list[_Compiled]] = {}
+        self._by_kind: dict[tuple[str, str | None], list[tuple[_Compiled, frozenset[tuple[str, UrlPart]]]]] = {}
         for rule in model.rules:
-            check = _compile_when(rule.when.properties)
+            compiled = ((rule.id, rule.points), _compile_when(rule.when.properties)), url_parts(rule.when.properties)
             for kind in rule.when.type or (None,):
-                self._by_kind.setdefault((rule.when.source, kind), []).append(((rule.id, rule.points), check))
+                self._by_kind.setdefault((rule.when.source, kind), []).append(compiled)
         #: per (source, type) seen: the rules of that type, then those of any type of the source
-        self._merged: dict[tuple[str, str], list[_Compiled]] = {}
+        self._merged: dict[tuple[str, str], _Kind] = {}
         self._fit = [(r, _compile_when(r.when)) for r in model.fit.rules]
+        self._fit_parts = tuple(frozenset().union(*(url_parts(r.when) for r in model.fit.rules)))
         #: the trait names fit rules read: only these are kept in Redis (email_domain is derived)
         self.fit_traits = frozenset({"email"} | {k for r in model.fit.rules for k in r.when}) - {"email_domain"}
 
-    def _rules_for(self, source: str, type_: str) -> list[_Compiled]:
-        rules = self._merged.get((source, type_))
-        if rules is None:
+    def _rules_for(self, source: str, type_: str) -> _Kind:
+        kind = self._merged.get((source, type_))
+        if kind is None:
             # (source, type) pairs are closed by the event schema, so this stays small.
-            rules = [*self._by_kind.get((source, type_), ()), *self._by_kind.get((source, None), ())]
-            self._merged[(source, type_)] = rules
-        return rules
+            both = [*self._by_kind.get((source, type_), ()), *self._by_kind.get((source, None), ())]
+            parts = frozenset().union(*(p for _, p in both))
+            kind = self._merged[(source, type_)] = ([c for c, _ in both], tuple(sorted(parts)))
+        return kind
 
     def matched(self, event: Event) -> list[tuple[str, float]]:
         """(rule id, points) of every rule the event matches (the hot path's form)."""
-        props = event.properties
+        rules, parts = self._rules_for(event.source, event.type)
+        props: Mapping[Any, Any] = _with_url_parts(event.properties, parts) if parts else event.properties
         out = []
-        for pair, check in self._rules_for(event.source, event.type):
+        for pair, check in rules:
             if check is None:
                 out.append(pair)
                 continue
@@ -149,7 +238,9 @@ class Scorer:
         return out
 
     def fit(self, traits: Mapping[str, Any]) -> dict[str, float]:
-        values = derived_traits(traits)
+        values: Mapping[Any, Any] = derived_traits(traits)
+        if self._fit_parts:
+            values = _with_url_parts(values, self._fit_parts)
         return {rule.id: rule.points for rule, check in self._fit if _holds(check, values)}
 
     def kept_traits(self, traits: Mapping[str, Any]) -> dict[str, Any]:

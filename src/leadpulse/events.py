@@ -42,6 +42,19 @@ _SCHEMA = load_schema("event.schema.json")
 SOURCES: tuple[str, ...] = tuple(_SCHEMA["$defs"]["envelope"]["properties"]["source"]["enum"])
 #: one of SOURCES, for pydantic models (a Literal built at import, so it names them in errors)
 Source = Literal[SOURCES]  # type: ignore[valid-type]
+_DEFS = _SCHEMA["$defs"]
+
+# What the contract names, read from it so that nothing else keeps a copy that can drift.
+#: the event types each source sends
+EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    s: tuple(_DEFS[s]["properties"]["type"]["enum"]) for s in SOURCES
+}
+#: the properties the contract defines per source (others are allowed: properties are free-form)
+EVENT_PROPERTIES: dict[str, frozenset[str]] = {
+    s: frozenset(_DEFS[s]["properties"].get("properties", {}).get("properties", {})) for s in EVENT_TYPES
+}
+#: the traits the contract defines (others are allowed as custom traits)
+KNOWN_TRAITS = frozenset(_DEFS["envelope"]["properties"]["traits"]["properties"])
 
 
 def _compile(name: str) -> Any:

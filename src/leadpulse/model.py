@@ -23,6 +23,11 @@ from .patterns import regex_matcher
 
 GRADES = ("A", "B", "C", "D")
 Scalar = str | int | float | bool
+#: which part of a URL a predicate sees (docs/scoring.md, URL matching)
+UrlPart = Literal["path", "host", "full"]
+#: event properties holding a URL: their predicates see the normalised path unless `part` says
+#: otherwise (`part` on any other property or trait declares it a URL)
+URL_PROPERTIES = frozenset({"url", "referrer"})
 DurationMs = Annotated[int, BeforeValidator(parse_ms)]
 Id = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
@@ -37,24 +42,35 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+def _one_or_more(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value
+
+
+Patterns = Annotated[tuple[str, ...], BeforeValidator(_one_or_more), Field(min_length=1)]
+
+
 class Predicate(Frozen):
     """Conditions on one property or trait; all given operators must hold.
 
     A bare scalar means `equals`, a bare list means `in`. String comparisons by `equals`,
-    `in` and `contains` ignore case; `glob` ignores case; `regex` is as written.
+    `in` and `contains` ignore case; `glob` ignores case; `regex` is as written. `contains`
+    and `glob` take one string or a list (any of them). `part` is not an operator: it picks
+    what of a URL the operators see.
     """
 
+    part: UrlPart | None = None
     equals: Scalar | None = None
     in_: tuple[Scalar, ...] | None = Field(default=None, alias="in")
     not_in: tuple[Scalar, ...] | None = None
-    contains: str | None = None
+    contains: Patterns | None = None
     regex: str | None = None
-    glob: str | None = None
+    glob: Patterns | None = None
     gte: float | None = None
     gt: float | None = None
     lte: float | None = None
     lt: float | None = None
     exists: bool | None = None
+    truthy: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -67,7 +83,7 @@ class Predicate(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Predicate:
-        if all(getattr(self, name) is None for name in type(self).model_fields):
+        if all(getattr(self, name) is None for name in type(self).model_fields if name != "part"):
             raise ValueError("a predicate needs at least one operator")
         for name in ("gte", "gt", "lte", "lt"):
             bound = getattr(self, name)
@@ -82,6 +98,12 @@ class Predicate(Frozen):
                     f"(no backreferences, lookaround or atomic groups; docs/scoring.md): {exc}"
                 ) from None
         return self
+
+    def url_part(self, name: str) -> UrlPart:
+        """What the operators see of property `name`: `full` is the value as sent."""
+        if self.part is not None:
+            return self.part
+        return "path" if name in URL_PROPERTIES else "full"
 
 
 def _split_when(value: Any) -> Any:
@@ -119,6 +141,19 @@ class Cap(Frozen):
         return self
 
 
+def _once(value: Any) -> bool | int:
+    """`true`/`false`, or a renewal period as a duration string (ms). A bare number is refused:
+    `once: 1` would read as "one second" to the parser and as "yes" to a person."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        ms = parse_ms(value)
+        if ms <= 0:
+            raise ValueError("the renewal period must be > 0")
+        return ms
+    raise ValueError("once is true (for life), false, or a renewal period with a unit such as 90d")
+
+
 class Rule(Frozen):
     id: Id
     description: str = ""
@@ -126,7 +161,8 @@ class Rule(Frozen):
     points: float
     when: When
     cap: Cap | None = None
-    once: bool = False
+    #: True: once per lead, ever; an int: once per that many ms (the award renews after it)
+    once: Annotated[bool | int, BeforeValidator(_once)] = False
     half_life: DurationMs | None = None  # overrides the category's decay
 
     @model_validator(mode="after")
@@ -143,9 +179,18 @@ class Rule(Frozen):
         return self
 
     @property
+    def renewal_ms(self) -> int | None:
+        """`once: 90d`: the renewal period in ms; None for a lifetime `once` or none."""
+        return None if isinstance(self.once, bool) else self.once
+
+    @property
     def effective_cap(self) -> Cap | None:
-        # `once` is a lifetime cap equal to the rule's own points: one mechanism in Redis.
-        return Cap(points=self.points, window=None) if self.once else self.cap
+        # `once` is a cap equal to the rule's own points: one mechanism in Redis. For life, or
+        # over the renewal period: the awards in (t - period, t] hold the rule's points exactly
+        # when one was made less than a period ago (each award is all or nothing).
+        if self.once is False:
+            return self.cap
+        return Cap.model_construct(points=self.points, window=self.renewal_ms)  # both checked already
 
 
 class FitRule(Frozen):
@@ -235,12 +280,22 @@ class Stage(Frozen):
     description: str = ""
 
 
+class CustomFields(Frozen):
+    """Fields the events carry beyond the contract (schemas/event.schema.json). Only
+    `check-model` reads this: a rule on a property or trait that is neither in the contract nor
+    declared here is reported as a likely typo."""
+
+    traits: tuple[str, ...] = ()
+    properties: dict[Source, tuple[str, ...]] = Field(default_factory=dict)
+
+
 class ScoringModel(Frozen):
     version: Annotated[str, Field(min_length=1, max_length=64)]
     categories: dict[Id, Category]
     rules: tuple[Rule, ...]
     fit: Fit = Field(default_factory=Fit)
     stages: tuple[Stage, ...]
+    custom_fields: CustomFields = Field(default_factory=CustomFields)
     hysteresis: Annotated[float, Field(ge=0)] = 0.0
     dedup_window: DurationMs = 7 * 86_400_000
     clock_skew: DurationMs = 5 * 60_000
@@ -309,8 +364,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
-        if part == "properties":  # When keeps properties beside source/type; users never write it
+    for i, part in enumerate(loc):
+        if part == "properties" and i and loc[i - 1] == "when":  # When keeps them apart; users never write it
             continue
         if isinstance(part, int):
             out += f"[{part}]"

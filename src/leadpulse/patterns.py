@@ -10,7 +10,7 @@ only the first MATCH_LIMIT characters of a value are matched (docs/scoring.md, P
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import re2
@@ -46,10 +46,12 @@ def regex_matcher(pattern: str) -> Matcher:
     return lambda value: search(value[:MATCH_LIMIT].encode()) is not None
 
 
-def glob_matcher(glob: str) -> Matcher:
+def glob_matcher(globs: str | Sequence[str]) -> Matcher:
     """fnmatch's meaning (`*`, `?`, `[seq]`, `[!seq]`; `*` also matches `/`), case-insensitive,
-    against the whole value."""
-    full = _compile(glob_to_re2(glob), _options(case_sensitive=False, dot_nl=True)).fullmatch
+    against the whole value; several globs: any of them (one RE2 alternation, one pass)."""
+    globs = (globs,) if isinstance(globs, str) else globs
+    pattern = "|".join(f"(?:{glob_to_re2(g)})" for g in globs)
+    full = _compile(pattern, _options(case_sensitive=False, dot_nl=True)).fullmatch
     return lambda value: full(value[:MATCH_LIMIT].encode()) is not None
 
 

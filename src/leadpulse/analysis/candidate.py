@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from ..events import EVENT_PROPERTIES, KNOWN_TRAITS
 from ..model import ScoringModel
+from ..modelcheck import DERIVED_TRAITS
 from .features import Feature, Kind, Trait
 
 
@@ -211,4 +213,27 @@ def render(
     body.append(f"hysteresis: {hysteresis:g}")
     body.append(f"dedup_window: {_duration(model.dedup_window)}")
     body.append(f"clock_skew: {_duration(model.clock_skew)}")
+    custom = custom_fields(model, learned)
+    if custom:
+        body.append("")
+        body.append(f"custom_fields: {_flow(custom)}   # carried by the events beyond the contract")
     return "\n".join(body) + "\n"
+
+
+def custom_fields(model: ScoringModel, learned: Learned) -> dict[str, Any]:
+    """The model's custom fields and those the learned rules read beyond the contract: the
+    history carried them, so `check-model --strict` should not take them for typos."""
+    traits = set(model.custom_fields.traits) | {k for rule, _ in learned.fit for k in rule["when"]}
+    traits -= KNOWN_TRAITS | DERIVED_TRAITS
+    props = {source: set(names) for source, names in model.custom_fields.properties.items()}
+    for rule, _ in learned.rules:
+        when = rule["when"]
+        extra = set(when) - {"source", "type"} - EVENT_PROPERTIES[when["source"]]
+        if extra:
+            props.setdefault(when["source"], set()).update(extra)
+    out: dict[str, Any] = {}
+    if traits:
+        out["traits"] = sorted(traits)
+    if any(props.values()):
+        out["properties"] = {source: sorted(names) for source, names in sorted(props.items()) if names}
+    return out

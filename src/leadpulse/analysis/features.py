@@ -29,7 +29,8 @@ import orjson
 from ..engine import Scorer
 from ..errors import ConfigError, InvalidEvent
 from ..events import Event, from_dict
-from ..model import Category, Fit, FitRule, Rule, ScoringModel, Stage
+from ..model import URL_PROPERTIES, Category, Fit, FitRule, Rule, ScoringModel, Stage
+from ..urls import url_path
 
 #: any timestamp is accepted: history is replayed, not received
 _NO_FUTURE = 253_402_300_799_999
@@ -195,6 +196,8 @@ def event_kinds(model: ScoringModel, leads: Sequence[History], min_support: int,
                 continue
             for key, v in e.properties.items():
                 if _scalar(v):
+                    if key in URL_PROPERTIES and isinstance(v, str):
+                        v = url_path(v)  # what a predicate on it sees: split by page, not by utm tags
                     values[(e.source, e.type, key)].setdefault(h.lead_id, []).append(_fold(v))
         support.update({(e.source, e.type) for e in h.events if e.source != "profile"})
     lacking: Counter[tuple[str, str, str]] = Counter()  # leads with an event of the type without the key
@@ -238,7 +241,7 @@ def _when_yaml(rule: Rule) -> dict[str, Any]:
     if rule.when.type:
         out["type"] = list(rule.when.type) if len(rule.when.type) > 1 else rule.when.type[0]
     for key, pred in rule.when.properties.items():
-        out[key] = pred.model_dump(by_alias=True, exclude_none=True)
+        out[key] = pred.model_dump(mode="json", by_alias=True, exclude_none=True)  # lists, not tuples
     return out
 
 

@@ -29,7 +29,6 @@ import orjson
 
 from .. import events as contract
 from ..errors import InvalidEvent
-from ..events import SOURCES
 
 #: the Segment call types; `screen` (mobile apps) has no LeadPulse meaning and is ignored
 SEGMENT_TYPES = ("track", "page", "identify", "group", "alias", "screen")
@@ -38,8 +37,8 @@ MAX_EVENT_ID = 128
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _DEFS = contract.load_schema("event.schema.json")["$defs"]
-#: the event types each source accepts, read from the contract so the two cannot drift
-EVENT_TYPES: dict[str, tuple[str, ...]] = {s: tuple(_DEFS[s]["properties"]["type"]["enum"]) for s in SOURCES}
+#: the event types each source accepts (the contract's)
+EVENT_TYPES = contract.EVENT_TYPES
 
 #: Segment track event names → (source, type). Names follow Segment's semantic specs where one
 #: exists (the Email spec: "Email Opened", "Email Link Clicked", "Unsubscribed"…). Overridable.
