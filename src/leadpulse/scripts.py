@@ -35,7 +35,8 @@ RETIRE = Script("retire.lua")
 RULES = Script("rules.lua")
 ERASE = Script("erase.lua")
 UNLINK = Script("unlink.lua")
-ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
+ACTIVATE = Script("activate.lua")
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE)
 
 
 async def load_all(redis: Redis) -> None:

@@ -198,10 +198,20 @@ class LeadStore:
     def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None,
                  retention: Retention | None = None) -> None:
         self.redis = redis
-        self.model = model
         self.keys = keys or Keys(cluster=isinstance(redis, RedisCluster))
+        #: no keys given: the store follows the deployment's current key space (keys.py), read
+        #: at first use; a worker is told of a switch (handover.py) and calls `use_space`
+        self._locate = keys is None
         self.retention = retention or Retention()
+        self.scripts = scripts.Scripts(redis)
+        self.use_model(model)
+        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+
+    def use_model(self, model: ScoringModel) -> None:
+        """Score with `model` from the next call on (a hot reload: models.py). Rule codes are
+        given to its new rules at the next call; the states keep theirs (rules.lua)."""
         self.retention.check(model)
+        self.model = model
         self.scorer = Scorer(model)
         #: the spec's category order: explanations name categories by index in it
         self.categories = tuple(model.categories)
@@ -209,14 +219,29 @@ class LeadStore:
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
-        self.scripts = scripts.Scripts(redis)
         self._reloads = -1  # scripts.reloads when the rule codes were read
-        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+
+    def use_space(self, space: str) -> None:
+        """Keep leads in `space` from now on (the switch of a rescore, handover.py)."""
+        self.keys = self.keys.in_space(space)
+        self._locate = False
+        self._reloads = -1  # the space has its own rule-code table
+        self._aliases.clear()
+
+    def in_space(self, space: str) -> LeadStore:
+        """A store on the same Redis and model with its leads in `space`."""
+        return LeadStore(self.redis, self.model, self.keys.in_space(space), self.retention)
 
     async def ready(self) -> None:
-        """Read (or give) the rule codes and build the spec: at first use, and again after the
-        scripts had to be reloaded (Redis restarted, perhaps without its data: then the codes
-        this process knew are given back, rules.lua)."""
+        """Find the current key space (once, unless keys were given), read (or give) the rule
+        codes and build the spec: at first use, and again after the scripts had to be reloaded
+        (Redis restarted, perhaps without its data: then the codes this process knew are given
+        back, rules.lua)."""
+        if self._locate:
+            pointer = await self.redis.get(self.keys.pointer)
+            if pointer:
+                self.keys = self.keys.in_space(_text(pointer))
+            self._locate = False
         if self._reloads == self.scripts.reloads:
             return
         ids = [r.id for r in (*self.model.rules, *self.model.fit.rules)]
@@ -430,6 +455,7 @@ class LeadStore:
         """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
         want = max(limit * 4, 20)
         try:
+            await self.ready()
             pipe = self.redis.pipeline(transaction=False)
             for shard in self.keys.shards():
                 pipe.zrevrange(self.keys.indexes(shard)[1], 0, want - 1, withscores=True)
