@@ -1,5 +1,6 @@
 """`leadpulse` command line: worker, dev, produce, score, top, rescore, check-model here; collector,
-alerts, bench, report and calibrate in their own packages, imported when they run."""
+alerts, bench, report, calibrate, backtest and the model commands (models, activate, rollback,
+diff) in their own modules, imported when they run."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ _LAZY = {
     "alerts": "leadpulse.alerts.command:alerts",
     "bench": "leadpulse.bench.cli:bench",
     "collector": "leadpulse.collector.command:collector",
+    "models": "leadpulse.modelcli:models_command",
+    "activate": "leadpulse.modelcli:activate",
+    "rollback": "leadpulse.modelcli:rollback",
+    "diff": "leadpulse.modelcli:diff",
+    "backtest": "leadpulse.analysis.backtest_command:backtest",
 }
 
 

@@ -171,3 +171,30 @@ async def adopt(redis: Redis, keys: Keys, configured: ScoringModel, path: str | 
                         "stays as it is: give the changed model a new version", configured.version)
         return
     await activate(redis, keys, text, f"worker start on {socket.gethostname()}", origin)
+
+
+class ModelFile:
+    """The worker's model file, watched: `changed()` is its text when it changed since the last
+    look (size or modification time), else None. Polling a stat every few seconds costs nothing
+    and works on every filesystem and with editors that replace the file (inotify loses a file
+    renamed over); no watcher library is needed for one file."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._seen = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def changed(self) -> bool:
+        now = self._stat()
+        if now is None or now == self._seen:
+            return False
+        self._seen = now
+        return True

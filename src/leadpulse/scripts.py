@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 _LIB = "lib.lua"
-_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua"})
+_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua", "reeval.lua"})
 
 
 class Script:
@@ -36,7 +36,8 @@ RULES = Script("rules.lua")
 ERASE = Script("erase.lua")
 UNLINK = Script("unlink.lua")
 ACTIVATE = Script("activate.lua")
-ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE)
+REEVAL = Script("reeval.lua")
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE, REEVAL)
 
 
 async def load_all(redis: Redis) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -31,10 +32,10 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
 from redis.exceptions import RedisError
 
-from . import api, kafka, models, scripts
+from . import api, kafka, models, reeval, scripts
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
-from .errors import StateError
+from .errors import ConfigError, StateError
 from .handover import HEARTBEAT_S, Gate
 from .kafka import SESSION_TIMEOUT_MS
 from .metrics import Metrics
@@ -82,6 +83,7 @@ class ScoringService(mode.Service):
         self.gate = Gate(self.redis, self.store.keys, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
                          self._switch_space, self._load_model)
         self._registered = False
+        self.model_file = models.ModelFile(settings.model)
         #: batches applied and not yet committed; set when there are none
         self._uncommitted = 0
         self._all_committed = asyncio.Event()
@@ -98,6 +100,11 @@ class ScoringService(mode.Service):
         self._stopping = asyncio.Event()
         #: every outage is waited out, never a crash loop
         self.retry = Retry((StateError, RedisError, OSError, KafkaError), self._failed, stopping=self._stopping)
+
+    async def on_start(self) -> None:
+        # SIGHUP: read the model file again now (mode's worker handles INT, TERM, USR1, USR2)
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(self._activate_file("SIGHUP")))
 
     async def on_stop(self) -> None:
         self._stopping.set()
@@ -297,6 +304,24 @@ class ScoringService(mode.Service):
         if self._registered:
             with contextlib.suppress(RedisError, OSError):
                 await self.gate.heartbeat()
+        if self.model_file.changed():
+            await self._activate_file("file change")
+
+    async def _activate_file(self, why: str) -> None:
+        """Activate the model file if it holds a new model (every worker follows, models.py);
+        an invalid one is refused with its error and the active model stays."""
+        if self.settings.model is None or not self.prepared.is_set():
+            return
+        try:
+            text, origin = models.model_text(self.settings.model)
+            done = await models.activate(self.redis, self.store.keys, text, f"{why} on {socket.gethostname()}",
+                                         origin, self.store.retention.check)
+        except ConfigError as exc:
+            log.error("model not activated (%s): %s; the active model stays", why, exc)
+        except RedisError as exc:
+            log.warning("model not activated (%s): redis: %s", why, exc)
+        else:
+            log.info("model %s %s (%s)", done.version, "activated" if done.changed else "already active", why)
 
     async def _commit_stage(self, inbox: asyncio.Queue[_InFlight | None]) -> None:
         while (item := await inbox.get()) is not None:
@@ -432,6 +457,7 @@ class ScoringService(mode.Service):
                 async with self.gate.quiet:  # never while holding for a switch (handover.py)
                     while await self.processor.sweep(int(time.time() * 1000)) >= 500:
                         pass
+                    await self._reevaluate()
             finally:
                 await lock.release()
         except (StateError, RedisError) as exc:
@@ -445,6 +471,18 @@ class ScoringService(mode.Service):
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("sweep").inc()
             log.warning("sweep could not publish: %s", exc)
+
+    async def _reevaluate(self) -> None:
+        """Decide leads again after a model change, `reeval_rate` leads a second (reeval.py)."""
+        if self.gate.model is None:
+            return
+        budget = max(1, int(self.settings.reeval_rate * self.settings.sweep_interval))
+        spent = 0
+        while spent < budget:
+            looked = await reeval.step(self.store, self.gate.model, self.processor.settle, budget - spent)
+            if not looked:
+                return
+            spent += looked
 
     async def on_shutdown(self) -> None:
         if self._registered:
