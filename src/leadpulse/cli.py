@@ -43,7 +43,7 @@ _LAZY = {
     "activate": "leadpulse.modelcli:activate",
     "rollback": "leadpulse.modelcli:rollback",
     "diff": "leadpulse.modelcli:diff",
-    "backtest": "leadpulse.analysis.backtest_command:backtest",
+    "backtest": "leadpulse.analysis.commands:backtest",
 }
 
 
