@@ -83,15 +83,15 @@ async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition
     """reeval.lua for each lead, in one round trip; their transitions (to publish, then ack)."""
     if not leads:
         return []
-    keys = store.keys
     now = int(time.time() * 1000)
-    calls = []
-    for lead in leads:
-        k = keys.lead(lead)
-        calls.append((scripts.REEVAL, [*keys.indexes(keys.shard(lead)), k.state, k.outbox, k.traits],
-                      [store.spec, at, lead, now]))
     try:
-        await store.ready()
+        await store.ready()  # first: the spec is built there
+        keys = store.keys
+        calls = []
+        for lead in leads:
+            k = keys.lead(lead)
+            calls.append((scripts.REEVAL, [*keys.indexes(keys.shard(lead)), k.state, k.outbox, k.traits],
+                          [store.spec, at, lead, now]))
         replies = await store.scripts.pipelined(calls)
     except RedisError as exc:
         raise StateError(f"redis: {exc}") from exc

@@ -37,7 +37,8 @@ ERASE = Script("erase.lua")
 UNLINK = Script("unlink.lua")
 ACTIVATE = Script("activate.lua")
 REEVAL = Script("reeval.lua")
-ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE, REEVAL)
+CARRY = Script("carry.lua")
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE, REEVAL, CARRY)
 
 
 async def load_all(redis: Redis) -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from redis.asyncio import Redis
 
-from . import layout
+from . import layout, scripts
 from .keys import Keys
 
 CHUNK = 1000
@@ -100,44 +100,23 @@ async def unretained(redis: Redis, old: Keys, new: Keys, among: Iterable[tuple[s
 
 
 async def carry_over(redis: Redis, old: Keys, new: Keys, entities: list[tuple[str, str]]) -> int:
-    """Copy these leads and visitors from `old` to `new` as they are (DUMP/RESTORE, with the
-    time each key has left), with the leads' index entries; a carried visitor's link is named
-    in its lead's set of visitors, so erasing the lead finds it. Returns the keys copied."""
+    """Copy these leads and visitors from `old` to `new` as they are (carry.lua: every key with
+    the time it has left, a lead's index entries); a carried visitor's link is named in its
+    lead's set of visitors, so erasing the lead finds it. Returns the keys copied."""
+    runner = scripts.Scripts(redis)
     copied = 0
     for start in range(0, len(entities), CHUNK):
         part = entities[start : start + CHUNK]
-        pipe = redis.pipeline(transaction=False)
-        names: list[tuple[str, str]] = []
+        calls = []
         for letter, ident in part:
-            for src, dst in zip(_keys_of(old, letter, ident), _keys_of(new, letter, ident)):
-                pipe.dump(src)
-                pipe.pttl(src)
-                names.append((src, dst))
-            if letter == "l":
-                due, top = old.indexes(old.shard(ident))
-                pipe.zscore(due, ident)
-                pipe.zscore(top, ident)
-            else:
-                pipe.get(old.anon(ident).alias)
-        replies = iter(await pipe.execute())
+            src, dst = _keys_of(old, letter, ident), _keys_of(new, letter, ident)
+            indexes = [*old.indexes(old.shard(ident)), *new.indexes(new.shard(ident))] if letter == "l" else []
+            calls.append((scripts.CARRY, [*src, *dst, *indexes], [len(src), ident if letter == "l" else ""]))
         pipe = redis.pipeline(transaction=False)
-        pairs = iter(names)
-        for letter, ident in part:
-            for _ in range(6 if letter == "l" else 3):
-                src, dst = next(pairs)
-                blob, ttl = next(replies), next(replies)
-                if blob is not None and ttl != -2:
-                    pipe.restore(dst, max(ttl, 0), blob, replace=True)
-                    copied += 1
-            if letter == "l":
-                due, top = new.indexes(new.shard(ident))
-                for index, score in ((due, next(replies)), (top, next(replies))):
-                    if score is not None:
-                        pipe.zadd(index, {ident: score})
-            else:
-                lead = next(replies)
-                if lead is not None:
-                    pipe.sadd(new.lead(lead.decode() if isinstance(lead, bytes) else lead).visitors, ident)
+        for (letter, ident), (n, lead) in zip(part, await runner.pipelined(calls)):
+            copied += n
+            if lead:
+                pipe.sadd(new.lead(lead.decode() if isinstance(lead, bytes) else lead).visitors, ident)
         await pipe.execute()
     return copied
 

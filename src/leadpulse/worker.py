@@ -14,12 +14,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
-import socket
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +29,12 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
 from redis.exceptions import RedisError
 
-from . import api, kafka, models, reeval, scripts
+from . import api, kafka, models, scripts
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
-from .errors import ConfigError, StateError
-from .handover import HEARTBEAT_S, Gate
+from .errors import StateError
+from .following import Following
+from .handover import HEARTBEAT_S
 from .kafka import SESSION_TIMEOUT_MS
 from .metrics import Metrics
 from .model import ScoringModel
@@ -80,12 +78,9 @@ class ScoringService(mode.Service):
         self.consumer: AIOKafkaConsumer | None = None
         self.partitions = Partitions("worker", changed=self._update_ready, revoked=self._forget_lag)
         #: the key space and the active model, followed between batches (handover.py, models.py)
-        self.gate = Gate(self.redis, self.store.keys, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
-                         self._switch_space, self._load_model)
-        self._registered = False
-        self.model_file = models.ModelFile(settings.model)
-        #: batches applied and not yet committed; set when there are none
-        self._uncommitted = 0
+        self.following = Following(self.store, self.processor, settings, metrics, self._switch_space)
+        self.gate = self.following.gate
+        self._uncommitted = 0  # batches applied and not yet committed; the event: none
         self._all_committed = asyncio.Event()
         self._all_committed.set()
         self.prepared = asyncio.Event()
@@ -101,10 +96,8 @@ class ScoringService(mode.Service):
         #: every outage is waited out, never a crash loop
         self.retry = Retry((StateError, RedisError, OSError, KafkaError), self._failed, stopping=self._stopping)
 
-    async def on_start(self) -> None:
-        # SIGHUP: read the model file again now (mode's worker handles INT, TERM, USR1, USR2)
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, lambda: asyncio.ensure_future(self._activate_file("SIGHUP")))
+    async def on_start(self) -> None:  # SIGHUP: the model file again (mode has INT, TERM, USR1, USR2)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.following.on_sighup)
 
     async def on_stop(self) -> None:
         self._stopping.set()
@@ -151,7 +144,7 @@ class ScoringService(mode.Service):
         await self.retry(redis_ready, "connect")
         await self.retry(lambda: models.adopt(self.redis, self.store.keys, self.store.model, self.settings.model),
                          "model")
-        await self.retry(lambda: self.gate.check(self._drained), "control")
+        await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         await self.retry(self._start_producer, "producer_start")
         topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
         await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
@@ -196,8 +189,7 @@ class ScoringService(mode.Service):
             self.kafka_ok = True
             # Known to a rescore from here on: it waits for this worker to hold (handover.py).
             # Every batch passes the gate first, so none is applied before this.
-            await self.retry(self.gate.heartbeat, "heartbeat")
-            self._registered = True
+            await self.retry(self.following.register, "heartbeat")
             _tune_gc()
             # Three stages joined by one-batch queues, so that the worker's CPU (parsing batch
             # n+1), Redis (applying batch n) and the broker (acknowledging batch n-1's handoffs)
@@ -248,8 +240,7 @@ class ScoringService(mode.Service):
         getter: asyncio.Future[_InFlight | None] | None = None
         try:
             while True:
-                # One get() is kept across idle checks: cancelling a get that just took an item
-                # would lose the batch.
+                # one get() across idle checks: cancelling one that just took a batch loses it
                 getter = getter or asyncio.ensure_future(inbox.get())
                 done, _ = await asyncio.wait({getter}, timeout=IDLE_CHECK_S)
                 if not done:
@@ -273,62 +264,28 @@ class ScoringService(mode.Service):
     async def _apply(self, batch: Batch) -> None:
         # Each attempt passes the gate: a worker waiting out an outage must not apply into a key
         # space a rescore switched away from meanwhile.
-        await self.gate.check(self._drained)
+        await self.gate.check(self._all_committed.wait)
         await self.processor.apply(batch)
 
     async def _idle_check(self) -> None:
-        try:
-            await self.gate.check(self._drained)
-        except (StateError, RedisError, OSError) as exc:
-            log.debug("idle check failed: %s", exc)
-
-    async def _drained(self) -> None:
-        await self._all_committed.wait()
+        with contextlib.suppress(StateError, RedisError, OSError):  # the next batch's check retries
+            await self.gate.check(self._all_committed.wait)
 
     async def _switch_space(self, space: str) -> None:
         self.store.use_space(space)
         if self.prepared.is_set():  # a switch under way: learn what other workers published
             await self._read_published()
 
-    async def _load_model(self, activation: int) -> None:
-        model = await models.load_activation(self.redis, self.store.keys, activation)
-        if model is None or model == self.store.model:
-            return
-        self.store.use_model(model)
-        self.processor.model = model
-        self.metrics.model.info({"version": model.version})
-        log.info("scoring with model %s (activation %d)", model.version, activation)
-
     @mode.Service.timer(HEARTBEAT_S)
     async def _heartbeat(self) -> None:
-        if self._registered:
-            with contextlib.suppress(RedisError, OSError):
-                await self.gate.heartbeat()
-        if self.model_file.changed():
-            await self._activate_file("file change")
-
-    async def _activate_file(self, why: str) -> None:
-        """Activate the model file if it holds a new model (every worker follows, models.py);
-        an invalid one is refused with its error and the active model stays."""
-        if self.settings.model is None or not self.prepared.is_set():
-            return
-        try:
-            text, origin = models.model_text(self.settings.model)
-            done = await models.activate(self.redis, self.store.keys, text, f"{why} on {socket.gethostname()}",
-                                         origin, self.store.retention.check)
-        except ConfigError as exc:
-            log.error("model not activated (%s): %s; the active model stays", why, exc)
-        except RedisError as exc:
-            log.warning("model not activated (%s): redis: %s", why, exc)
-        else:
-            log.info("model %s %s (%s)", done.version, "activated" if done.changed else "already active", why)
+        await self.following.tick(self.prepared.is_set())
 
     async def _commit_stage(self, inbox: asyncio.Queue[_InFlight | None]) -> None:
         while (item := await inbox.get()) is not None:
             await self.retry(lambda: self.processor.publish(item.batch), "publish")
             await self._commit(item.offsets)
             self._uncommitted -= 1
-            if self._uncommitted == 0:
+            if self._uncommitted == 0:  # what the gate waits for before it holds (handover.py)
                 self._all_committed.set()
             self.processed += len(item.batch.records)
             self.metrics.commit_latency.observe(time.monotonic() - item.consumed)
@@ -457,7 +414,7 @@ class ScoringService(mode.Service):
                 async with self.gate.quiet:  # never while holding for a switch (handover.py)
                     while await self.processor.sweep(int(time.time() * 1000)) >= 500:
                         pass
-                    await self._reevaluate()
+                    await self.following.reevaluate()
             finally:
                 await lock.release()
         except (StateError, RedisError) as exc:
@@ -472,22 +429,8 @@ class ScoringService(mode.Service):
             self.metrics.kafka_errors.labels("sweep").inc()
             log.warning("sweep could not publish: %s", exc)
 
-    async def _reevaluate(self) -> None:
-        """Decide leads again after a model change, `reeval_rate` leads a second (reeval.py)."""
-        if self.gate.model is None:
-            return
-        budget = max(1, int(self.settings.reeval_rate * self.settings.sweep_interval))
-        spent = 0
-        while spent < budget:
-            looked = await reeval.step(self.store, self.gate.model, self.processor.settle, budget - spent)
-            if not looked:
-                return
-            spent += looked
-
     async def on_shutdown(self) -> None:
-        if self._registered:
-            with contextlib.suppress(RedisError, OSError):
-                await self.gate.leave()
+        await self.following.leave()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
