@@ -141,7 +141,7 @@ async def test_erased_leads_stay_erased_through_a_linked_cookie_and_a_rescore(
             out = subprocess.run([sys.executable, "-m", "leadpulse", "rescore"], env=worker.env, capture_output=True,
                                  timeout=300)
             assert out.returncode == 0, out.stderr.decode()[-2000:]
-            assert await scored("keep-me", "demo_request")
+            assert await scored("keep-me", "demo_request"), out.stdout.decode() + out.stderr.decode()[-3000:]
             assert (await worker.get("/leads/erase-me"))[0] == 404
             assert await client.get(worker_keys().anon("erase-cookie").alias) is None
             assert not await client.exists(worker_keys().lead("erase-me").visitors)

@@ -219,19 +219,47 @@ async def test_rescore_skips_what_it_cannot_apply_and_counts_it_by_reason(
     bad = [b"{not json", orjson.dumps(base(event_id=f"{tag}-s", occurred_at=True)),
            orjson.dumps(base(event_id=f"{tag}-p1", lead_id=poisoned)), orjson.dumps(base(event_id=f"{tag}-p2", lead_id=poisoned))]
     await produce(broker.bootstrap, [(f"{tag}.email", None, value) for value in [*good[:3], *bad, *good[3:]]])
+    # The group's workers had consumed all of it: rescore rebuilds what the group committed.
+    await commit_to_end(broker.bootstrap, tag, f"{tag}.email")
     client = Redis.from_url(redis_server.url)
-    await client.set(Keys().lead(poisoned).dedup, b"not a sorted set")
+    space = Keys().in_space(Keys().new_space(int(await client.get("lp:space-seq") or 0) + 1))  # the one it builds
+    await client.set(space.lead(poisoned).dedup, b"not a sorted set")
     try:
         result = await rescore(settings, model)
-        assert all([await client.exists(Keys().lead(f"{tag}-good-{i}").state) for i in range(len(good))])
+        assert result.space == space.space
+        assert all([await client.exists(space.lead(f"{tag}-good-{i}").state) for i in range(len(good))])
     finally:
-        await client.delete(*Keys().lead(poisoned))
+        await client.delete(*space.lead(poisoned))
+        await delete_spaces(client)
         await client.aclose()
     # The events Redis took before it refused the poisoned lead's are duplicates when the parts
     # of the batch are applied again (as in any replay): applied either way, once.
     assert result.events == len(good) + len(bad) and result.scored + result.duplicates == len(good)
     assert result.invalid == len(bad) and result.skipped == {"invalid_json": 1, "schema": 1, "internal": 2}
     assert result.transitions == 0
+
+
+async def commit_to_end(bootstrap: str, group: str, topic: str) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await kafka.partitions(consumer, [topic])
+        ends = await kafka.high_watermarks(consumer, tps)
+        await consumer.commit({tp: end for tp, end in ends.items()})
+    finally:
+        await consumer.stop()
+
+
+async def delete_spaces(client: Redis) -> None:
+    """Back to the shared Redis's first key space: other tests use it."""
+    from leadpulse import spaces
+
+    pointer = await client.get("lp:space")
+    if pointer:
+        await spaces.delete(client, Keys().in_space(pointer.decode()))
+    await client.delete("lp:space", "lp:spaces")
 
 
 async def test_a_redis_out_of_memory_is_retried_never_blamed_on_the_events(

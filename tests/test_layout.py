@@ -43,7 +43,8 @@ def test_every_command_is_listed_and_runs() -> None:
 
     listing = CliRunner().invoke(main, ["--help"], prog_name="leadpulse")
     assert listing.exit_code == 0
-    for name in ("worker", "dev", "produce", "score", "top", "rescore", "check-model", "collector", "alerts", "bench"):
+    for name in ("worker", "dev", "produce", "score", "top", "rescore", "check-model", "collector", "alerts", "bench",
+                 "models", "activate", "rollback", "diff", "backtest"):
         assert f"  {name} " in listing.output, name
         shown = CliRunner().invoke(main, [name, "--help"], prog_name="leadpulse")
         assert shown.exit_code == 0 and f"leadpulse {name}" in shown.output, shown.output

@@ -1,5 +1,6 @@
-"""The HTTP API, served by Faust's web server: lead reads and erasure; health, readiness and
-metrics through probes.py. It knows the store and a readiness callable, not the worker."""
+"""The HTTP API, served by Faust's web server: lead reads and erasure, model activation and
+history; health, readiness and metrics through probes.py. It knows the store and a readiness
+callable, not the worker."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from faust.web import Request, Response, View
 
 from redis.exceptions import RedisError
 
+from . import models
 from .admin import forget
-from .errors import StateError
+from .errors import ConfigError, StateError
 from .explanation import LeadView
 from .handoff import iso
 from .metrics import Metrics
+from .model import parse_model
+from .modelcheck import findings
 from .probes import Readiness, add_probes
 from .settings import Settings
 from .state import LeadStore
@@ -106,6 +110,42 @@ def register(app: faust.App, store: LeadStore, settings: Settings, metrics: Metr
         except StateError as exc:
             return _error(web, 503, "redis_unavailable", str(exc))
         return web.json({"leads": [lead_json(v) for v in views]})
+
+    @app.page("/admin/model")
+    class Model(View):
+        async def post(self, request: Request) -> Response:
+            """Activate the model in the body (YAML) on every worker (models.py): validated like
+            check-model and against the retention settings; refused with the error otherwise."""
+            if settings.admin_token is None:
+                return _error(self, 403, "forbidden", "set LEADPULSE_ADMIN_TOKEN to allow changes over HTTP")
+            if not _authorized(request, settings.admin_token):
+                return _error(self, 401, "unauthorized", "the admin bearer token is required")
+            try:
+                text = (await request.read()).decode("utf-8")
+                warnings = [str(f) for f in findings(parse_model(text, "body"))]
+                done = await models.activate(store.redis, store.keys, text, f"POST /admin/model from {request.remote}",
+                                             "POST /admin/model", store.retention.check)
+            except UnicodeDecodeError:
+                return _error(self, 400, "bad_encoding", "the model must be UTF-8 YAML")
+            except models.VersionConflict as exc:
+                return _error(self, 409, "version_conflict", str(exc))
+            except ConfigError as exc:
+                return _error(self, 400, "invalid_model", str(exc))
+            except (StateError, RedisError) as exc:
+                return _error(self, 503, "redis_unavailable", str(exc))
+            return self.json({"activation": done.activation, "version": done.version,
+                              "status": "activated" if done.changed else "unchanged", "warnings": warnings})
+
+    @app.page("/models")
+    async def versions(web: View, request: Request) -> Response:
+        """Every model version ever active: who activated it, when, when it was superseded."""
+        if not _authorized(request, settings.api_token):
+            return _error(web, 401, "unauthorized", "a valid bearer token is required")
+        try:
+            log_ = await models.history(store.redis, store.keys)
+        except RedisError as exc:
+            return _error(web, 503, "redis_unavailable", str(exc))
+        return web.json({"models": [a.as_json() for a in log_]})
 
     # Any characters: lead ids may hold braces and slashes (percent-encoded by the client).
     @app.page("/leads/{lead_id:.+}")

@@ -1,5 +1,6 @@
 """`leadpulse` command line: worker, dev, produce, score, top, rescore, check-model here; collector,
-alerts, bench, report and calibrate in their own packages, imported when they run."""
+alerts, bench, report, calibrate, backtest and the model commands (models, activate, rollback,
+diff) in their own modules, imported when they run."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ _LAZY = {
     "alerts": "leadpulse.alerts.command:alerts",
     "bench": "leadpulse.bench.cli:bench",
     "collector": "leadpulse.collector.command:collector",
+    "models": "leadpulse.modelcli:models_command",
+    "activate": "leadpulse.modelcli:activate",
+    "rollback": "leadpulse.modelcli:rollback",
+    "diff": "leadpulse.modelcli:diff",
+    "backtest": "leadpulse.analysis.commands:backtest",
 }
 
 
@@ -126,8 +132,12 @@ def _read(settings: Settings, read: Callable[[Any, int], Any]) -> Any:
     """Run one read against the store at the current instant, closing the connection after."""
     from .state import LeadStore, connect
 
+    from . import models
+    from .keys import Keys
+
     async def run() -> Any:
-        store = LeadStore(connect(settings.redis_url.get_secret_value(), settings.redis_cluster), _model(settings))
+        redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
+        store = LeadStore(redis, await models.active_model(redis, Keys(cluster=settings.redis_cluster), _model(settings)))
         try:
             return await read(store, int(time.time() * 1000))
         finally:
@@ -170,33 +180,62 @@ def top(limit: int, as_json: bool, **options: Any) -> None:
 
 
 @main.command()
+@click.option("--drop-unretained", is_flag=True,
+              help="drop leads and visitors none of whose events the topics retain (default: keep them as they are)")
+@click.option("--hold-timeout", type=float, default=60.0, show_default=True,
+              help="seconds to wait for every worker to hold (and to switch) before giving up")
 @settings_options
 @fails_cleanly
-def rescore(**options: Any) -> None:
-    """Rebuild lead state in Redis from the input topics' retention (after Redis lost its data).
+def rescore(drop_unretained: bool, hold_timeout: float, **options: Any) -> None:
+    """Rebuild lead state from the input topics' retention into a fresh key space, then switch
+    every worker over to it (idempotent; safe while workers run: docs/operations.md).
 
-    Safe while workers run: events Redis still holds are duplicates and change nothing.
-    Publishes nothing: the handoffs it re-derives were published the first time, same ids.
+    Uses the active model. Publishes nothing: the handoffs it re-derives were published the
+    first time, under the same ids.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .admin import rescore as run
 
     settings = _settings(options)
-    model = _model(settings)
+    model = _active_model(settings)
     with Progress(TextColumn("rescoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
         task = progress.add_task("events", total=None)
 
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        result = asyncio.run(run(settings, model, on_progress=advance))
+        result = asyncio.run(run(settings, model, on_progress=advance, carry=not drop_unretained,
+                                 hold_timeout=hold_timeout))
     skipped = ", ".join(f"{reason} {n}" for reason, n in result.skipped.most_common())
     click.echo(
-        f"rescored {result.events} events: {result.scored} applied, {result.duplicates} already held, "
-        f"{result.invalid} invalid (skipped{': ' + skipped if skipped else ''}), "
+        f"rescored {result.events} events with model {model.version}: {result.scored} applied, "
+        f"{result.duplicates} duplicates or refused, {result.invalid} invalid (skipped{': ' + skipped if skipped else ''}), "
         f"{result.transitions} stage transitions re-derived"
     )
+    click.echo(
+        f"switched {result.previous} -> {result.space}: {result.tombstones} tombstones carried over, "
+        f"{result.carried} leads/visitors with no retained event kept as they were, {result.workers} worker(s) held "
+        f"{result.held_ms:.0f} ms while {result.tail} events were applied; "
+        + ("old space kept (a worker did not confirm the switch; the next rescore deletes it)" if result.deleted is None
+           else f"{result.deleted} keys of the old space deleted")
+    )
+
+
+def _active_model(settings: Settings) -> ScoringModel:
+    """The model active in Redis (models.py), or the configured one when none was activated."""
+    from . import models
+    from .keys import Keys
+    from .state import connect
+
+    async def run() -> ScoringModel:
+        redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
+        try:
+            return await models.active_model(redis, Keys(cluster=settings.redis_cluster), _model(settings))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
 
 
 @main.command("check-model")

@@ -37,7 +37,28 @@ async def register(store: LeadStore, links: list[tuple[str, str]]) -> None:
 async def erase(store: LeadStore, lead_id: str) -> bool:
     """Erase a lead: its state (replaced by the tombstone), dedup set, replay log, traits, outbox,
     index entries, and the links of its visitors with whatever they logged. True if it had a
-    state. A lead never seen is tombstoned too: its events still on their way cannot create it."""
+    state. A lead never seen is tombstoned too: its events still on their way cannot create it.
+
+    While a rescore builds a new key space (handover.py), the lead is erased there too. The
+    order makes that race-free: the erasure here comes first, then the look at the switch; the
+    rescore announces the switch first, then copies the tombstones it finds. Either the rescore
+    finds this tombstone or this erasure finds the switch."""
+    try:
+        await store.ready()
+        existed = await _erase_in(store, lead_id)
+        target = await store.redis.hget(store.keys.switch, "to")
+    except RedisError as exc:
+        raise StateError(f"redis: {exc}") from exc
+    space = target.decode() if isinstance(target, bytes) else target
+    if space and space != store.keys.space:
+        try:
+            existed = await _erase_in(store.in_space(space), lead_id) or existed
+        except RedisError as exc:
+            raise StateError(f"redis: {exc}") from exc
+    return existed
+
+
+async def _erase_in(store: LeadStore, lead_id: str) -> bool:
     keys, lead = store.keys, store.keys.lead(lead_id)
     try:
         existed = await store.scripts.run(

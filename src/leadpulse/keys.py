@@ -3,26 +3,47 @@
 All keys of one lead share one hash tag, so a lead's state lives in one hash slot and its Lua
 scripts work on Redis Cluster. The prefix separates deployments sharing a Redis.
 
-  <p>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack; layout.py names its
+Lead and visitor keys, the indexes and the rule codes live in a **key space** `<s>`: the prefix
+itself (`lp`, where every deployment started), or `<p>:g<n>` once `leadpulse rescore` rebuilt
+the state into a fresh space and switched every process over to it (handover.py). The keys
+below the prefix that are not in a space say which space is current and coordinate that switch:
+
+  <p>:space          string  the current space's prefix (absent: the prefix itself)
+  <p>:space-seq      string  the last space number given
+  <p>:spaces         set     spaces being built by a rescore (a crashed one's is deleted later)
+  <p>:switch         hash    a rescore's switch under way: id, to (the new space), phase
+                             (building | pause | switched); leased (expires unless renewed)
+  <p>:switch-acks    hash    worker id -> "held:<switch id>" / "switched:<switch id>"
+  <p>:workers        zset    worker id -> wall-clock ms of its last heartbeat
+  <p>:model{m}:active string the number of the active model activation (models.py)
+  <p>:model{m}:log   hash    activation number -> JSON: version, sha256, who/when activated,
+                             when superseded; '#' -> the last number given
+  <p>:model{m}:yaml  hash    model version -> its YAML, as activated
+  <p>:reeval         hash    the re-evaluation pass after a model change (reeval.py): activation,
+                             instant, scan cursor, leads done
+  <p>:sweep-lock     string  one sweeper at a time (worker.py)
+  <p>:write-probe    string  written by a worker Redis refused writes to, to see when it takes them
+                             again (10 s expiry)
+
+In a space `<s>`:
+
+  <s>:l{<lead>}:v   string  the lead's state: scores, stage, clocks (msgpack; layout.py names its
                             fields), or the tombstone of an erased lead (lua/erase.lua)
-  <p>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: arrival ms)
-  <p>:l{<lead>}:x   string  transitions of recent events, re-emitted when a message is replayed
+  <s>:l{<lead>}:d   zset    event hashes applied within the dedup window (score: arrival ms)
+  <s>:l{<lead>}:x   string  transitions of recent events, re-emitted when a message is replayed
                             (msgpack; written only by events that cause one; expires after the
                             dedup window)
-  <p>:l{<lead>}:p   string  the fit-relevant traits (JSON; identified leads only)
-  <p>:l{<lead>}:o   string  demotions the sweep decided and not yet acknowledged as published
-  <p>:l{<lead>}:n   set     anonymous ids linked (or being linked) to the lead, so that erasing
+  <s>:l{<lead>}:p   string  the fit-relevant traits (JSON; identified leads only)
+  <s>:l{<lead>}:o   string  demotions the sweep decided and not yet acknowledged as published
+  <s>:l{<lead>}:n   set     anonymous ids linked (or being linked) to the lead, so that erasing
                             it can remove their links (expires with the links: alias ttl)
-  <p>:a{<anon>}:s   list    an anonymous visitor's scored events until it is linked to a lead
-  <p>:a{<anon>}:d   zset    the visitor's dedup set
-  <p>:a{<anon>}:a   string  the lead the visitor was linked to
-  <p>:rules         hash    rule id -> code (lead states store codes; lua/rules.lua). Never delete
+  <s>:a{<anon>}:s   list    an anonymous visitor's scored events until it is linked to a lead
+  <s>:a{<anon>}:d   zset    the visitor's dedup set
+  <s>:a{<anon>}:a   string  the lead the visitor was linked to
+  <s>:rules         hash    rule id -> code (lead states store codes; lua/rules.lua). Never delete
                             it alone: the states would lose their meaning
-  <p>:due           zset    lead -> when decay alone takes it below its stage's floor
-  <p>:top           zset    staged leads ranked by score (GET /leads/top)
-  <p>:sweep-lock    string  one sweeper at a time (worker.py)
-  <p>:write-probe   string  written by a worker Redis refused writes to, to see when it takes them
-                            again (10 s expiry)
+  <s>:due           zset    lead -> when decay alone takes it below its stage's floor
+  <s>:top           zset    staged leads ranked by score (GET /leads/top)
 
 The `l`/`a` letter keeps a lead and a visitor with the same id apart. The state was a hash
 under `:s` before it was packed into one string; the new suffix means a hash left from then is
@@ -32,11 +53,11 @@ Ids are free text, and Redis Cluster hashes only what lies between the first `{`
 `}` of a key: a lead id starting with `}` would make that tag empty, so the whole key (suffix
 included) would be hashed and one lead's keys would land in different slots. An id holding a
 `{` or `}` is therefore put in the tag encoded (unpadded base64url, which has no braces) under
-the upper-case letter: `<p>:L{<b64>}:v`, `<p>:A{<b64>}:s`. Ids without braces keep their keys
+the upper-case letter: `<s>:L{<b64>}:v`, `<s>:A{<b64>}:s`. Ids without braces keep their keys
 as they are (no migration); `L`/`A` keys hold only encoded ids, so the two spaces never meet.
 
 On Redis Cluster a script may only touch keys of one slot, so the two indexes are sharded
-by slot: `<p>:due{<t>}` and `<p>:top{<t>}`, where `<t>` is a short tag hashing to the slot of
+by slot: `<s>:due{<t>}` and `<s>:top{<t>}`, where `<t>` is a short tag hashing to the slot of
 the leads it indexes. The sweep and GET /leads/top then read all 16384 shards (pipelined per
 node): work that grows with the number of slots, never with the number of leads. Index members
 are the ids themselves, never encoded.
@@ -90,15 +111,55 @@ def hash_tag(letter: str, ident: str) -> str:
 
 
 class Keys:
-    def __init__(self, prefix: str = "lp", cluster: bool = False) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError(f"a key prefix must not hold braces (they are hash tags): {prefix!r}")
+    def __init__(self, prefix: str = "lp", cluster: bool = False, space: str | None = None) -> None:
+        for name in (prefix, space or ""):
+            if "{" in name or "}" in name:
+                raise ValueError(f"a key prefix must not hold braces (they are hash tags): {name!r}")
         self.prefix = prefix
+        #: where leads, visitors, the indexes and the rule codes live
+        self.space = space or prefix
         self.cluster = cluster
-        self.due = f"{prefix}:due"
-        self.top = f"{prefix}:top"
-        self.rules = f"{prefix}:rules"
+        self.due = f"{self.space}:due"
+        self.top = f"{self.space}:top"
+        self.rules = f"{self.space}:rules"
         self.probe = f"{prefix}:write-probe"
+        self.sweep_lock = f"{prefix}:sweep-lock"
+        self.pointer = f"{prefix}:space"
+        self.space_seq = f"{prefix}:space-seq"
+        self.spaces = f"{prefix}:spaces"
+        self.switch = f"{prefix}:switch"
+        self.switch_acks = f"{prefix}:switch-acks"
+        self.workers = f"{prefix}:workers"
+        # one hash tag: activate.lua writes all three (one slot on a cluster)
+        self.model_active = f"{prefix}:model{{m}}:active"
+        self.model_log = f"{prefix}:model{{m}}:log"
+        self.model_yaml = f"{prefix}:model{{m}}:yaml"
+        self.reeval = f"{prefix}:reeval"
+
+    def in_space(self, space: str) -> Keys:
+        """These keys with leads in `space` (a prefix the pointer named, or the prefix itself)."""
+        return Keys(self.prefix, self.cluster, space)
+
+    def new_space(self, number: int) -> str:
+        return f"{self.prefix}:g{number}"
+
+    def space_patterns(self) -> tuple[str, ...]:
+        """SCAN patterns matching every key of this space and nothing else: another space's
+        keys (`<p>:g<n>:…`) and the keys beside the spaces start differently."""
+        s = self.space
+        return (f"{s}:[lLaA]{{*", f"{s}:due", f"{s}:due{{*", f"{s}:top", f"{s}:top{{*", f"{s}:rules")
+
+    def state_pattern(self) -> str:
+        """SCAN pattern of every lead state of this space (erased leads' tombstones included)."""
+        return f"{self.space}:[lL]{{*}}:v"
+
+    def lead_of(self, key: str) -> str:
+        """The id of one of this space's lead or visitor keys (the inverse of `lead`, `anon`)."""
+        body = key[len(self.space) + 1:]
+        tag = body[2 : body.rindex("}")]
+        if body[0].isupper():
+            return base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
+        return tag
 
     def shard(self, lead_id: str) -> str:
         """The index shard of a lead: "" on a single Redis, its slot's tag on a cluster."""
@@ -116,9 +177,9 @@ class Keys:
         return f"{self.due}{{{shard}}}", f"{self.top}{{{shard}}}"
 
     def lead(self, lead_id: str) -> LeadKeys:
-        base = f"{self.prefix}:{hash_tag('l', lead_id)}"
+        base = f"{self.space}:{hash_tag('l', lead_id)}"
         return LeadKeys(base + ":v", base + ":d", base + ":x", base + ":p", base + ":o", base + ":n")
 
     def anon(self, anonymous_id: str) -> AnonKeys:
-        base = f"{self.prefix}:{hash_tag('a', anonymous_id)}"
+        base = f"{self.space}:{hash_tag('a', anonymous_id)}"
         return AnonKeys(base + ":s", base + ":d", base + ":a")

@@ -226,7 +226,11 @@ class Processor:
 
     async def sweep(self, now_ms: int) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
-        transitions = await self.store.sweep(now_ms)
+        return await self.settle(await self.store.sweep(now_ms))
+
+    async def settle(self, transitions: list[Transition]) -> int:
+        """Publish transitions no event caused (the sweep's, a model change's: reeval.py), then
+        acknowledge them in Redis, which clears them from the leads' outboxes."""
         if not transitions:
             return 0
         handoffs, failed = self._handoffs(transitions)

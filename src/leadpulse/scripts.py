@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 _LIB = "lib.lua"
-_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua"})
+_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua", "reeval.lua"})
 
 
 class Script:
@@ -35,7 +35,10 @@ RETIRE = Script("retire.lua")
 RULES = Script("rules.lua")
 ERASE = Script("erase.lua")
 UNLINK = Script("unlink.lua")
-ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK)
+ACTIVATE = Script("activate.lua")
+REEVAL = Script("reeval.lua")
+CARRY = Script("carry.lua")
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE, REEVAL, CARRY)
 
 
 async def load_all(redis: Redis) -> None:

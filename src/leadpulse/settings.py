@@ -164,6 +164,8 @@ class Settings(BaseConfig):
     batch_max: int = Field(2000, ge=1, description="most events per batch")
     batch_wait_ms: int = Field(20, ge=0, description="longest the broker holds a fetch open for events (fetch.max.wait.ms)")
     sweep_interval: float = Field(5.0, gt=0, description="seconds between decay-demotion sweeps")
+    reeval_rate: float = Field(2000.0, gt=0, description="leads a second decided again after a model change "
+                               "(by the sweeping worker)")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger messages go to the DLQ")
     lead_ttl: DurationMs = Field(
         "400d", description="a lead in the first stage is forgotten this long after its last event (0: never; "

@@ -18,18 +18,20 @@ from typing import Any
 
 import msgpack
 import orjson
-from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from . import erasure, layout, scripts
 from .bounds import Retention
 from .engine import Scorer, grade_rank
-from .errors import LeadPulseError, RedisRefused, StateError
+from .errors import StateError
 from .events import Event
 from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
+from .redisconn import connect, failure as _failure, unavailable
+
+__all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
@@ -79,39 +81,6 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "erased": layout.ERASED,
     }
     return bytes(msgpack.packb(spec))
-
-
-#: Redis cannot serve for now (a failover, resharding, a dataset loading, a long script, memory,
-#: persistence or credentials trouble): the same batch is retried. Every other error reply (a Lua
-#: runtime error, WRONGTYPE, CROSSSLOT) would recur on a retry: the batch is split instead.
-_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.ReadOnlyError, rx.NoPermissionError,
-                rx.ClusterError, rx.AskError, rx.TryAgainError, rx.NoScriptError)
-_UNAVAILABLE_CODES = frozenset({"BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "MASTERDOWN",
-                                "NOREPLICAS", "MISCONF", "OOM", "NOAUTH", "WRONGPASS", "NOPERM", "UNBLOCKED"})
-
-
-def unavailable(exc: BaseException) -> bool:
-    """True when a Redis error says "not now" (retry) rather than "never" (split the batch)."""
-    if isinstance(exc, RedisClusterException):  # the client's own: only a cross-slot call is for good
-        return not isinstance(exc, rx.CrossSlotTransactionError) and "same key slot" not in str(exc)
-    if isinstance(exc, _UNAVAILABLE):
-        return True
-    if isinstance(exc, rx.ResponseError):
-        # A script's failing redis.call keeps the error's code in front (Redis 7) or after "-" (6).
-        text = str(exc)
-        return text.split(" ", 1)[0] in _UNAVAILABLE_CODES or any(f" -{code} " in text for code in _UNAVAILABLE_CODES)
-    return not isinstance(exc, rx.DataError)  # DataError: an argument the client cannot encode
-
-
-def _failure(exc: RedisError | RedisClusterException) -> LeadPulseError:
-    return StateError(f"redis: {exc}") if unavailable(exc) else RedisRefused(f"redis: {exc}")
-
-
-def connect(url: str, cluster: bool = False, **options: Any) -> Redis:
-    """A client for a single Redis, or for a Redis Cluster (then the indexes are sharded)."""
-    if cluster:
-        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
-    return Redis.from_url(url, **options)
 
 
 def dedup_member(event_id: str) -> str:
@@ -198,10 +167,20 @@ class LeadStore:
     def __init__(self, redis: Redis, model: ScoringModel, keys: Keys | None = None,
                  retention: Retention | None = None) -> None:
         self.redis = redis
-        self.model = model
         self.keys = keys or Keys(cluster=isinstance(redis, RedisCluster))
+        #: no keys given: the store follows the deployment's current key space (keys.py), read
+        #: at first use; a worker is told of a switch (handover.py) and calls `use_space`
+        self._locate = keys is None
         self.retention = retention or Retention()
+        self.scripts = scripts.Scripts(redis)
+        self.use_model(model)
+        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+
+    def use_model(self, model: ScoringModel) -> None:
+        """Score with `model` from the next call on (a hot reload: models.py). Rule codes are
+        given to its new rules at the next call; the states keep theirs (rules.lua)."""
         self.retention.check(model)
+        self.model = model
         self.scorer = Scorer(model)
         #: the spec's category order: explanations name categories by index in it
         self.categories = tuple(model.categories)
@@ -209,14 +188,29 @@ class LeadStore:
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
-        self.scripts = scripts.Scripts(redis)
         self._reloads = -1  # scripts.reloads when the rule codes were read
-        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+
+    def use_space(self, space: str) -> None:
+        """Keep leads in `space` from now on (the switch of a rescore, handover.py)."""
+        self.keys = self.keys.in_space(space)
+        self._locate = False
+        self._reloads = -1  # the space has its own rule-code table
+        self._aliases.clear()
+
+    def in_space(self, space: str) -> LeadStore:
+        """A store on the same Redis and model with its leads in `space`."""
+        return LeadStore(self.redis, self.model, self.keys.in_space(space), self.retention)
 
     async def ready(self) -> None:
-        """Read (or give) the rule codes and build the spec: at first use, and again after the
-        scripts had to be reloaded (Redis restarted, perhaps without its data: then the codes
-        this process knew are given back, rules.lua)."""
+        """Find the current key space (once, unless keys were given), read (or give) the rule
+        codes and build the spec: at first use, and again after the scripts had to be reloaded
+        (Redis restarted, perhaps without its data: then the codes this process knew are given
+        back, rules.lua)."""
+        if self._locate:
+            pointer = await self.redis.get(self.keys.pointer)
+            if pointer:
+                self.keys = self.keys.in_space(_text(pointer))
+            self._locate = False
         if self._reloads == self.scripts.reloads:
             return
         ids = [r.id for r in (*self.model.rules, *self.model.fit.rules)]
@@ -430,6 +424,7 @@ class LeadStore:
         """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
         want = max(limit * 4, 20)
         try:
+            await self.ready()
             pipe = self.redis.pipeline(transaction=False)
             for shard in self.keys.shards():
                 pipe.zrevrange(self.keys.indexes(shard)[1], 0, want - 1, withscores=True)

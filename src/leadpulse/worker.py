@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
 from redis.exceptions import RedisError
 
-from . import api, kafka, scripts
+from . import api, kafka, models, scripts
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
 from .errors import StateError
+from .following import Following
+from .handover import HEARTBEAT_S
 from .kafka import SESSION_TIMEOUT_MS
 from .metrics import Metrics
 from .model import ScoringModel
@@ -45,6 +48,8 @@ log = logging.getLogger("leadpulse.worker")
 
 #: handoff records re-read per partition at start, to skip re-publishing after a crash
 HANDOFF_TAIL = 5000
+#: an idle worker still looks this often whether a switch or a new model is under way
+IDLE_CHECK_S = 0.25
 
 
 class ScoringService(mode.Service):
@@ -72,6 +77,12 @@ class ScoringService(mode.Service):
         )
         self.consumer: AIOKafkaConsumer | None = None
         self.partitions = Partitions("worker", changed=self._update_ready, revoked=self._forget_lag)
+        #: the key space and the active model, followed between batches (handover.py, models.py)
+        self.following = Following(self.store, self.processor, settings, metrics, self._switch_space)
+        self.gate = self.following.gate
+        self._uncommitted = 0  # batches applied and not yet committed; the event: none
+        self._all_committed = asyncio.Event()
+        self._all_committed.set()
         self.prepared = asyncio.Event()
         self.redis_ok = False
         #: "oom" / "readonly" while Redis refuses our writes (state.write_refusal); None otherwise
@@ -84,6 +95,9 @@ class ScoringService(mode.Service):
         self._stopping = asyncio.Event()
         #: every outage is waited out, never a crash loop
         self.retry = Retry((StateError, RedisError, OSError, KafkaError), self._failed, stopping=self._stopping)
+
+    async def on_start(self) -> None:  # SIGHUP: the model file again (mode has INT, TERM, USR1, USR2)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.following.on_sighup)
 
     async def on_stop(self) -> None:
         self._stopping.set()
@@ -128,9 +142,18 @@ class ScoringService(mode.Service):
             self.redis_ok = True
 
         await self.retry(redis_ready, "connect")
+        await self.retry(lambda: models.adopt(self.redis, self.store.keys, self.store.model, self.settings.model),
+                         "model")
+        await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         await self.retry(self._start_producer, "producer_start")
         topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
         await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
+        await self._read_published()
+        log.info("ready to consume %s (%d handoffs already published)",
+                 ", ".join(self.settings.input_topics), len(self.processor.published))
+        self.prepared.set()
+
+    async def _read_published(self) -> None:
         tail = await self.retry(
             lambda: kafka.read_tail(self.settings, self.settings.handoff_topic, HANDOFF_TAIL), "read_handoffs"
         )
@@ -138,9 +161,6 @@ class ScoringService(mode.Service):
             for name, value in record.headers or ():
                 if name == "leadpulse.handoff_id":
                     self.processor.published.add(value.decode())
-        log.info("ready to consume %s (%d handoffs already published)",
-                 ", ".join(self.settings.input_topics), len(self.processor.published))
-        self.prepared.set()
 
     def _consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -167,6 +187,9 @@ class ScoringService(mode.Service):
             await self._prepare()
             await self.retry(self._start_consumer, "consumer_start")
             self.kafka_ok = True
+            # Known to a rescore from here on: it waits for this worker to hold (handover.py).
+            # Every batch passes the gate first, so none is applied before this.
+            await self.retry(self.following.register, "heartbeat")
             _tune_gc()
             # Three stages joined by one-batch queues, so that the worker's CPU (parsing batch
             # n+1), Redis (applying batch n) and the broker (acknowledging batch n-1's handoffs)
@@ -214,18 +237,56 @@ class ScoringService(mode.Service):
         await out.put(None)
 
     async def _apply_stage(self, inbox: asyncio.Queue[_InFlight | None], out: asyncio.Queue[_InFlight | None]) -> None:
-        while (item := await inbox.get()) is not None:
-            await self.retry(lambda: self.processor.apply(item.batch), "process")
-            self.redis_ok = True
-            if item.batch.valid:  # the batch was written: Redis takes writes
-                self._write_refused(None)
-            await out.put(item)
+        getter: asyncio.Future[_InFlight | None] | None = None
+        try:
+            while True:
+                # one get() across idle checks: cancelling one that just took a batch loses it
+                getter = getter or asyncio.ensure_future(inbox.get())
+                done, _ = await asyncio.wait({getter}, timeout=IDLE_CHECK_S)
+                if not done:
+                    await self._idle_check()
+                    continue
+                item, getter = getter.result(), None
+                if item is None:
+                    break
+                await self.retry(lambda: self._apply(item.batch), "process")
+                self._uncommitted += 1
+                self._all_committed.clear()
+                self.redis_ok = True
+                if item.batch.valid:  # the batch was written: Redis takes writes
+                    self._write_refused(None)
+                await out.put(item)
+        finally:
+            if getter is not None:
+                getter.cancel()
         await out.put(None)
+
+    async def _apply(self, batch: Batch) -> None:
+        # Each attempt passes the gate: a worker waiting out an outage must not apply into a key
+        # space a rescore switched away from meanwhile.
+        await self.gate.check(self._all_committed.wait)
+        await self.processor.apply(batch)
+
+    async def _idle_check(self) -> None:
+        with contextlib.suppress(StateError, RedisError, OSError):  # the next batch's check retries
+            await self.gate.check(self._all_committed.wait)
+
+    async def _switch_space(self, space: str) -> None:
+        self.store.use_space(space)
+        if self.prepared.is_set():  # a switch under way: learn what other workers published
+            await self._read_published()
+
+    @mode.Service.timer(HEARTBEAT_S)
+    async def _heartbeat(self) -> None:
+        await self.following.tick(self.prepared.is_set())
 
     async def _commit_stage(self, inbox: asyncio.Queue[_InFlight | None]) -> None:
         while (item := await inbox.get()) is not None:
             await self.retry(lambda: self.processor.publish(item.batch), "publish")
             await self._commit(item.offsets)
+            self._uncommitted -= 1
+            if self._uncommitted == 0:  # what the gate waits for before it holds (handover.py)
+                self._all_committed.set()
             self.processed += len(item.batch.records)
             self.metrics.commit_latency.observe(time.monotonic() - item.consumed)
             self.partitions.batch_done()
@@ -342,16 +403,18 @@ class ScoringService(mode.Service):
         be on their way, and demoting it on the wall clock first would decide ahead of them.
         Events arriving after a due time apply that demotion themselves, at its instant.
         """
-        if not self.prepared.is_set() or not self.caught_up:
+        if not self.prepared.is_set() or not self.caught_up or self.gate.quiet.locked():
             return
         try:
-            lock = self.redis.lock(f"{self.store.keys.prefix}:sweep-lock", timeout=max(30.0, 3 * self.settings.sweep_interval),
+            lock = self.redis.lock(self.store.keys.sweep_lock, timeout=max(30.0, 3 * self.settings.sweep_interval),
                                    blocking=False)
             if not await lock.acquire():
                 return
             try:
-                while await self.processor.sweep(int(time.time() * 1000)) >= 500:
-                    pass
+                async with self.gate.quiet:  # never while holding for a switch (handover.py)
+                    while await self.processor.sweep(int(time.time() * 1000)) >= 500:
+                        pass
+                    await self.following.reevaluate()
             finally:
                 await lock.release()
         except (StateError, RedisError) as exc:
@@ -367,6 +430,7 @@ class ScoringService(mode.Service):
             log.warning("sweep could not publish: %s", exc)
 
     async def on_shutdown(self) -> None:
+        await self.following.leave()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:

@@ -155,3 +155,38 @@ def _table(s: dict[str, Any]) -> str:
                 return f"{x['leads']} ({num(x['rate'], '{:.1%}')})"
             lines.append(f"{stage.upper() + ' reached (conv.)':24}{cell(cur[stage]):>24}{cell(cand[stage]):>24}")
     return "\n".join(lines)
+
+
+@click.command()
+@click.argument("candidate_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True, help="directory for report.json and report.html")
+@click.option("--events", "events_path", type=_FILE, default=None, help="events (JSONL) instead of the input topics up to their ends")
+@click.option("--outcomes", "outcomes_path", type=_FILE, default=None, help="outcome records (JSONL) instead of the outcomes topic")
+@click.option("--baseline", "baseline_path", type=_FILE, default=None, help="compare with this model (default: the active one)")
+@click.option("--positive", default="won", show_default=True, help="outcomes that make a lead converted (comma-separated)")
+@click.option("--negative", default="lost,sql_rejected", show_default=True, help="outcomes that make a lead not converted")
+@click.option("--engine-redis", default=None, help="a Redis to replay in (private key prefixes, deleted after); default: start a redis-server")
+@settings_options
+@fails_cleanly
+def backtest(
+    candidate_path: Path, out_dir: Path, events_path: Path | None, outcomes_path: Path | None, baseline_path: Path | None,
+    positive: str, negative: str, engine_redis: str | None, **options: Any,
+) -> None:
+    """Replay retained history through CANDIDATE beside the active model, in an isolated key
+    space: MQL/SQL per week, score deciles, leads whose stage would change, conversion by score
+    decile where outcomes exist. Writes report.json and report.html; publishes nothing."""
+    import orjson
+
+    from .backtest_run import run
+
+    settings = settings_from(options)
+    data = run(settings, candidate_path, out_dir, events_path=events_path, outcomes_path=outcomes_path,
+               baseline_path=baseline_path, positive=_names(positive), negative=_names(negative), engine_redis=engine_redis)
+    changes = data["stage_changes"]["count"]
+    weeks = data["weeks"]
+    click.echo(
+        f"{out_dir / 'report.html'}: {data['input']['events']} events, models {data['models']['active']} (active) vs "
+        f"{data['models']['candidate']} (candidate); stages now {orjson.dumps(data['stages']).decode()}; "
+        f"{changes} leads would change stage over {len(weeks)} week(s)"
+        + ("" if data["outcomes"] is None else f"; {data['outcomes']['leads']} leads with an outcome")
+    )
