@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import shutil
 import subprocess
@@ -284,9 +285,18 @@ async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: W
     async def worker_alerts_quiet() -> bool:
         # (an evaluation before the first scrape may leave LeadPulseNoWorkerUp pending for a moment)
         active = {a["labels"]["alertname"] for a in (await prometheus.api("alerts"))["alerts"]}
-        return not active & {"LeadPulseNoWorkerUp", "LeadPulseWorkerDown", "LeadPulseWorkerNotReady"}
+        return not active & {"LeadPulseNoWorkerUp", "LeadPulseWorkerDown", "LeadPulseWorkerNotReady",
+                             "LeadPulseSweepStalled", "LeadPulseDemotionsOverdue"}
 
     await eventually(worker_alerts_quiet, "no worker alert is pending or firing while the worker is up")
+
+    async def sampled(promql: str) -> bool:
+        return bool(await prometheus.query(promql))
+
+    # What the sweep and memory alerts read, as Prometheus sees it from the live worker.
+    for promql in ("leadpulse_caught_up == 1", "leadpulse_sweep_last_success_timestamp_seconds > 0",
+                   "leadpulse_redis_used_memory_bytes > 0"):
+        await eventually(functools.partial(sampled, promql), promql)
 
 
 @pytest.mark.integration

@@ -224,9 +224,10 @@ class Processor:
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
             self.metrics.batch_done()
 
-    async def sweep(self, now_ms: int) -> int:
-        """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
-        transitions = await self.store.sweep(now_ms)
+    async def sweep(self, now_ms: int, due_at: list[float] | None = None) -> int:
+        """Publish the demotions decay has caused by now, then acknowledge them in Redis. `due_at`
+        receives the due times the pass read (LeadStore.sweep)."""
+        transitions = await self.store.sweep(now_ms, due_at=due_at)
         if not transitions:
             return 0
         handoffs, failed = self._handoffs(transitions)

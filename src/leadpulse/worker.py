@@ -11,7 +11,6 @@ down at start instead of crashing the worker. docs/architecture.md explains the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import tempfile
@@ -26,13 +25,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-from . import api, kafka, scripts
+from . import api, kafka, redisinfo, scripts
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
 from .errors import StateError
 from .kafka import SESSION_TIMEOUT_MS
+from .lag import ConsumerLag
 from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, Topics
@@ -45,6 +45,8 @@ log = logging.getLogger("leadpulse.worker")
 
 #: handoff records re-read per partition at start, to skip re-publishing after a crash
 HANDOFF_TAIL = 5000
+#: seconds between samples of Redis's memory (one INFO per primary; never per event)
+REDIS_SAMPLE_INTERVAL = 5.0
 
 
 class ScoringService(mode.Service):
@@ -71,7 +73,8 @@ class ScoringService(mode.Service):
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
         self.consumer: AIOKafkaConsumer | None = None
-        self.partitions = Partitions("worker", changed=self._update_ready, revoked=self._forget_lag)
+        self.lag = ConsumerLag(metrics.lag)
+        self.partitions = Partitions("worker", changed=self._update_ready, revoked=self.lag.forget)
         self.prepared = asyncio.Event()
         self.redis_ok = False
         #: "oom" / "readonly" while Redis refuses our writes (state.write_refusal); None otherwise
@@ -79,7 +82,6 @@ class ScoringService(mode.Service):
         self.kafka_ok = False
         self.processed = 0
         self.caught_up = False
-        self._positions: dict[TopicPartition, int] = {}
         # Set when the service stops: a retry waiting out an outage gives up its batch at once.
         self._stopping = asyncio.Event()
         #: every outage is waited out, never a crash loop
@@ -205,6 +207,7 @@ class ScoringService(mode.Service):
             if batch:
                 self.kafka_ok = True
                 self.partitions.batch_started()
+                self.lag.started(batch)
                 records = [r for msgs in batch.values() for r in msgs]
                 offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
                 await out.put(_InFlight(self.processor.prepare(records), offsets, time.monotonic()))
@@ -234,24 +237,14 @@ class ScoringService(mode.Service):
 
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         assert self.consumer is not None
-        for tp, o in (await kafka.commit_owned(self.consumer, offsets, self.retry)).items():
-            self._positions[tp] = o.offset
+        self.lag.committed(await kafka.commit_owned(self.consumer, offsets, self.retry))
 
     def _observe_lag(self) -> None:
         if self.consumer is None:
             return
-        caught_up = bool(self.partitions.assigned)
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            done = self._positions.get(tp)
-            if done is None:
-                continue
-            lag = max(0, high - done)
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-            caught_up = caught_up and lag <= self.settings.batch_max
-        self.caught_up = caught_up
+        lags = self.lag.observe(self.consumer)
+        self.caught_up = bool(self.partitions.assigned) and all(n <= self.settings.batch_max for n in lags.values())
+        self.metrics.caught_up.set(1 if self.caught_up else 0)
 
     @mode.Service.timer(2.0)
     async def _probe(self) -> None:
@@ -274,6 +267,14 @@ class ScoringService(mode.Service):
             except (RedisError, OSError, TimeoutError):
                 pass
         self._update_ready()
+
+    @mode.Service.timer(REDIS_SAMPLE_INTERVAL)
+    async def _sample_redis(self) -> None:
+        """Redis memory against maxmemory, for the metrics and their alerts."""
+        try:
+            self.metrics.redis_memory(await asyncio.wait_for(redisinfo.memory(self.redis), timeout=2.0))
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            log.debug("redis memory not sampled: %s", exc)  # an outage is the probe's and the alerts' to tell
 
     def _write_refused(self, reason: str | None) -> None:
         if reason == self.write_refused:
@@ -327,11 +328,6 @@ class ScoringService(mode.Service):
             "started": self.prepared.is_set(),
         }
 
-    def _forget_lag(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked:  # another worker reports these now: no stale lag from us
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-
     # --- decay sweep ---------------------------------------------------------------------
 
     async def sweep(self, _app: object = None) -> None:
@@ -350,7 +346,7 @@ class ScoringService(mode.Service):
             if not await lock.acquire():
                 return
             try:
-                while await self.processor.sweep(int(time.time() * 1000)) >= 500:
+                while await self._sweep_pass() >= 500:
                     pass
             finally:
                 await lock.release()
@@ -365,6 +361,20 @@ class ScoringService(mode.Service):
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("sweep").inc()
             log.warning("sweep could not publish: %s", exc)
+
+    async def _sweep_pass(self) -> int:
+        """One pass over up to 500 due leads; its metrics say what it found and that it completed."""
+        now = int(time.time() * 1000)
+        due_at: list[float] = []
+        try:
+            swept = await self.processor.sweep(now, due_at)
+        except BaseException:
+            if due_at:  # read, then failed: what it read is still the backlog
+                self.metrics.sweep_read(now, due_at)
+            raise
+        self.metrics.sweep_read(now, due_at)
+        self.metrics.sweep_success.set(time.time())
+        return swept
 
     async def on_shutdown(self) -> None:
         if self.consumer is not None:
@@ -395,6 +405,7 @@ class _InFlight:
 def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None = None) -> tuple[faust.App, ScoringService]:
     metrics = metrics or Metrics()
     metrics.model.info({"version": model.version})
+    metrics.sweeps_every(settings.sweep_interval)
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
