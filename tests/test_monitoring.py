@@ -23,7 +23,10 @@ import aiohttp
 import orjson
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
+from leadpulse.alerts.service import AlertMetrics
+from leadpulse.collector.app import CollectorMetrics
 from leadpulse.dev.embedded import RedisServer, Service, TansuBroker, free_port
 
 from .kafkatools import WorkerProcess, event_bytes, produce
@@ -37,9 +40,8 @@ GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "leadpulse.json"
 COMPOSE = REPO / "docker-compose.yml"
 
-#: metrics the dashboard and rules may use besides the worker's: the collector's, the alerts
-#: service's, and the `up` series Prometheus writes for every target
-OTHER_METRICS = {"leadpulse_collector_requests_total", "leadpulse_alert_deliveries_total", "up"}
+#: the `up` series Prometheus writes for every target, which rules may use besides the services' own
+PROMETHEUS_METRICS = {"up"}
 #: Grafana's interval variables, replaced by a fixed window to run a panel's query directly
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 PROMQL_WORDS = {
@@ -93,6 +95,15 @@ def metric_names(expr: str) -> set[str]:
         if match.group().lower() not in PROMQL_WORDS:
             names.add(match.group())
     return names
+
+
+def exposition_of(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def families(exposition: str) -> set[str]:
+    return {line.split()[2] for line in exposition.splitlines()
+            if line.startswith("# TYPE ") and not line.split()[2].endswith("_created")}
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -321,20 +332,22 @@ async def test_every_dashboard_query_runs_in_prometheus(prometheus: PrometheusSe
 async def test_dashboard_and_rules_use_only_metrics_that_exist(worker: WorkerProcess) -> None:
     status, exposition = await worker.get("/metrics")
     assert status == 200
-    worker_names = exported_names(exposition)
-    known = worker_names | OTHER_METRICS
+    # The alerts service's and the collector's metrics, from their own registries.
+    alerts = exposition_of(AlertMetrics().registry)
+    collector = exposition_of(CollectorMetrics().registry)
+    known = exported_names(exposition) | exported_names(alerts) | exported_names(collector) | PROMETHEUS_METRICS
     for title, expr in dashboard_targets():
         assert metric_names(expr), f"{title}: no metric in {expr!r}"
         assert metric_names(expr) <= known, f"panel {title!r} uses unknown metrics {metric_names(expr) - known}"
     for expr in rule_expressions():
         assert metric_names(expr) <= known, f"rule uses unknown metrics {metric_names(expr) - known}: {expr}"
 
-    # Every family the worker exports is on the dashboard (a new metric gets a panel).
+    # Every family the worker and the alerts service export is on the dashboard (a new metric
+    # gets a panel).
     used = set().union(*(metric_names(e) for _, e in dashboard_targets()))
-    families = {line.split()[2] for line in exposition.splitlines()
-                if line.startswith("# TYPE ") and not line.split()[2].endswith("_created")}
-    unused = {f for f in families if not any(name.startswith(f) for name in used)}
-    assert unused == set(), f"worker metrics missing from the dashboard: {unused}"
+    for service, text in (("worker", exposition), ("alerts", alerts)):
+        unused = {f for f in families(text) if not any(name.startswith(f) for name in used)}
+        assert unused == set(), f"{service} metrics missing from the dashboard: {unused}"
 
 
 def test_the_dashboard_shows_what_operators_ask_for_and_is_provisioned() -> None:
