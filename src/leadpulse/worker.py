@@ -406,6 +406,9 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
     metrics = metrics or Metrics()
     metrics.model.info({"version": model.version})
     metrics.sweeps_every(settings.sweep_interval)
+    for stage in model.stages:
+        if stage.handoff:  # from the start: an hour without promotions is 0, not absent (a baseline)
+            metrics.handoffs.labels(stage.name, "promoted")
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
