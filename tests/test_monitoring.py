@@ -39,6 +39,7 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "leadpulse.json"
 COMPOSE = REPO / "docker-compose.yml"
+OPERATIONS = REPO / "docs" / "operations.md"
 
 #: the `up` series Prometheus writes for every target, which rules may use besides the services' own
 PROMETHEUS_METRICS = {"up"}
@@ -166,6 +167,23 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test_and_they_pass() -> None:
     result = run(promtool, "test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS), result.stdout
+
+
+def test_every_alert_has_a_runbook_section_naming_panels_that_exist() -> None:
+    text = OPERATIONS.read_text()
+    runbook = text[text.index("\n## Runbook\n"):]
+    sections = dict(re.findall(r"^### (\S+)\n(.*?)(?=^##|\Z)", runbook, re.MULTILINE | re.DOTALL))
+    alerts = set(alert_names())
+    assert alerts - sections.keys() == set(), "alerts without a runbook section in docs/operations.md"
+    assert sections.keys() - alerts == set(), "runbook sections of alerts that do not exist"
+    titles = {p["title"] for p in orjson.loads(DASHBOARD.read_bytes())["panels"]}
+    for name, body in sections.items():
+        labels = ["*Means.*", "*Confirm.*", "*Do.*"]
+        assert [label for label in labels if label in body] == labels, f"{name}: what it means, how to confirm, what to do"
+        # Panels are named in italics: each must be on the dashboard.
+        named = {" ".join(m.split()) for m in re.findall(r"(?<![*\w])\*([^*]+)\*(?![*\w])", body)}
+        named -= {label.strip("*") for label in labels}
+        assert named <= titles, f"{name} names panels the dashboard does not have: {named - titles}"
 
 
 # --- a real Prometheus scraping a real worker ------------------------------------------------
