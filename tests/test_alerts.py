@@ -34,6 +34,7 @@ from leadpulse.alerts.destinations import parse_retry_after, sign, slack_message
 from leadpulse.alerts.service import AlertService
 from leadpulse.dev.embedded import TansuBroker, free_port
 from leadpulse.errors import ConfigError
+from leadpulse.kafka import ensure_topics
 from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings
 
@@ -509,3 +510,36 @@ async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_g
     await eventually(lambda: _equals(committed(service), 3), what="committed past every record")
     assert not service.crashed.is_set()
     assert await metric(service, "leadpulse_alert_handoffs_total", outcome="internal") == 1
+
+
+@pytest.mark.integration
+async def test_handoffs_held_up_by_failing_destinations_show_as_lag_and_latency_counts_from_crossed_at(
+        broker: TansuBroker, start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
+    """While the destinations fail, the batch waits in retries and its handoffs are the alerts
+    consumer's lag until they are delivered; each delivery's latency runs from crossed_at."""
+    receiver.default.update({"/hook": 503, "/slack": 503})
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(kafka_bootstrap=broker.bootstrap, group_id=f"g{tag}", partitions=1,
+                        handoff_topic=f"h{tag}.handoff")
+    await ensure_topics(settings, [settings.handoff_topic])
+    crossed = datetime.now(UTC) - timedelta(seconds=30)
+    held = [handoff(lead=f"held-{i}", crossed_at=crossed) for i in range(3)]
+    # Published before the service starts, so that its first batch holds all three.
+    await produce(broker.bootstrap, [(settings.handoff_topic, h["lead_id"].encode(), orjson.dumps(h)) for h in held])
+    service = await start_alerts(settings, alerts_max_attempts=50, alerts_backoff_max=0.5)
+    lag = "leadpulse_alert_consumer_lag_messages"
+
+    async def lag_is(n: int) -> bool:
+        return await metric(service, lag) == n
+
+    await eventually(lambda: lag_is(3), what="three handoffs held up in retries")
+    assert await metric(service, lag, topic=settings.handoff_topic, partition="0") == 3
+    assert await committed(service) == 0
+    receiver.default.update({"/hook": 200, "/slack": 200})
+    await eventually(lambda: _equals(committed(service), 3), what="all three delivered and committed")
+    await eventually(lambda: lag_is(0), what="no lag once committed")
+    for destination in ("slack", "webhook"):
+        latency = "leadpulse_alert_latency_seconds"
+        assert await metric(service, f"{latency}_count", destination=destination) == 3
+        assert await metric(service, f"{latency}_sum", destination=destination) >= 3 * 30
+        assert await metric(service, f"{latency}_bucket", destination=destination, le="10.0") == 0

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
@@ -64,8 +65,10 @@ async def test_engine_on_a_cluster_scores_merges_sweeps_and_ranks(cluster_store:
     top = await store.top(5, T0 + 300)
     assert top[0].lead_id == "c-0" and len(top) == 5  # c-0 has fit points on top of 75
     # Decay takes 75 points below MQL's floor (50) after ~75 days: every shard is swept.
-    swept = await store.sweep(T0 + 3000 * DAY)
+    due_at: list[float] = []  # what the sweep read, for its metrics
+    swept = await store.sweep(T0 + 3000 * DAY, due_at=due_at)
     assert {t.lead_id for t in swept} == set(leads)  # c-0 too: only its 20 fit points last
+    assert len(due_at) == len(leads) and T0 < min(due_at) and max(due_at) < T0 + 3000 * DAY
     await store.ack(swept)
     assert await store.sweep(T0 + 3000 * DAY) == []
 
@@ -86,6 +89,15 @@ async def test_worker_end_to_end_on_a_cluster(broker: TansuBroker, cluster: Loca
         assert status == 200 and top["leads"][0]["lead_id"] == "lead-cluster"
         status, ready = await worker.get("/readyz")
         assert status == 200 and ready["redis"] is True
+        # Redis memory is sampled on every primary (one INFO each, on a timer).
+        primaries = {f"127.0.0.1:{node.port}" for node in cluster.nodes}
+
+        async def every_primary_sampled() -> bool:
+            _, text = await worker.get("/metrics")
+            return primaries == {s.labels["node"] for f in text_string_to_metric_families(text) for s in f.samples
+                                 if s.name == "leadpulse_redis_used_memory_bytes" and s.value > 0}
+
+        await wait_for(every_primary_sampled, 60, "the memory of every primary sampled")
 
 
 BRACE_LEADS = ("}x", "{x}", "a{b}c")

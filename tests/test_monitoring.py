@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import shutil
 import subprocess
@@ -22,7 +23,10 @@ import aiohttp
 import orjson
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
+from leadpulse.alerts.service import AlertMetrics
+from leadpulse.collector.app import CollectorMetrics
 from leadpulse.dev.embedded import RedisServer, Service, TansuBroker, free_port
 
 from .kafkatools import WorkerProcess, event_bytes, produce
@@ -35,10 +39,10 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "leadpulse.json"
 COMPOSE = REPO / "docker-compose.yml"
+OPERATIONS = REPO / "docs" / "operations.md"
 
-#: metrics the dashboard and rules may use besides the worker's: the collector's, the alerts
-#: service's, and the `up` series Prometheus writes for every target
-OTHER_METRICS = {"leadpulse_collector_requests_total", "leadpulse_alert_deliveries_total", "up"}
+#: the `up` series Prometheus writes for every target, which rules may use besides the services' own
+PROMETHEUS_METRICS = {"up"}
 #: Grafana's interval variables, replaced by a fixed window to run a panel's query directly
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 PROMQL_WORDS = {
@@ -92,6 +96,15 @@ def metric_names(expr: str) -> set[str]:
         if match.group().lower() not in PROMQL_WORDS:
             names.add(match.group())
     return names
+
+
+def exposition_of(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def families(exposition: str) -> set[str]:
+    return {line.split()[2] for line in exposition.splitlines()
+            if line.startswith("# TYPE ") and not line.split()[2].endswith("_created")}
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -154,6 +167,23 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test_and_they_pass() -> None:
     result = run(promtool, "test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS), result.stdout
+
+
+def test_every_alert_has_a_runbook_section_naming_panels_that_exist() -> None:
+    text = OPERATIONS.read_text()
+    runbook = text[text.index("\n## Runbook\n"):]
+    sections = dict(re.findall(r"^### (\S+)\n(.*?)(?=^##|\Z)", runbook, re.MULTILINE | re.DOTALL))
+    alerts = set(alert_names())
+    assert alerts - sections.keys() == set(), "alerts without a runbook section in docs/operations.md"
+    assert sections.keys() - alerts == set(), "runbook sections of alerts that do not exist"
+    titles = {p["title"] for p in orjson.loads(DASHBOARD.read_bytes())["panels"]}
+    for name, body in sections.items():
+        labels = ["*Means.*", "*Confirm.*", "*Do.*"]
+        assert [label for label in labels if label in body] == labels, f"{name}: what it means, how to confirm, what to do"
+        # Panels are named in italics: each must be on the dashboard.
+        named = {" ".join(m.split()) for m in re.findall(r"(?<![*\w])\*([^*]+)\*(?![*\w])", body)}
+        named -= {label.strip("*") for label in labels}
+        assert named <= titles, f"{name} names panels the dashboard does not have: {named - titles}"
 
 
 # --- a real Prometheus scraping a real worker ------------------------------------------------
@@ -284,9 +314,18 @@ async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: W
     async def worker_alerts_quiet() -> bool:
         # (an evaluation before the first scrape may leave LeadPulseNoWorkerUp pending for a moment)
         active = {a["labels"]["alertname"] for a in (await prometheus.api("alerts"))["alerts"]}
-        return not active & {"LeadPulseNoWorkerUp", "LeadPulseWorkerDown", "LeadPulseWorkerNotReady"}
+        return not active & {"LeadPulseNoWorkerUp", "LeadPulseWorkerDown", "LeadPulseWorkerNotReady",
+                             "LeadPulseSweepStalled", "LeadPulseDemotionsOverdue"}
 
     await eventually(worker_alerts_quiet, "no worker alert is pending or firing while the worker is up")
+
+    async def sampled(promql: str) -> bool:
+        return bool(await prometheus.query(promql))
+
+    # What the sweep and memory alerts read, as Prometheus sees it from the live worker.
+    for promql in ("leadpulse_caught_up == 1", "leadpulse_sweep_last_success_timestamp_seconds > 0",
+                   "leadpulse_redis_used_memory_bytes > 0"):
+        await eventually(functools.partial(sampled, promql), promql)
 
 
 @pytest.mark.integration
@@ -311,20 +350,22 @@ async def test_every_dashboard_query_runs_in_prometheus(prometheus: PrometheusSe
 async def test_dashboard_and_rules_use_only_metrics_that_exist(worker: WorkerProcess) -> None:
     status, exposition = await worker.get("/metrics")
     assert status == 200
-    worker_names = exported_names(exposition)
-    known = worker_names | OTHER_METRICS
+    # The alerts service's and the collector's metrics, from their own registries.
+    alerts = exposition_of(AlertMetrics().registry)
+    collector = exposition_of(CollectorMetrics().registry)
+    known = exported_names(exposition) | exported_names(alerts) | exported_names(collector) | PROMETHEUS_METRICS
     for title, expr in dashboard_targets():
         assert metric_names(expr), f"{title}: no metric in {expr!r}"
         assert metric_names(expr) <= known, f"panel {title!r} uses unknown metrics {metric_names(expr) - known}"
     for expr in rule_expressions():
         assert metric_names(expr) <= known, f"rule uses unknown metrics {metric_names(expr) - known}: {expr}"
 
-    # Every family the worker exports is on the dashboard (a new metric gets a panel).
+    # Every family the worker and the alerts service export is on the dashboard (a new metric
+    # gets a panel).
     used = set().union(*(metric_names(e) for _, e in dashboard_targets()))
-    families = {line.split()[2] for line in exposition.splitlines()
-                if line.startswith("# TYPE ") and not line.split()[2].endswith("_created")}
-    unused = {f for f in families if not any(name.startswith(f) for name in used)}
-    assert unused == set(), f"worker metrics missing from the dashboard: {unused}"
+    for service, text in (("worker", exposition), ("alerts", alerts)):
+        unused = {f for f in families(text) if not any(name.startswith(f) for name in used)}
+        assert unused == set(), f"{service} metrics missing from the dashboard: {unused}"
 
 
 def test_the_dashboard_shows_what_operators_ask_for_and_is_provisioned() -> None:

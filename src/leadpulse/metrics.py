@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+#: a due-index entry is overdue once it has been due this many sweep intervals: a healthy sweep
+#: takes it within one, and a busy worker's timer may slip by another
+SWEEP_GRACE_INTERVALS = 3
 
 
 class Metrics:
@@ -42,10 +46,42 @@ class Metrics:
             "leadpulse_consumer_lag_messages", "Messages behind the partition's end.", ["topic", "partition"], registry=r
         )
         self.ready = Gauge("leadpulse_ready", "1 when the broker and Redis are reachable and partitions assigned.", registry=r)
+        self.caught_up = Gauge(
+            "leadpulse_caught_up", "1 when every partition this worker owns is within one batch of its end: "
+            "only then does it sweep (a backlog may still hold a lead's older events).", registry=r,
+        )
+        # The decay sweep, which pauses by design while its worker is behind: these tell a paused
+        # sweep (caught_up 0) from a broken one (caught up, yet no pass completes or the due index
+        # keeps entries long past their time).
+        self.sweep_interval = Gauge(
+            "leadpulse_sweep_interval_seconds", "Seconds between sweeps (LEADPULSE_SWEEP_INTERVAL).", registry=r)
+        self.sweep_success = Gauge(
+            "leadpulse_sweep_last_success_timestamp_seconds", "When this worker last completed a sweep pass "
+            "(unix seconds; 0: not yet).", registry=r,
+        )
+        self.sweep_overdue = Gauge(
+            "leadpulse_sweep_overdue_entries", "Due-index entries that had been due for more than "
+            f"{SWEEP_GRACE_INTERVALS} sweep intervals when this worker's last sweep pass read them "
+            "(it reads at most 500 per index shard).", registry=r,
+        )
+        self.sweep_lag = Gauge(
+            "leadpulse_sweep_lag_seconds", "How long the longest-due entry had been due when this worker's "
+            "last sweep pass read the due index (0: nothing due).", registry=r,
+        )
+        self._sweep_interval = 0.0
+        self._redis_nodes: set[str] = set()
         self.redis_write_refused = Gauge(
             "leadpulse_redis_write_refused", "1 while Redis refuses the worker's writes, by reason: oom "
             "(maxmemory reached, noeviction) or readonly (a replica). Scoring waits; /readyz says 503.",
             ["reason"], registry=r,
+        )
+        self.redis_used_memory = Gauge(
+            "leadpulse_redis_used_memory_bytes", "Redis INFO used_memory of each primary (node), sampled "
+            "every few seconds.", ["node"], registry=r,
+        )
+        self.redis_maxmemory = Gauge(
+            "leadpulse_redis_maxmemory_bytes", "Redis maxmemory of each primary (node): there it refuses "
+            "writes (OOM, noeviction) and scoring waits; 0: no limit set.", ["node"], registry=r,
         )
         self.model = Info("leadpulse_model", "The scoring model in use.", registry=r)
         # The process's own account of its work, so that a rate and CPU per event need no outside
@@ -65,6 +101,29 @@ class Metrics:
             self.redis_write_refused.labels(reason).set(0)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
+
+    def sweeps_every(self, seconds: float) -> None:
+        self._sweep_interval = seconds
+        self.sweep_interval.set(seconds)
+
+    def sweep_read(self, now_ms: int, due_at: Sequence[float]) -> None:
+        """What a sweep pass found in the due index (the due times, in ms, it read by `now_ms`):
+        counted from the read the pass makes anyway, so that the cost stays one per interval even
+        on Redis Cluster, whose due index has 16384 shards."""
+        overdue_before = now_ms - SWEEP_GRACE_INTERVALS * self._sweep_interval * 1000
+        self.sweep_overdue.set(sum(1 for at in due_at if at < overdue_before))
+        self.sweep_lag.set(max(0.0, now_ms - min(due_at)) / 1000 if due_at else 0.0)
+
+    def redis_memory(self, nodes: Mapping[str, tuple[int, int]]) -> None:
+        """(used, maxmemory) by node, from one sample; a node gone since (failover, resharding)
+        stops being reported."""
+        for node, (used, limit) in nodes.items():
+            self.redis_used_memory.labels(node).set(used)
+            self.redis_maxmemory.labels(node).set(limit)
+        for gone in self._redis_nodes - nodes.keys():
+            self.redis_used_memory.remove(gone)
+            self.redis_maxmemory.remove(gone)
+        self._redis_nodes = set(nodes)
 
     def batch_received(self) -> None:
         """The first batch opens the work's span: from before its first event is handled, so that

@@ -224,9 +224,10 @@ class Processor:
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
             self.metrics.batch_done()
 
-    async def sweep(self, now_ms: int) -> int:
-        """Publish the demotions decay has caused by now, then acknowledge them in Redis."""
-        return await self.settle(await self.store.sweep(now_ms))
+    async def sweep(self, now_ms: int, due_at: list[float] | None = None) -> int:
+        """Publish the demotions decay has caused by now, then acknowledge them in Redis. `due_at`
+        receives the due times the pass read (LeadStore.sweep)."""
+        return await self.settle(await self.store.sweep(now_ms, due_at=due_at))
 
     async def settle(self, transitions: list[Transition]) -> int:
         """Publish transitions no event caused (the sweep's, a model change's: reeval.py), then

@@ -461,17 +461,18 @@ class LeadStore:
                                         explained(why, self.rule_names, self.categories))
         return views
 
-    async def sweep(self, now: int, limit: int = 500) -> list[Transition]:
-        """Demote the leads whose score has decayed below their stage's floor by `now`.
-
-        Returns their transitions; call `ack` for each lead once they are published.
-        """
+    async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None) -> list[Transition]:
+        """Demote the leads decayed below their stage's floor by `now`; `ack` the transitions returned
+        once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard."""
         try:
             await self.ready()
             pipe = self.redis.pipeline(transaction=False)
             for shard in self.keys.shards():
-                pipe.zrangebyscore(self.keys.indexes(shard)[0], "-inf", now, start=0, num=limit)
-            due = [_text(m) for rows in await pipe.execute() for m in rows][:limit]
+                pipe.zrangebyscore(self.keys.indexes(shard)[0], "-inf", now, start=0, num=limit, withscores=True)
+            rows = [row for shard_rows in await pipe.execute() for row in shard_rows]
+            if due_at is not None:  # as soon as read: a pass that fails after it still shows its backlog
+                due_at.extend(at for _, at in rows)
+            due = [_text(m) for m, _ in rows[:limit]]
             calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
             replies = await self.scripts.pipelined(calls)
         except RedisError as exc:

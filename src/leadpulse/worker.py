@@ -27,15 +27,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-from . import api, kafka, models, scripts
+from . import api, kafka, models, redisinfo, scripts
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
 from .errors import StateError
 from .following import Following
 from .handover import HEARTBEAT_S
 from .kafka import SESSION_TIMEOUT_MS
+from .lag import ConsumerLag
 from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, Topics
@@ -50,6 +51,8 @@ log = logging.getLogger("leadpulse.worker")
 HANDOFF_TAIL = 5000
 #: an idle worker still looks this often whether a switch or a new model is under way
 IDLE_CHECK_S = 0.25
+#: seconds between samples of Redis's memory (one INFO per primary; never per event)
+REDIS_SAMPLE_INTERVAL = 5.0
 
 
 class ScoringService(mode.Service):
@@ -76,7 +79,8 @@ class ScoringService(mode.Service):
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
         self.consumer: AIOKafkaConsumer | None = None
-        self.partitions = Partitions("worker", changed=self._update_ready, revoked=self._forget_lag)
+        self.lag = ConsumerLag(metrics.lag)
+        self.partitions = Partitions("worker", changed=self._update_ready, revoked=self.lag.forget)
         #: the key space and the active model, followed between batches (handover.py, models.py)
         self.following = Following(self.store, self.processor, settings, metrics, self._switch_space)
         self.gate = self.following.gate
@@ -90,7 +94,6 @@ class ScoringService(mode.Service):
         self.kafka_ok = False
         self.processed = 0
         self.caught_up = False
-        self._positions: dict[TopicPartition, int] = {}
         # Set when the service stops: a retry waiting out an outage gives up its batch at once.
         self._stopping = asyncio.Event()
         #: every outage is waited out, never a crash loop
@@ -228,6 +231,7 @@ class ScoringService(mode.Service):
             if batch:
                 self.kafka_ok = True
                 self.partitions.batch_started()
+                self.lag.started(batch)
                 records = [r for msgs in batch.values() for r in msgs]
                 offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
                 await out.put(_InFlight(self.processor.prepare(records), offsets, time.monotonic()))
@@ -295,24 +299,14 @@ class ScoringService(mode.Service):
 
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         assert self.consumer is not None
-        for tp, o in (await kafka.commit_owned(self.consumer, offsets, self.retry)).items():
-            self._positions[tp] = o.offset
+        self.lag.committed(await kafka.commit_owned(self.consumer, offsets, self.retry))
 
     def _observe_lag(self) -> None:
         if self.consumer is None:
             return
-        caught_up = bool(self.partitions.assigned)
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            done = self._positions.get(tp)
-            if done is None:
-                continue
-            lag = max(0, high - done)
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-            caught_up = caught_up and lag <= self.settings.batch_max
-        self.caught_up = caught_up
+        lags = self.lag.observe(self.consumer)
+        self.caught_up = bool(self.partitions.assigned) and all(n <= self.settings.batch_max for n in lags.values())
+        self.metrics.caught_up.set(1 if self.caught_up else 0)
 
     @mode.Service.timer(2.0)
     async def _probe(self) -> None:
@@ -335,6 +329,14 @@ class ScoringService(mode.Service):
             except (RedisError, OSError, TimeoutError):
                 pass
         self._update_ready()
+
+    @mode.Service.timer(REDIS_SAMPLE_INTERVAL)
+    async def _sample_redis(self) -> None:
+        """Redis memory against maxmemory, for the metrics and their alerts."""
+        try:
+            self.metrics.redis_memory(await asyncio.wait_for(redisinfo.memory(self.redis), timeout=2.0))
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            log.debug("redis memory not sampled: %s", exc)  # an outage is the probe's and the alerts' to tell
 
     def _write_refused(self, reason: str | None) -> None:
         if reason == self.write_refused:
@@ -388,11 +390,6 @@ class ScoringService(mode.Service):
             "started": self.prepared.is_set(),
         }
 
-    def _forget_lag(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked:  # another worker reports these now: no stale lag from us
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-
     # --- decay sweep ---------------------------------------------------------------------
 
     async def sweep(self, _app: object = None) -> None:
@@ -412,7 +409,7 @@ class ScoringService(mode.Service):
                 return
             try:
                 async with self.gate.quiet:  # never while holding for a switch (handover.py)
-                    while await self.processor.sweep(int(time.time() * 1000)) >= 500:
+                    while await self._sweep_pass() >= 500:
                         pass
                     await self.following.reevaluate()
             finally:
@@ -428,6 +425,20 @@ class ScoringService(mode.Service):
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("sweep").inc()
             log.warning("sweep could not publish: %s", exc)
+
+    async def _sweep_pass(self) -> int:
+        """One pass over up to 500 due leads; its metrics say what it found and that it completed."""
+        now = int(time.time() * 1000)
+        due_at: list[float] = []
+        try:
+            swept = await self.processor.sweep(now, due_at)
+        except BaseException:
+            if due_at:  # read, then failed: what it read is still the backlog
+                self.metrics.sweep_read(now, due_at)
+            raise
+        self.metrics.sweep_read(now, due_at)
+        self.metrics.sweep_success.set(time.time())
+        return swept
 
     async def on_shutdown(self) -> None:
         await self.following.leave()
@@ -459,6 +470,10 @@ class _InFlight:
 def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None = None) -> tuple[faust.App, ScoringService]:
     metrics = metrics or Metrics()
     metrics.model.info({"version": model.version})
+    metrics.sweeps_every(settings.sweep_interval)
+    for stage in model.stages:
+        if stage.handoff:  # from the start: an hour without promotions is 0, not absent (a baseline)
+            metrics.handoffs.labels(stage.name, "promoted")
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from .. import kafka
 from ..bounded import RecentIds
 from ..events import load_schema
+from ..lag import ConsumerLag
 from ..probes import add_probes
 from ..rebalance import Partitions
 from ..retry import Retry, Stopped, backoff_delay
@@ -45,6 +46,10 @@ from .destinations import Destination, destinations
 log = logging.getLogger("leadpulse.alerts")
 
 _validate_handoff = fastjsonschema.compile(load_schema("handoff.schema.json"))
+
+#: crossing → delivered spans the worker (under a second), retries (up to tens of minutes) and a
+#: backlog after an outage (up to alerts_max_age, a day by default)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 14400, 86400)
 
 
 class AlertMetrics:
@@ -59,6 +64,12 @@ class AlertMetrics:
         self.seconds = Histogram(
             "leadpulse_alert_delivery_seconds", "One delivery attempt, by destination.", ["destination"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.latency = Histogram(
+            "leadpulse_alert_latency_seconds", "From a handoff's crossed_at to its delivery acknowledged (2xx), "
+            "by destination: how late sales hears of it.", ["destination"], buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge(
+            "leadpulse_alert_consumer_lag_messages", "Handoffs of the partition past the alerts group's last "
+            "commit: neither delivered nor dead-lettered yet.", ["topic", "partition"], registry=r)
         self.ready = Gauge("leadpulse_alerts_ready", "1 when consuming leads.handoff with partitions assigned.",
                            registry=r)
         self.kafka_errors = Counter("leadpulse_alert_kafka_errors", "Failed Kafka operations (each is retried), "
@@ -89,7 +100,8 @@ class AlertService:
         #: (destination, handoff_id) delivered by this process: a handoff the worker published twice,
         #: or a batch replayed after a rebalance, is not announced again
         self.delivered: RecentIds[tuple[str, str]] = RecentIds(100_000)
-        self.partitions = Partitions("alerts", changed=self._update_ready)
+        self.lag = ConsumerLag(self.metrics.lag)
+        self.partitions = Partitions("alerts", changed=self._update_ready, revoked=self.lag.forget)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -178,10 +190,13 @@ class AlertService:
                 self._update_ready()
                 if batch:
                     self.partitions.batch_started()
+                    self.lag.started(batch)
+                    self.lag.observe(self.consumer)  # a batch that hangs in retries shows as lag
                     try:
                         await self._handle(batch)
                     finally:
                         self.partitions.batch_done()
+                self.lag.observe(self.consumer)
         except Stopped:
             log.info("stopping; the batch in progress will be consumed again")
         except Exception:
@@ -210,7 +225,7 @@ class AlertService:
 
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         assert self.consumer is not None
-        await kafka.commit_owned(self.consumer, offsets, self.retry)
+        self.lag.committed(await kafka.commit_owned(self.consumer, offsets, self.retry))
 
     # -- one handoff --
 
@@ -223,22 +238,23 @@ class AlertService:
             await self._dead_letter(record, "-", "invalid_handoff", str(exc), 0)
             return
         try:
-            pending = self._pending(handoff)
+            crossed = datetime.fromisoformat(handoff["crossed_at"]).timestamp()
+            pending = self._pending(handoff, crossed)
         except Exception as exc:  # noqa: BLE001 - schema-valid, yet unreadable here (crossed_at in year 0…)
             self.metrics.handoffs.labels("unknown", "internal").inc()
             await self._dead_letter(record, "-", "internal", f"{type(exc).__name__}: {exc}", 0)
             return
         if pending:
-            await _all(*(self._deliver(d, handoff, record) for d in pending))
+            await _all(*(self._deliver(d, handoff, record, crossed) for d in pending))
 
-    def _pending(self, handoff: dict[str, Any]) -> list[Destination]:
-        """The destinations still to hear of a handoff (none when it is skipped)."""
+    def _pending(self, handoff: dict[str, Any], crossed: float) -> list[Destination]:
+        """The destinations still to hear of a handoff (none when it is skipped); `crossed` is
+        its crossed_at in unix seconds."""
         kind = handoff["kind"]
         if kind == "demoted" and not self.config.alerts_demotions:
             self.metrics.handoffs.labels(kind, "skipped").inc()
             return []
         max_age = self.config.alerts_max_age
-        crossed = datetime.fromisoformat(handoff["crossed_at"]).timestamp()
         if max_age and time.time() - crossed > max_age:
             self.metrics.handoffs.labels(kind, "stale").inc()
             log.info("skipping handoff %s: crossed %.0f s ago", handoff["handoff_id"], time.time() - crossed)
@@ -247,7 +263,7 @@ class AlertService:
         self.metrics.handoffs.labels(kind, "announced" if pending else "duplicate").inc()
         return pending
 
-    async def _deliver(self, dest: Destination, handoff: dict[str, Any], record: Any) -> None:
+    async def _deliver(self, dest: Destination, handoff: dict[str, Any], record: Any, crossed: float) -> None:
         assert self.http is not None
         cfg = self.config
         for attempt in range(1, cfg.alerts_max_attempts + 1):
@@ -256,6 +272,7 @@ class AlertService:
             self.metrics.seconds.labels(dest.name).observe(time.monotonic() - started)
             if result.ok:
                 self.metrics.deliveries.labels(dest.name, "ok").inc()
+                self.metrics.latency.labels(dest.name).observe(max(0.0, time.time() - crossed))
                 self.delivered.add((dest.name, handoff["handoff_id"]))
                 return
             last = attempt == cfg.alerts_max_attempts or not result.retriable
