@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from .experiments import arm_of
 from .model import ScoringModel
 from .state import Transition
 
@@ -50,5 +51,6 @@ def build(model: ScoringModel, t: Transition) -> dict[str, Any]:
         ],
         "triggered_by_event_id": t.event_id,
         "model_version": model.version,
+        "arm": arm_of(model, t.lead_id),
         "crossed_at": iso(t.crossed_at),
     }

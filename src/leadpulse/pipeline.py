@@ -136,6 +136,8 @@ class Batch:
     #: built at the first publish, kept for its retries
     handoffs: list[Handoff] | None = None
     counted: bool = False
+    #: the shadow model's result for the batch (shadow.py), when one runs
+    shadow: Any = None
 
 
 class Processor:
@@ -153,6 +155,8 @@ class Processor:
         # of a partition (a few batches) and a start re-reads the topic's tail (worker.HANDOFF_TAIL
         # per partition): the capacity covers those, and bounds memory however long the worker runs.
         self.published: RecentIds[str] = published if published is not None else RecentIds(50_000)
+        #: a candidate model scored beside this one (shadow.py; LEADPULSE_SHADOW_MODEL), or None
+        self.shadow: Any = None
 
     def prepare(self, records: Sequence[Record]) -> Batch:
         """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
@@ -185,7 +189,11 @@ class Processor:
         if batch.valid:
             started = time.perf_counter()
             try:
-                batch.result = await self.store.apply(batch.valid, batch.now_ms)
+                if self.shadow is None:
+                    batch.result = await self.store.apply(batch.valid, batch.now_ms)
+                else:
+                    batch.result, batch.shadow = await self.shadow.beside(
+                        self.store.apply(batch.valid, batch.now_ms), batch.valid, batch.now_ms)
             except Exception as exc:
                 if retriable(exc):
                     raise
@@ -216,6 +224,8 @@ class Processor:
         result = batch.result
         sends = [self._dead_letter(record, error, batch.now_ms) for record, error in batch.invalid]
         sends.extend(self._send_handoff(h) for h in batch.handoffs if h.transition.handoff_id not in self.published)
+        if self.shadow is not None:
+            sends.extend(self.shadow.sends(batch.shadow, result))
         if sends:
             # Every send is awaited to its broker acknowledgement before the caller commits.
             await asyncio.gather(*[await s for s in sends])
@@ -227,7 +237,10 @@ class Processor:
     async def sweep(self, now_ms: int, due_at: list[float] | None = None) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis. `due_at`
         receives the due times the pass read (LeadStore.sweep)."""
-        return await self.settle(await self.store.sweep(now_ms, due_at=due_at))
+        swept = await self.settle(await self.store.sweep(now_ms, due_at=due_at))
+        if self.shadow is not None:
+            await self.shadow.sweep(now_ms)
+        return swept
 
     async def settle(self, transitions: list[Transition]) -> int:
         """Publish transitions no event caused (the sweep's, a model change's: reeval.py), then

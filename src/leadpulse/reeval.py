@@ -45,7 +45,7 @@ def may_demote_or_promote(old: ScoringModel, new: ScoringModel) -> bool:
             [(s.name, s.min_score, s.min_grade) for s in m.stages], m.hysteresis, dict(m.fit.grades),
             {k: (c.weight, c.cap, c.half_life_ms) for k, c in m.categories.items()},
             {r.id: (r.category, m.half_life_ms(r)) for r in m.rules},
-            {r.id: r.category for r in m.fit.rules},
+            {r.id: r.category for r in m.fit.rules}, m.experiments,
         )
 
     return bool(read_with(old) != read_with(new))
@@ -56,7 +56,7 @@ def may_promote(old: ScoringModel, new: ScoringModel) -> bool:
     stage is lower, or a stored state can score higher or grade better under `new`."""
     if len(new.stages) < 2:
         return False
-    if len(old.stages) < 2:
+    if len(old.stages) < 2 or old.experiments != new.experiments:  # an arm may have a lower bar
         return True
     o, n = old.stages[1], new.stages[1]
     if n.min_score < o.min_score or _grade_rank(n.min_grade) < _grade_rank(o.min_grade):
@@ -91,7 +91,7 @@ async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition
         for lead in leads:
             k = keys.lead(lead)
             calls.append((scripts.REEVAL, [*keys.indexes(keys.shard(lead)), k.state, k.outbox, k.traits],
-                          [store.spec, at, lead, now]))
+                          [store.spec_of(lead), at, lead, now]))
         replies = await store.scripts.pipelined(calls)
     except RedisError as exc:
         raise StateError(f"redis: {exc}") from exc

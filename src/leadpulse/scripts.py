@@ -68,6 +68,14 @@ class Scripts:
 
     async def pipelined(self, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
         """Run many script calls in one round trip; reload and retry the ones that hit NOSCRIPT."""
+        results = await self.replies(calls)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    async def replies(self, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """`pipelined`, with each call's error in its place instead of raised."""
         if not calls:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -86,7 +94,4 @@ class Scripts:
                 retry.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             for i, r in zip(missing, await retry.execute(raise_on_error=False)):
                 results[i] = r
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
         return results
