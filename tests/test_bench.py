@@ -45,7 +45,8 @@ def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> N
     assert report["events"] == EVENTS
     assert 0 < report["leads"] <= 200
     names = [row["name"] for row in report["rows"]]
-    assert len(names) == 4 and names[2].startswith("baseline") and names[3].startswith("LeadPulse")
+    assert len(names) == 5 and names[2].startswith("baseline") and names[3] == "LeadPulse worker"
+    assert names[4] == "LeadPulse worker + shadow model"
     for row in report["rows"]:
         assert row["events"] > 0 and row["events_per_s"] > 0 and row["seconds"] > 0, row
         assert row["ratio_to_baseline"] > 0, row
@@ -53,6 +54,17 @@ def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> N
     assert baseline["cpu_s_per_million"] > 0 and leadpulse["cpu_s_per_million"] > 0
     assert baseline["ratio_to_baseline"] == 1.0
     assert "LeadPulse worker" in report["table"]
+
+
+@integration
+def test_the_shadow_row_scored_every_event_twice_and_counted_agreement(report: dict) -> None:
+    shadow = report["rows"][4]
+    assert shadow["events"] == EVENTS and shadow["cpu_s_per_million"] > 0
+    checks = report["checks"]
+    assert checks["shadow_failures"] == 0
+    # The shadow's MQL bar (45) is under the live one (60): some decisions are the shadow's alone.
+    assert checks["shadow_decisions"].get("shadow_only", 0) > 0, checks
+    assert checks["shadow_rate_vs_worker"] > 0 and "shadow_extra_cpu_s_per_million" in checks
 
 
 @integration
@@ -90,7 +102,7 @@ RSS_EVENTS = 3000
 def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The rss stage alone, tiny: events generated and produced while the worker consumes them."""
     workdir = tmp_path_factory.mktemp("bench-rss")
-    others = [a for stage in ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    others = [a for stage in ("ceilings", "baseline", "leadpulse", "shadow", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
         sys.executable, "-m", "leadpulse.bench",
         "--rss-events", str(RSS_EVENTS), *others, "--data-dir", str(workdir), "--json",
@@ -136,7 +148,7 @@ TINY = 150  # one batch: the worker is done within milliseconds of its first pol
 def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The LeadPulse stage alone on a handful of events."""
     workdir = tmp_path_factory.mktemp("bench-tiny")
-    others = [a for stage in ("ceilings", "baseline", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    others = [a for stage in ("ceilings", "baseline", "shadow", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
         sys.executable, "-m", "leadpulse.bench",
         "--events", str(TINY), "--leads", "20", *others, "--data-dir", str(workdir), "--json",

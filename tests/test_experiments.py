@@ -226,3 +226,15 @@ def test_report_prints_and_draws_the_verdicts(ab_report: tuple[dict[str, Any], s
     assert "low vs control: too small to conclude, fisher_exact" in output
     assert html.count("<h2>A/B test ") == 3 and "Wilson" in html
     assert "Fisher" in data["definitions"]["experiments"]
+
+
+def test_check_model_warns_of_arms_that_score_alike_and_shows_the_split(tmp_path: Path) -> None:
+    data = yaml.safe_load(files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8"))
+    data["experiments"] = [{"name": "mql_bar", "arms": [*HALVES, {"name": "same", "share": 100}]}]
+    path = tmp_path / "alike.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["check-model", "--strict", str(path)])
+    assert result.exit_code == 1
+    assert "experiments[0].arms[2]: arm 'same' has the same stage bars and hysteresis as arm 'control'" in result.output
+    result = CliRunner().invoke(main, ["check-model", str(path)])
+    assert "experiment mql_bar: control 25%, low 25% (mql≥30), same 50%" in result.output

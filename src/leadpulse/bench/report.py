@@ -10,6 +10,7 @@ from .measure import CpuTrace, Work
 
 BASELINE = "baseline: naive Faust agent"
 LEADPULSE = "LeadPulse worker"
+SHADOW = "LeadPulse worker + shadow model"
 
 
 @dataclass
