@@ -59,35 +59,47 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_it(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path) -> None:
     shadow_yaml = tmp_path / "shadow.yaml"
-    shadow_yaml.write_text(yaml.safe_dump(with_mql_bar(default_model(), 30, "shadow-mql30")))
+    candidate = with_mql_bar(default_model(), 30, "shadow-mql30")
+    candidate["rules"] = [dict(r, points=2) if r["id"] == "competitor_comparison" else r for r in candidate["rules"]]
+    shadow_yaml.write_text(yaml.safe_dump(candidate))
     proc = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path, shadow_model=shadow_yaml)
     proc.settings["shadow_topic"] = f"t{proc.tag}.handoff.shadow"
     now = int(time.time() * 1000) - 60_000
-    # `agree`: 25 then 60 points, over both bars (30 and 60) at its second event in both models.
+    # The shadow: MQL at 30 (live 60), a competitor comparison worth 2 points (live 35); a page
+    # view adds 1 point in both.
+    # `agree`: pricing (26), then a demo request (76): over both bars at its second event.
     # `shadow_only`: a demo request, 50 points: over the shadow's bar, under the live one.
-    events = [web("agree", 0, "page_view", "/pricing", now), web("agree", 1, "page_view", "/compare/x", now + 1000),
-              web("shadow_only", 0, "demo_request", None, now)]
+    # `live_only`: pricing (26), then a comparison: live 62 (over 60), shadow 29 (under 30).
+    events = [web("agree", 0, "page_view", "/pricing", now), web("agree", 1, "demo_request", None, now + 1000),
+              web("shadow_only", 0, "demo_request", None, now),
+              web("live_only", 0, "page_view", "/pricing", now), web("live_only", 1, "page_view", "/compare/x", now + 1000)]
     async with running(proc) as worker:
         await produce(broker.bootstrap, [(worker.topic("web"), e["lead_id"].encode(), orjson.dumps(e)) for e in events])
         shadow = await consume_until(broker.bootstrap, worker.settings["shadow_topic"], lambda rs: len(rs) >= 2)
         shadow_records = [orjson.loads(r.value) for r in shadow]
-        live = await consume_until(broker.bootstrap, worker.settings["handoff_topic"], lambda rs: len(rs) >= 1)
+        live = await consume_until(broker.bootstrap, worker.settings["handoff_topic"], lambda rs: len(rs) >= 2)
         live_records = [orjson.loads(r.value) for r in live]
         for record in shadow_records + live_records:
             handoff_validator().validate(record)
         assert {(h["lead_id"], h["stage"], h["model_version"]) for h in shadow_records} == {
             ("agree", "mql", "shadow-mql30"), ("shadow_only", "mql", "shadow-mql30")}
-        assert {(h["lead_id"], h["stage"], h["model_version"]) for h in live_records} == {("agree", "mql", "default-2026.12")}
-        # Agreement in Prometheus: one decision both made, one only the shadow made, and the
-        # score deltas observed (0 where they agree: same points; 0 for the demo request too:
-        # the live lead holds the same 50 points, only its bar differs).
-        await wait_for(lambda: _shadow_counted(worker), 30, "the agreement metrics")
+        assert {(h["lead_id"], h["stage"], h["model_version"]) for h in live_records} == {
+            ("agree", "mql", "default-2026.12"), ("live_only", "mql", "default-2026.12")}
+        # Agreement in Prometheus: one decision both made, one each alone, and shadow - live at
+        # each: 0 where they agree (same points), 0 for the demo request (same 50 points, another
+        # bar), 29 - 62 = -33 for the comparison (the shadow's lead read at that instant).
+        await wait_for(lambda: _shadow_counted(worker, 3), 30, "the agreement metrics")
         assert await metric_value(worker, "leadpulse_shadow_decisions_total", kind="promoted", stage="mql", agreement="agree") == 1
         assert await metric_value(worker, "leadpulse_shadow_decisions_total", kind="promoted", stage="mql",
                                   agreement="shadow_only") == 1
-        assert await metric_value(worker, "leadpulse_shadow_decisions_total", agreement="live_only") == 0
-        assert await metric_value(worker, "leadpulse_shadow_score_delta_count") == 2
-        assert await metric_value(worker, "leadpulse_shadow_score_delta_sum") == pytest.approx(0.0, abs=1e-6)
+        assert await metric_value(worker, "leadpulse_shadow_decisions_total", kind="promoted", stage="mql",
+                                  agreement="live_only") == 1
+        assert await metric_value(worker, "leadpulse_shadow_score_delta_count") == 3
+        assert await metric_value(worker, "leadpulse_shadow_score_delta_bucket", le="0.001") == 3
+        assert await metric_value(worker, "leadpulse_shadow_score_delta_bucket", le="-0.001") == 1
+        assert await metric_value(worker, "leadpulse_shadow_score_delta_bucket", le="-25.0") == 1
+        assert await metric_value(worker, "leadpulse_shadow_score_delta_bucket", le="-50.0") == 0
+        assert await metric_value(worker, "leadpulse_shadow_score_delta_signed_sum") == pytest.approx(-33.0, abs=0.05)
         assert await metric_value(worker, "leadpulse_shadow_handoffs_total", stage="mql") == 2
         assert await metric_value(worker, "leadpulse_shadow_failures_total") == 0
         # Live reads are the live model's: the shadow-only lead is still a lead at 50 points.
@@ -95,7 +107,7 @@ async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_
         assert status == 200 and body["stage"] == "lead" and body["model_version"] == "default-2026.12"
         assert body["score"] == pytest.approx(50, abs=0.01)
         status, top = await worker.get("/leads/top")
-        assert status == 200 and [lead["lead_id"] for lead in top["leads"]] == ["agree"]
+        assert status == 200 and sorted(lead["lead_id"] for lead in top["leads"]) == ["agree", "live_only"]
     # The shadow's keys are in its own space, which no live pattern matches.
     redis = Redis.from_url(redis_server.url)
     try:
@@ -110,8 +122,8 @@ async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_
     assert {h["model_version"] for h in everything} == {"default-2026.12"}
 
 
-async def _shadow_counted(worker: WorkerProcess) -> bool:
-    return await metric_value(worker, "leadpulse_shadow_decisions_total") >= 2
+async def _shadow_counted(worker: WorkerProcess, n: int) -> bool:
+    return await metric_value(worker, "leadpulse_shadow_decisions_total") >= n
 
 
 def arm_model() -> dict[str, Any]:

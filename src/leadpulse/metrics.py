@@ -96,6 +96,11 @@ class Metrics:
             "counted in leadpulse_shadow_decisions_total (the other model's score read at that instant).",
             buckets=(-100, -50, -25, -10, -5, -1, -0.001, 0.001, 1, 5, 10, 25, 50, 100), registry=r,
         )
+        # prometheus_client exposes no _sum for a histogram with negative buckets: the sum is here
+        self.shadow_score_delta_sum = Gauge(
+            "leadpulse_shadow_score_delta_signed_sum", "Sum of shadow minus live score over the decisions in "
+            "leadpulse_shadow_score_delta (÷ its _count: the mean difference).", registry=r,
+        )
         self.shadow_handoffs = Counter(
             "leadpulse_shadow_handoffs", "Handoffs of the shadow model published on its topic, by stage and kind.",
             ["stage", "kind"], registry=r,

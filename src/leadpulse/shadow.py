@@ -209,6 +209,7 @@ class Shadow:
             deltas.extend(sign * (view.explanation.score - t.score) for (_, t), view in zip(alone, views) if view is not None)
         for d in deltas:
             self.metrics.shadow_score_delta.observe(d)
+        self.metrics.shadow_score_delta_sum.inc(sum(deltas))
 
     async def sweep(self, now_ms: int) -> None:
         """The shadow's decay demotions: published on its topic, acknowledged in its space."""

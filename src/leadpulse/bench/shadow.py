@@ -43,11 +43,12 @@ async def stage(ctx: Context, data: EventSet, report: Report) -> None:
     for s in samples:
         if s.name == "leadpulse_shadow_decisions_total":
             decisions[s.labels["agreement"]] = decisions.get(s.labels["agreement"], 0) + int(s.value)
-    delta = {s.name: s.value for s in samples if s.name.startswith("leadpulse_shadow_score_delta_")}
+    delta = {s.name: s.value for s in samples if s.name in ("leadpulse_shadow_score_delta_signed_sum",
+                                                            "leadpulse_shadow_score_delta_count")}
     failures = sum(s.value for s in samples if s.name == "leadpulse_shadow_failures_total")
     report.checks["shadow_decisions"] = decisions
     report.checks["shadow_score_delta_mean"] = (
-        round(delta["leadpulse_shadow_score_delta_sum"] / delta["leadpulse_shadow_score_delta_count"], 3)
+        round(delta["leadpulse_shadow_score_delta_signed_sum"] / delta["leadpulse_shadow_score_delta_count"], 3)
         if delta.get("leadpulse_shadow_score_delta_count") else None)
     report.checks["shadow_failures"] = int(failures)
     live = report.row(LEADPULSE)
