@@ -36,6 +36,11 @@ log = logging.getLogger("leadpulse.shadow")
 Call = tuple[scripts.Script, Sequence[str], Sequence[Any]]
 
 
+def topics(settings: Settings) -> list[str]:
+    """The topic the worker creates for a shadow, if one runs."""
+    return [settings.shadow_topic] if settings.shadow_model is not None else []
+
+
 class SharedRound(scripts.Scripts):
     """Scripts whose calls made in the same turn of the event loop go to Redis in one pipeline.
 

@@ -29,7 +29,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import api, kafka, models, redisinfo, scripts
+from . import api, kafka, models, redisinfo, scripts, shadow
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
 from .errors import StateError
@@ -40,7 +40,6 @@ from .lag import ConsumerLag
 from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, Topics
-from .shadow import Shadow
 from .rebalance import Partitions
 from .retry import Retry, Stopped
 from .settings import Settings
@@ -79,7 +78,7 @@ class ScoringService(mode.Service):
             max_event_bytes=settings.max_event_bytes,
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
-        self.processor.shadow = Shadow.configured(settings, self.store, self, metrics)  # LEADPULSE_SHADOW_MODEL
+        self.processor.shadow = shadow.Shadow.configured(settings, self.store, self, metrics)  # LEADPULSE_SHADOW_MODEL
         self.consumer: AIOKafkaConsumer | None = None
         self.lag = ConsumerLag(metrics.lag)
         self.partitions = Partitions("worker", changed=self._update_ready, revoked=self.lag.forget)
@@ -151,8 +150,7 @@ class ScoringService(mode.Service):
                          "model")
         await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         await self.retry(self._start_producer, "producer_start")
-        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic,
-                  *([self.settings.shadow_topic] if self.processor.shadow else [])]
+        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic, *shadow.topics(self.settings)]
         await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
         await self._read_published()
         log.info("ready to consume %s (%d handoffs already published)",
