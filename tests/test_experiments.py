@@ -238,3 +238,15 @@ def test_check_model_warns_of_arms_that_score_alike_and_shows_the_split(tmp_path
     assert "experiments[0].arms[2]: arm 'same' has the same stage bars and hysteresis as arm 'control'" in result.output
     result = CliRunner().invoke(main, ["check-model", str(path)])
     assert "experiment mql_bar: control 25%, low 25% (mql≥30), same 50%" in result.output
+
+
+def test_diff_says_an_experiment_started_changed_and_ended() -> None:
+    from leadpulse.modeldiff import changes
+
+    plain = parse_model(files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8"))
+    started = model_with(HALVES)
+    wider = model_with([{"name": "control", "share": 1}, {"name": "low", "share": 3, "stages": {"mql": {"min_score": 40}}}])
+    assert [str(c) for c in changes(plain, started)][-1] == "experiment mql_bar started: control 50%, low 50% (mql 30)"
+    assert [str(c) for c in changes(started, wider)] == [
+        "experiment mql_bar: control 50%, low 50% (mql 30) -> control 25%, low 75% (mql 40)"]
+    assert [str(c) for c in changes(started, plain)][-1] == "experiment mql_bar ended (was control 50%, low 50% (mql 30))"
