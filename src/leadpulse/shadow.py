@@ -41,6 +41,12 @@ def topics(settings: Settings) -> list[str]:
     return [settings.shadow_topic] if settings.shadow_model is not None else []
 
 
+def tails(shadow: Shadow | None) -> list[tuple[str, RecentIds[str]]]:
+    """(topic, ids published) whose tail the worker reads at start, so that a replay after a
+    restart does not publish a shadow handoff again."""
+    return [(shadow.topic, shadow.published)] if shadow is not None else []
+
+
 class SharedRound(scripts.Scripts):
     """Scripts whose calls made in the same turn of the event loop go to Redis in one pipeline.
 

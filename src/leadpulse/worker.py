@@ -158,13 +158,12 @@ class ScoringService(mode.Service):
         self.prepared.set()
 
     async def _read_published(self) -> None:
-        tail = await self.retry(
-            lambda: kafka.read_tail(self.settings, self.settings.handoff_topic, HANDOFF_TAIL), "read_handoffs"
-        )
-        for record in tail:
-            for name, value in record.headers or ():
-                if name == "leadpulse.handoff_id":
-                    self.processor.published.add(value.decode())
+        for topic, published in ((self.settings.handoff_topic, self.processor.published), *shadow.tails(self.processor.shadow)):
+            tail = await self.retry(lambda: kafka.read_tail(self.settings, topic, HANDOFF_TAIL), "read_handoffs")  # noqa: B023
+            for record in tail:
+                for name, value in record.headers or ():
+                    if name == "leadpulse.handoff_id":
+                        published.add(value.decode())
 
     def _consumer(self) -> AIOKafkaConsumer:
         s = self.settings
