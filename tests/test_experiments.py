@@ -250,3 +250,22 @@ def test_diff_says_an_experiment_started_changed_and_ended() -> None:
     assert [str(c) for c in changes(started, wider)] == [
         "experiment mql_bar: control 50%, low 50% (mql 30) -> control 25%, low 75% (mql 40)"]
     assert [str(c) for c in changes(started, plain)][-1] == "experiment mql_bar ended (was control 50%, low 50% (mql 30))"
+
+
+async def test_starting_an_experiment_decides_idle_leads_again_by_their_arm(redis: Redis) -> None:
+    from leadpulse import reeval
+
+    plain = parse_model(files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8"))
+    started = model_with(HALVES)
+    split = experiments.split(started)
+    assert split is not None
+    assert reeval.may_demote_or_promote(plain, started) and reeval.may_promote(plain, started)
+    leads = [f"idle-{i}" for i in range(12)]
+    store = LeadStore(redis, plain)
+    result = await store.apply([(event("web", "demo_request", T0, lead=lead), f"web:0:{i}") for i, lead in enumerate(leads)], now=T0)
+    assert result.transitions == []  # 50 points: under the MQL bar of 60
+    store.use_model(started)  # a hot reload (models.py) to the model with the experiment
+    decided = await reeval.decide(store, leads, T0 + 1000)
+    assert decided and len(decided) < len(leads)  # both arms hold some of these leads
+    assert sorted(t.lead_id for t in decided) == sorted(lead for lead in leads if split.arm_of(lead) == "mql_bar/low")
+    assert all(t.kind == "promoted" and t.threshold == 30 and t.event_id is None for t in decided)
