@@ -172,3 +172,28 @@ async def test_arms_have_their_own_bars_and_every_handoff_names_its_arm(
         later = [h for h in map(orjson.loads, (r.value for r in records)) if h["handoff_id"] not in first]
         assert sorted(h["lead_id"] for h in later) == sorted(control)
         assert all(h["arm"] == "mql_bar/control" and h["threshold"] == 60 for h in later)
+
+
+async def test_erasing_a_lead_erases_it_in_the_shadow_space_too(redis_server: RedisServer) -> None:
+    from leadpulse import erasure, layout
+    from leadpulse.model import load_model
+    from leadpulse.state import LeadStore
+
+    from .fixtures import T0, event
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        model = load_model()
+        live = LeadStore(redis, model)
+        shadow = LeadStore(redis, model, Keys().in_space(Keys().shadow_space))
+        batch = [(event("web", "demo_request", T0, lead="gone", traits={}), "web:0:0")]
+        await live.apply(batch, now=T0)
+        await shadow.apply(batch, now=T0)
+        assert await shadow.view("gone", T0) is not None
+        assert await erasure.erase(live, "gone")
+        assert await redis.get(shadow.keys.lead("gone").state) == layout.TOMBSTONE
+        # The tombstone refuses the lead's events in the shadow too.
+        again = await shadow.apply([(event("web", "demo_request", T0 + 1, lead="gone"), "web:0:1")], now=T0 + 1)
+        assert again.outcomes == ["erased"] and await shadow.view("gone", T0 + 1) is None
+    finally:
+        await redis.aclose()
