@@ -79,6 +79,10 @@ def test_each_arm_is_the_model_with_its_bars() -> None:
     ([{"name": "control", "share": 1}], {}, "experiments[0].arms: "),
     ([{"name": "a", "share": 1}, {"name": "a", "share": 2}], {}, "arm names must be unique"),
     ([{"name": "a", "share": 0}, {"name": "b", "share": 2}], {}, "experiments[0].arms[0].share"),
+    ([{"name": "a", "share": 1}, {"name": "b", "share": 1, "categories": {"behavioural": {"weight": 2}}}], {},
+     "experiments[0].arms[1].categories.behavioural: unknown category (known: behavioral, demographic, engagement, firmographic, negative)"),
+    ([{"name": "a", "share": 1}, {"name": "b", "share": 1, "grades": {"A": 10, "B": 30, "C": 5}}], {},
+     "experiments[0].arms[1].grades: grades must satisfy A > B > C"),
 ])
 def test_the_section_is_validated_with_the_path_of_the_mistake(arms: list[dict[str, Any]], extra: dict[str, Any], message: str) -> None:
     with pytest.raises(ModelError, match=re.escape(message)):
@@ -235,7 +239,7 @@ def test_check_model_warns_of_arms_that_score_alike_and_shows_the_split(tmp_path
     path.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(main, ["check-model", "--strict", str(path)])
     assert result.exit_code == 1
-    assert "experiments[0].arms[2]: arm 'same' has the same stage bars and hysteresis as arm 'control'" in result.output
+    assert "experiments[0].arms[2]: arm 'same' scores and stages leads as arm 'control' does" in result.output
     result = CliRunner().invoke(main, ["check-model", str(path)])
     assert "experiment mql_bar: control 25%, low 25% (mql≥30), same 50%" in result.output
 
@@ -269,3 +273,29 @@ async def test_starting_an_experiment_decides_idle_leads_again_by_their_arm(redi
     assert decided and len(decided) < len(leads)  # both arms hold some of these leads
     assert sorted(t.lead_id for t in decided) == sorted(lead for lead in leads if split.arm_of(lead) == "mql_bar/low")
     assert all(t.kind == "promoted" and t.threshold == 30 and t.event_id is None for t in decided)
+
+
+async def test_an_arm_may_weigh_categories_and_grade_fit_its_own_way(redis: Redis) -> None:
+    model = model_with([{"name": "control", "share": 1},
+                        {"name": "heavy", "share": 1, "categories": {"behavioral": {"weight": 2}}, "grades": {"A": 5, "B": 3, "C": 1}}])
+    split = experiments.split(model)
+    assert split is not None
+    heavy = split.models["mql_bar/heavy"]
+    assert heavy.categories["behavioral"].weight == 2 and heavy.categories["engagement"].weight == 1
+    assert heavy.fit.grades == {"A": 5, "B": 3, "C": 1} and heavy.rules == model.rules
+    leads = [f"w-{i}" for i in range(20)]
+    store = LeadStore(redis, model)
+    traits = {"seniority": "manager"}  # a few fit points: grade D under the model, A in `heavy`
+    await store.apply([(event("profile", "identify", T0, lead=lead, traits=traits), f"p:0:{i}") for i, lead in enumerate(leads)]
+                      + [(event("web", "demo_request", T0 + 1, lead=lead), f"w:0:{i}") for i, lead in enumerate(leads)], now=T0)
+    views = {v.lead_id: v for v in await store.read([(lead, T0 + 1) for lead in leads]) if v}
+    arms = {lead: split.arm_of(lead) for lead in leads}
+    assert set(arms.values()) == {"mql_bar/control", "mql_bar/heavy"}
+    for lead, arm in arms.items():
+        why = views[lead].explanation
+        if arm == "mql_bar/heavy":  # 50 behavioral points weigh 100: over the MQL bar
+            assert why.breakdown["behavioral"] == pytest.approx(100, abs=0.01) and views[lead].stage == "mql"
+            assert why.fit_grade == "A"
+        else:
+            assert why.breakdown["behavioral"] == pytest.approx(50, abs=0.01) and views[lead].stage == "lead"
+            assert why.fit_grade == "D"

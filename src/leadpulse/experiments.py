@@ -52,8 +52,8 @@ class Split:
 
     @cached_property
     def models(self) -> dict[str, ScoringModel]:
-        """Each arm's model: the model with the arm's stage bars and hysteresis (validated by
-        ScoringModel when the model loaded)."""
+        """Each arm's model: the model with the arm's stage bars, hysteresis, grade bars and
+        category weights and caps (validated by ScoringModel when the model loaded)."""
         out = {}
         for arm in self.experiment.arms:
             stages = tuple(
@@ -64,6 +64,13 @@ class Split:
             update: dict[str, object] = {"stages": stages, "experiments": ()}
             if arm.hysteresis is not None:
                 update["hysteresis"] = arm.hysteresis
+            if arm.grades is not None:
+                update["fit"] = self.model.fit.model_copy(update={"grades": dict(arm.grades)})
+            if arm.categories:
+                update["categories"] = {
+                    name: c.model_copy(update=arm.categories[name].model_dump(exclude_none=True)) if name in arm.categories else c
+                    for name, c in self.model.categories.items()
+                }
             out[f"{self.experiment.name}{SEPARATOR}{arm.name}"] = self.model.model_copy(update=update)
         return out
 

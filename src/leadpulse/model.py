@@ -287,13 +287,28 @@ class StageBar(Frozen):
     min_grade: Literal["A", "B", "C", "D"] | None = None
 
 
+class CategoryWeight(Frozen):
+    """An arm's weight and cap for one category."""
+
+    weight: Annotated[float, Field(gt=0)] | None = None
+    cap: Annotated[float, Field(gt=0)] | None = None
+
+
 class Arm(Frozen):
+    """What an arm changes of the model: everything lib.lua reads from the spec (stage bars,
+    hysteresis, grade bars, category weights and caps); rules and their points stay the model's
+    (they are matched in Python, before the lead's arm matters for a visitor's events)."""
+
     name: Id
     #: its part of the leads, relative to the other arms' (50 and 50: half each)
     share: Annotated[float, Field(gt=0)]
     #: stage name -> the arm's bar; stages not named keep the model's
     stages: dict[str, StageBar] = Field(default_factory=dict)
     hysteresis: Annotated[float, Field(ge=0)] | None = None
+    #: the arm's minimum fit points per grade (all three), or the model's
+    grades: dict[Literal["A", "B", "C"], float] | None = None
+    #: category name -> the arm's weight and cap; categories not named keep the model's
+    categories: dict[str, CategoryWeight] = Field(default_factory=dict)
     description: str = ""
 
 
@@ -379,6 +394,14 @@ class ScoringModel(Frozen):
                 for stage in arm.stages:
                     if stage not in names:
                         raise ValueError(f"{where}.stages.{stage}: unknown stage (known: {', '.join(names)})")
+                for cat in arm.categories:
+                    if cat not in self.categories:
+                        raise ValueError(f"{where}.categories.{cat}: unknown category (known: {', '.join(self.categories)})")
+                if arm.grades is not None:
+                    try:
+                        Fit(rules=(), grades=arm.grades)
+                    except ValidationError as exc:
+                        raise ValueError(f"{where}.grades: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
                 bars = [arm.stages[s.name].min_score if s.name in arm.stages and arm.stages[s.name].min_score
                         is not None else s.min_score for s in self.stages]
                 for i in range(1, len(bars)):

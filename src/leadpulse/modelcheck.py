@@ -47,10 +47,11 @@ def _experiments(model: ScoringModel) -> Iterator[Finding]:
     seen: dict[object, str] = {}
     for i, arm in enumerate(split.experiment.arms):
         m = split.models[f"{split.experiment.name}{experiments.SEPARATOR}{arm.name}"]
-        bars = (tuple((s.min_score, s.min_grade) for s in m.stages), m.hysteresis)
+        bars = (tuple((s.min_score, s.min_grade) for s in m.stages), m.hysteresis, tuple(m.fit.grades.items()),
+                tuple((k, c.weight, c.cap) for k, c in m.categories.items()))
         if bars in seen:
-            yield Finding(f"experiments[0].arms[{i}]", f"arm {arm.name!r} has the same stage bars and hysteresis as "
-                          f"arm {seen[bars]!r}: the test cannot tell them apart")
+            yield Finding(f"experiments[0].arms[{i}]", f"arm {arm.name!r} scores and stages leads as arm "
+                          f"{seen[bars]!r} does (same bars, hysteresis, grades and weights): the test cannot tell them apart")
         seen.setdefault(bars, arm.name)
 
 

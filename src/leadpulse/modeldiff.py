@@ -191,6 +191,8 @@ def _arms(e: Experiment) -> str:
         parts = [f"{k} {_num(v.min_score)}" for k, v in a.stages.items() if v.min_score is not None]
         parts += [f"{k} grade {v.min_grade}" for k, v in a.stages.items() if v.min_grade is not None]
         parts += [f"hysteresis {a.hysteresis:g}"] if a.hysteresis is not None else []
+        parts += [f"grades {_flow(dict(a.grades))}"] if a.grades is not None else []
+        parts += [f"{k} {_flow(v.model_dump(exclude_none=True))}" for k, v in a.categories.items()]
         return f" ({', '.join(parts)})" if parts else ""
     return ", ".join(f"{a.name} {a.share / total:.0%}{bars(a)}" for a in e.arms)
 
