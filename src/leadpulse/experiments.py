@@ -15,7 +15,8 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
-from .model import Experiment, ScoringModel
+from .abmodel import Experiment
+from .model import ScoringModel
 
 #: the arm name a handoff carries is "<experiment>/<arm>": records of two experiments never mix
 SEPARATOR = "/"

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .durations import parse_ms
+from .abmodel import Experiment, check_experiments
 from .errors import ModelError
 from .events import Source
 from .patterns import regex_matcher
@@ -280,53 +281,6 @@ class Stage(Frozen):
     description: str = ""
 
 
-class StageBar(Frozen):
-    """An arm's bar for one stage: what it changes of the model's (docs/scoring.md §9)."""
-
-    min_score: float | None = None
-    min_grade: Literal["A", "B", "C", "D"] | None = None
-
-
-class CategoryWeight(Frozen):
-    """An arm's weight and cap for one category."""
-
-    weight: Annotated[float, Field(gt=0)] | None = None
-    cap: Annotated[float, Field(gt=0)] | None = None
-
-
-class Arm(Frozen):
-    """What an arm changes of the model: everything lib.lua reads from the spec (stage bars,
-    hysteresis, grade bars, category weights and caps); rules and their points stay the model's
-    (they are matched in Python, before the lead's arm matters for a visitor's events)."""
-
-    name: Id
-    #: its part of the leads, relative to the other arms' (50 and 50: half each)
-    share: Annotated[float, Field(gt=0)]
-    #: stage name -> the arm's bar; stages not named keep the model's
-    stages: dict[str, StageBar] = Field(default_factory=dict)
-    hysteresis: Annotated[float, Field(ge=0)] | None = None
-    #: the arm's minimum fit points per grade (all three), or the model's
-    grades: dict[Literal["A", "B", "C"], float] | None = None
-    #: category name -> the arm's weight and cap; categories not named keep the model's
-    categories: dict[str, CategoryWeight] = Field(default_factory=dict)
-    description: str = ""
-
-
-class Experiment(Frozen):
-    """A threshold A/B test: leads split by a stable hash of their id (experiments.py)."""
-
-    name: Id
-    arms: tuple[Arm, ...] = Field(min_length=2)
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _check(self) -> Experiment:
-        names = [a.name for a in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError("arm names must be unique")
-        return self
-
-
 class CustomFields(Frozen):
     """Fields the events carry beyond the contract (schemas/event.schema.json). Only
     `check-model` reads this: a rule on a property or trait that is neither in the contract nor
@@ -382,31 +336,8 @@ class ScoringModel(Frozen):
         for i in range(1, len(self.stages)):
             if not self.stages[i].min_score > self.stages[i - 1].min_score:
                 raise ValueError(f"stages[{i}].min_score: must be above the previous stage's")
-        self._check_experiments(names)
+        check_experiments(self.experiments, self.stages, self.categories)
         return self
-
-    def _check_experiments(self, names: list[str]) -> None:
-        if len(self.experiments) > 1:
-            raise ValueError("experiments: one experiment at a time (a lead's stage bars come from one arm)")
-        for e, exp in enumerate(self.experiments):
-            for a, arm in enumerate(exp.arms):
-                where = f"experiments[{e}].arms[{a}]"
-                for stage in arm.stages:
-                    if stage not in names:
-                        raise ValueError(f"{where}.stages.{stage}: unknown stage (known: {', '.join(names)})")
-                for cat in arm.categories:
-                    if cat not in self.categories:
-                        raise ValueError(f"{where}.categories.{cat}: unknown category (known: {', '.join(self.categories)})")
-                if arm.grades is not None:
-                    try:
-                        Fit(rules=(), grades=arm.grades)
-                    except ValidationError as exc:
-                        raise ValueError(f"{where}.grades: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-                bars = [arm.stages[s.name].min_score if s.name in arm.stages and arm.stages[s.name].min_score
-                        is not None else s.min_score for s in self.stages]
-                for i in range(1, len(bars)):
-                    if not bars[i] > bars[i - 1]:
-                        raise ValueError(f"{where}.stages: {names[i]}'s min_score must be above {names[i - 1]}'s")
 
     def half_life_ms(self, rule: Rule) -> float | None:
         if rule.half_life is not None:

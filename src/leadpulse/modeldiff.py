@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from .abmodel import Arm, Experiment
 from .durations import format_ms
-from .model import Arm, Cap, Category, Experiment, FitRule, Predicate, Rule, ScoringModel, Stage, When
+from .model import Cap, Category, FitRule, Predicate, Rule, ScoringModel, Stage, When
 
 
 @dataclass(frozen=True, slots=True)
