@@ -129,40 +129,6 @@ async def test_sign_in_once_with_the_token_then_a_strict_session_cookie(workers:
     await context.close()
 
 
-async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: tuple[WorkerProcess, WorkerProcess],
-                                                                         browser: Any) -> None:
-    scorer, board = workers
-    page = await signed_in(browser, board)
-    await page.locator("#live[data-state=live]").wait_for()
-    await page.evaluate("window.__stay = 'no reload'")
-    now = int(time.time() * 1000)
-    traits = {"email": "x@acme.io", "seniority": "vp", "employees": 300, "industry": "software", "job_title": HOSTILE_TITLE}
-    await send(scorer, journey(HOSTILE_ID, traits, HOT_STEPS, now - 10 * 60_000))
-
-    card = page.locator("#hot .card", has_text=HOSTILE_ID)
-    await card.wait_for(timeout=60_000)
-    assert await page.evaluate("window.__stay") == "no reload"
-    assert HOSTILE_TITLE in await card.inner_text()  # the trait, as text
-    assert await card.locator(".pill").inner_text() == "SQL"
-    assert "demo request" in await card.locator(".signals").inner_text()
-    await page.locator("#feed li", has_text=HOSTILE_ID).first.wait_for(timeout=30_000)
-    assert await page.evaluate("window.__pwned") is None
-    assert await page.locator("main img, main script").count() == 0
-
-    # its page: the chart, each event's points, the move, the hostile text still text
-    response = await page.goto(board.url + await card.locator(".name a").get_attribute("href"))
-    assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
-    await page.locator("svg.chart").wait_for()
-    assert await page.locator("svg.chart circle").count() >= 4
-    timeline = await page.locator(".timeline").inner_text()
-    assert "demo request +50" in timeline and "Promoted" in timeline and "SQL" in timeline
-    assert HOSTILE_ID in await page.locator("h1").inner_text()
-    assert HOSTILE_TITLE in await page.locator(".lead-head .role").inner_text()
-    assert await page.evaluate("window.__pwned") is None
-    assert await page.locator("main img, main script").count() == 0
-    await page.context.close()
-
-
 PEOPLE = [
     ("maria.lopez@northwind.io", {"seniority": "vp", "job_title": "VP Marketing", "employees": 420, "industry": "software"},
      HOT_STEPS),
@@ -195,3 +161,37 @@ async def test_screenshots_on_a_laptop_and_a_phone(workers: tuple[WorkerProcess,
         await page.context.close()
     for shot in out.glob("board-*.png"):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: tuple[WorkerProcess, WorkerProcess],
+                                                                         browser: Any) -> None:
+    scorer, board = workers
+    page = await signed_in(browser, board)
+    await page.locator("#live[data-state=live]").wait_for()
+    await page.evaluate("window.__stay = 'no reload'")
+    now = int(time.time() * 1000)
+    traits = {"email": "x@acme.io", "seniority": "vp", "employees": 300, "industry": "software", "job_title": HOSTILE_TITLE}
+    await send(scorer, journey(HOSTILE_ID, traits, HOT_STEPS, now - 10 * 60_000))
+
+    card = page.locator("#hot .card", has_text=HOSTILE_ID)
+    await card.wait_for(timeout=60_000)
+    assert await page.evaluate("window.__stay") == "no reload"
+    assert HOSTILE_TITLE in await card.inner_text()  # the trait, as text
+    assert await card.locator(".pill").inner_text() == "SQL"
+    assert "demo request" in await card.locator(".signals").inner_text()
+    await page.locator("#feed li", has_text=HOSTILE_ID).first.wait_for(timeout=30_000)
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.locator("main img, main script").count() == 0
+
+    # its page: the chart, each event's points, the move, the hostile text still text
+    response = await page.goto(board.url + await card.locator(".name a").get_attribute("href"))
+    assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
+    await page.locator("svg.chart").wait_for()
+    assert await page.locator("svg.chart circle").count() >= 4
+    timeline = await page.locator(".timeline").inner_text()
+    assert "demo request +50" in timeline and "Promoted" in timeline and "SQL" in timeline
+    assert HOSTILE_ID in await page.locator("h1").inner_text()
+    assert HOSTILE_TITLE in await page.locator(".lead-head .role").inner_text()
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.locator("main img, main script").count() == 0
+    await page.context.close()

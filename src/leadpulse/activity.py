@@ -27,11 +27,13 @@ class Earned:
 
 @dataclass(frozen=True, slots=True)
 class Scored:
+    #: when the event happened
     at: int
     event_id: str
-    #: the lead's score at its clock just after the event
+    #: the lead's score at its clock (its latest event time, `clock`) just after the event
     score: float
     earned: tuple[Earned, ...]
+    clock: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,9 @@ def _stage(store: LeadStore, index: int) -> str:
 
 
 def decode(store: LeadStore, rows: list[Any]) -> list[Entry]:
-    """history.lua's reply (unpacked), oldest first; an event and the move it caused share an
-    instant, and the event comes first."""
+    """history.lua's reply (unpacked), oldest first, in the order the lead was changed: each
+    event, then the moves it caused. Events from different sources may arrive out of their time
+    order; the scores follow the arrival (each is the score after that event, at the clock)."""
     out: list[Entry] = []
     names = store.rule_names
     for e, left in rows:
@@ -67,12 +70,11 @@ def decode(store: LeadStore, rows: list[Any]) -> list[Entry]:
             codes = e[4]
             earned = tuple(Earned(names.get(code) or f"#{code}", float(p), float(lf))
                            for code, p, lf in zip(codes[::2], codes[1::2], left))
-            out.append(Scored(e[1], e[2], float(e[3]), earned))
+            out.append(Scored(e[1], e[2], float(e[3]), earned, e[5] if len(e) > 5 else e[1]))
         else:
             out.append(Move(e[1], e[2], _stage(store, e[3]), _stage(store, e[4]), float(e[5]), float(e[6]),
                             e[7] or None, tuple(e[8:])))
     out.reverse()  # the list is newest first
-    out.sort(key=lambda x: (x.at, isinstance(x, Move)))  # stable: the log's order within a kind
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 WIDTH, HEIGHT = 640, 220
 PAD_L, PAD_R, PAD_T, PAD_B = 40, 12, 12, 24
@@ -28,6 +29,8 @@ class Chart:
     #: (y, label) per stage threshold within the range, and per y-axis tick
     thresholds: tuple[tuple[float, str], ...]
     ticks: tuple[tuple[float, str], ...]
+    #: (x, label): the first instant and the last, in UTC
+    xlabels: tuple[tuple[float, str], ...] = ()
     width: int = WIDTH
     height: int = HEIGHT
 
@@ -52,7 +55,12 @@ def chart(points: Sequence[tuple[int, float, str]], thresholds: Sequence[tuple[f
     path = " ".join(f"{'M' if i == 0 else 'L'}{d.x},{d.y}" for i, d in enumerate(dots))
     step = _step(hi - lo)
     ticks = tuple((y(v), f"{v:g}") for v in _range(lo, hi, step))
-    return Chart(dots, path, tuple((y(v), label) for v, label in thresholds if lo <= v <= hi), ticks)
+    xlabels = ((dots[0].x, _when(t0)), (dots[-1].x, _when(t1))) if t1 > t0 else ((dots[0].x, _when(t0)),)
+    return Chart(dots, path, tuple((y(v), label) for v, label in thresholds if lo <= v <= hi), ticks, xlabels)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%d %b %H:%M UTC")
 
 
 def _step(span: float) -> float:

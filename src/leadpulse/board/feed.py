@@ -53,6 +53,14 @@ class HandoffFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait until the topic's tail is read (at most `timeout` s); whether it is."""
+        try:
+            await asyncio.wait_for(self.following.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(BACKLOG)
         self.subscribers.add(queue)

@@ -36,6 +36,8 @@ from .session import Sessions
 log = logging.getLogger("leadpulse.board")
 
 HOT = 20
+#: how long a page waits for the feed to read the handoff topic's tail (then it shows what there is)
+FEED_WAIT_S = 10.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
@@ -125,7 +127,9 @@ class Board:
 
     def _lead_context(self, view: LeadView, log_: list[activity.Entry], traits: dict[str, Any], now: int) -> dict[str, Any]:
         model = self.store.model
-        points = [(e.at, e.score, "event" if isinstance(e, activity.Scored) else e.kind) for e in log_]
+        # an event's score is the lead's at its clock after it; a move's, at the move
+        points = sorted(((e.clock, e.score, "event") if isinstance(e, activity.Scored) else (e.at, e.score, e.kind)
+                         for e in log_), key=lambda p: p[0])
         points.append((now, view.explanation.score, "now"))
         thresholds = [(s.min_score, s.name) for s in model.stages if s.min_score > 0]
         why = view.explanation
@@ -193,6 +197,7 @@ class Board:
     async def recent(self, request: web.Request) -> web.StreamResponse:
         self._check(request)
         self.feed.start()
+        await self.feed.caught_up(FEED_WAIT_S)
         return web.json_response({"handoffs": list(self.feed.recent)}, headers=HEADERS, dumps=_dumps)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -204,6 +209,9 @@ class Board:
         try:
             async with sse_response(request, headers=HEADERS) as stream:
                 stream.ping_interval = 15
+                # `ready` once the feed has read the topic's tail: the page then loads feed.json
+                # and anything later comes down this stream
+                await self.feed.caught_up(FEED_WAIT_S)
                 await stream.send("ready", event="ready")
                 while stream.is_connected():
                     record = await queue.get()

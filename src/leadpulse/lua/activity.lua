@@ -1,11 +1,13 @@
 -- activity.lua: the lead's activity log (key `…:h`, keys.py), for the board's lead page
 -- (board.py). Prepended after lib.lua to apply.lua and sweep.lua, which write it in the same
 -- call that changes the lead, so the log and the state never disagree.
--- A list, newest first, capped at SPEC.activity entries (0: no log), each packed with cmsgpack:
---   {1, t, event_id, score, {rule, points, ...}}   an applied event: when it happened, the points
---       each rule awarded (after caps, before decay and category weights; by code), and the
---       lead's score at its clock after it (lib.lua `score_at`)
---   {2, t, kind, from, to, score, threshold, event_id | false, ...}   a transition as the script
+-- A list, newest first (in the order the lead was changed), capped at SPEC.activity entries
+-- (0: no log), each packed with cmsgpack:
+--   {1, t, event_id, score, {rule, points, ...}, clock}   an applied event: when it happened, the
+--       points each rule awarded (after caps, before decay and category weights; by code), and the
+--       lead's score at its clock (its latest event time) after it (lib.lua `score_at`)
+--   {2, t, kind, from, to, score, threshold, event_id | false, ...}   each transition the event
+--       caused (decay demotions due before it first), after it, as the script
 --       reports it (apply.lua's header), its explanation replaced by its score; fields a newer
 --       transition carries after the explanation (a lifecycle move's outcome, reason) follow as they are
 -- It lives like the lead's state: expiring `ttl` (+ ttl/8, like the traits) after the last write
@@ -16,7 +18,7 @@ local ACTIVITY_S, ACTIVITY_PX = string.format('%d', (SPEC.activity or 0) - 1), s
 -- Entries for one lead, oldest first: `activity_event` and `activity_moves` add to it.
 local function activity_event(acts, st, t, event_id, earned)
   if ACTIVITY == 0 then return end
-  acts[#acts + 1] = cmsgpack.pack({1, t, event_id, st.c and score_at(st, st.c) or 0, earned})
+  acts[#acts + 1] = cmsgpack.pack({1, t, event_id, st.c and score_at(st, st.c) or 0, earned, st.c or t})
 end
 
 local function activity_moves(acts, out, first)

@@ -75,8 +75,8 @@ for i = 1, #ARGV - 2 do
         moved(st)
       end
       if eval == 1 then evaluate(st, st.c, event_id, out) end
-      activity_moves(acts, out, first)
       activity_event(acts, st, t, event_id, earned)
+      activity_moves(acts, out, first)
       statuses[#statuses + 1] = 'o'
       if #out >= first then
         local rec = {member, pos, {}}

@@ -102,7 +102,11 @@ function feedItem(h, fresh) {
   return li;
 }
 
+const seen = new Set();  // handoff ids shown: the stream and feed.json may both bring one
+
 function addFeed(h, fresh) {
+  if (seen.has(h.handoff_id)) return;
+  seen.add(h.handoff_id);
   const list = document.getElementById("feed");
   list.prepend(feedItem(h, fresh));
   while (list.children.length > 50) list.lastChild.remove();
@@ -114,6 +118,7 @@ async function loadFeed() {
   if (!res.ok) return;
   const body = await res.json();
   document.getElementById("feed").replaceChildren();
+  seen.clear();
   for (const h of body.handoffs) addFeed(h, false);
   document.getElementById("feed-empty").hidden = body.handoffs.length > 0;
 }
