@@ -195,3 +195,29 @@ async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: 
     assert await page.evaluate("window.__pwned") is None
     assert await page.locator("main img, main script").count() == 0
     await page.context.close()
+
+
+async def test_client_mistakes_get_4xx_pages_not_tracebacks(workers: tuple[WorkerProcess, WorkerProcess]) -> None:
+    _, board = workers
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(board.url + "/board", cookies={"leadpulse_board": "forged.cookie.value"},
+                            allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"] == "/board/signin"
+        async with http.post(board.url + "/board/signin", data=b"", allow_redirects=False) as resp:
+            assert resp.status == 401 and "not the one" in await resp.text()
+        async with http.post(board.url + "/board/signin", data={"token": TOKEN}, allow_redirects=False) as resp:
+            assert resp.status == 303
+        async with http.get(board.url + "/board/leads/%FF") as resp:
+            assert resp.status == 404  # aiohttp decodes it to U+FFFD: a lead id nobody has
+        async with http.get(board.url + "/board/leads/nobody-at-all") as resp:
+            assert resp.status == 404 and "nobody-at-all" in await resp.text()
+            assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+        async with http.get(board.url + "/board/leads/" + "x" * 300) as resp:
+            assert resp.status == 400
+        async with http.get(board.url + "/board/static/..%2F..%2Fapi.py") as resp:
+            assert resp.status == 404
+        async with http.get(board.url + "/board/static/board.js") as resp:
+            assert resp.status == 200 and resp.content_type == "text/javascript"
+            assert "innerHTML" not in (await resp.text()).replace("never innerHTML", "")
+        async with http.get(board.url + "/board/hot.json?limit=%C2%B2") as resp:
+            assert resp.status == 200  # not a limit: the default
