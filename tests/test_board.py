@@ -178,7 +178,7 @@ async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: 
     assert await page.evaluate("window.__stay") == "no reload"
     assert HOSTILE_TITLE in await card.inner_text()  # the trait, as text
     assert await card.locator(".pill").inner_text() == "SQL"
-    assert "demo request" in await card.locator(".signals").inner_text()
+    assert "requested a demo" in await card.locator(".signals").inner_text()
     await page.locator("#feed li", has_text=HOSTILE_ID).first.wait_for(timeout=30_000)
     assert await page.evaluate("window.__pwned") is None
     assert await page.locator("main img, main script").count() == 0
@@ -189,7 +189,7 @@ async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: 
     await page.locator("svg.chart").wait_for()
     assert await page.locator("svg.chart circle").count() >= 4
     timeline = await page.locator(".timeline").inner_text()
-    assert "demo request +50" in timeline and "Promoted" in timeline and "SQL" in timeline
+    assert "requested a demo +50" in timeline and "Promoted" in timeline and "SQL" in timeline
     assert HOSTILE_ID in await page.locator("h1").inner_text()
     assert HOSTILE_TITLE in await page.locator(".lead-head .role").inner_text()
     assert await page.evaluate("window.__pwned") is None

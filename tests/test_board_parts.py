@@ -60,7 +60,8 @@ def test_secure_over_https_and_the_bearer_token_still_works() -> None:
 
 def test_words() -> None:
     model = load_model()
-    assert words.rule_words(model, "demo_request") == "demo request"
+    assert words.rule_words(model, "demo_request") == "requested a demo"
+    assert words.rule_words(model, "seniority_exec") == "seniority exec"  # no description: the id in words
     assert words.points(50) == "+50" and words.points(-12.46) == "−12.5" and words.points(0.04) == "+0"
     now = 1_800_000_000_000
     assert [words.ago(now - s * 1000, now) for s in (5, 300, 7200, 3 * 86400, -60)] == [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 WIDTH, HEIGHT = 640, 220
-PAD_L, PAD_R, PAD_T, PAD_B = 40, 12, 12, 24
+PAD_L, PAD_R, PAD_T, PAD_B = 44, 12, 14, 30
 
 
 @dataclass(frozen=True, slots=True)
