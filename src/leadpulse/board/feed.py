@@ -115,7 +115,7 @@ class HandoffFeed:
                 tail = []
                 self.following.set()
             batch = await consumer.getmany(timeout_ms=1000)
-            fresh = []
+            fresh: list[dict[str, Any]] = []
             for tp, records in batch.items():
                 for r in records:
                     record = _decoded(r.value)

@@ -10,6 +10,7 @@ Content-Security-Policy (scripts and styles from this server only, no inline scr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from importlib.resources import files
@@ -38,6 +39,8 @@ log = logging.getLogger("leadpulse.board")
 HOT = 20
 #: how long a page waits for the feed to read the handoff topic's tail (then it shows what there is)
 FEED_WAIT_S = 10.0
+#: seconds between the stream's keep-alive comments (proxies close idle connections)
+PING_S = 15.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
@@ -207,17 +210,25 @@ class Board:
         self.feed.start()
         queue = self.feed.subscribe()
         try:
-            async with sse_response(request, headers=HEADERS) as stream:
-                stream.ping_interval = 15
+            async with sse_response(request, headers=HEADERS, ping_interval=PING_S) as stream:
                 # `ready` once the feed has read the topic's tail: the page then loads feed.json
                 # and anything later comes down this stream
                 await self.feed.caught_up(FEED_WAIT_S)
                 await stream.send("ready", event="ready")
-                while stream.is_connected():
-                    record = await queue.get()
-                    if record is None:
-                        break
-                    await stream.send(_dumps(record), event="handoff")
+                # the ping fails within PING_S of the browser leaving: stop then, not at the next record
+                gone = asyncio.ensure_future(stream.wait())
+                try:
+                    while True:
+                        record = asyncio.ensure_future(queue.get())
+                        await asyncio.wait({record, gone}, return_when=asyncio.FIRST_COMPLETED)
+                        if not record.done() or record.result() is None:
+                            record.cancel()
+                            break
+                        await stream.send(_dumps(record.result()), event="handoff")
+                except ConnectionResetError:
+                    pass
+                finally:
+                    gone.cancel()
                 return stream
         finally:
             self.feed.unsubscribe(queue)
