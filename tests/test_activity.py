@@ -107,3 +107,15 @@ async def test_the_log_lives_like_the_lead_and_goes_with_its_erasure(redis: Redi
     assert await redis.pttl(k.activity) == -1  # above it: kept, like the state
     assert await forget(s, "e")
     assert not await redis.exists(k.activity)
+
+
+async def test_a_crm_move_carries_its_outcome_reason_and_cool_down(redis: Redis) -> None:
+    # as a lifecycle transition reaches the log (activity.lua copies what follows the explanation)
+    s = store(redis)
+    rows = [[[2, T0 + 5, "recycled", 1, 0, 42.5, 60, "crm-7", "sql_rejected", "no budget", T0 + 30 * DAY], False],
+            [[2, T0, "promoted", 0, 1, 61.0, 60, "ev-1"], False]]
+    recycled, promoted = reversed(activity.decode(s, rows))
+    assert isinstance(recycled, Move) and isinstance(promoted, Move)
+    assert (recycled.kind, recycled.from_stage, recycled.to_stage, recycled.outcome, recycled.reason,
+            recycled.cooldown_until) == ("recycled", "mql", "lead", "sql_rejected", "no budget", T0 + 30 * DAY)
+    assert (promoted.outcome, promoted.reason, promoted.cooldown_until) == (None, None, None)

@@ -46,17 +46,22 @@ class Move:
     score: float
     threshold: float
     event_id: str | None
-    #: what a newer transition carries after its explanation (a lifecycle move's outcome,
-    #: reason), as the script reported it
-    extra: tuple[Any, ...]
+    #: a CRM-driven move's outcome (e.g. sql_rejected), the CRM's reason, its cool-down's end
+    #: (epoch ms): what a lifecycle transition carries after its explanation (CONTRACTS: outcome,
+    #: reason, cooldown_until); None for a score-driven move
+    outcome: str | None = None
+    reason: str | None = None
+    cooldown_until: int | None = None
 
 
 Entry = Scored | Move
 
 
 def _stage(store: LeadStore, index: int) -> str:
-    stages = store.model.stages
-    return stages[index].name if 0 <= index < len(stages) else f"#{index}"
+    # the index the scripts report: the model's stages, then the lifecycle's where the model has
+    # them (ScoringModel.stage_names)
+    names = getattr(store.model, "stage_names", None) or tuple(s.name for s in store.model.stages)
+    return names[index] if 0 <= index < len(names) else f"#{index}"
 
 
 def decode(store: LeadStore, rows: list[Any]) -> list[Entry]:
@@ -72,8 +77,9 @@ def decode(store: LeadStore, rows: list[Any]) -> list[Entry]:
                            for code, p, lf in zip(codes[::2], codes[1::2], left))
             out.append(Scored(e[1], e[2], float(e[3]), earned, e[5] if len(e) > 5 else e[1]))
         else:
+            outcome, reason, cooldown = (*e[8:11], False, False, False)[:3]
             out.append(Move(e[1], e[2], _stage(store, e[3]), _stage(store, e[4]), float(e[5]), float(e[6]),
-                            e[7] or None, tuple(e[8:])))
+                            e[7] or None, outcome or None, reason or None, cooldown or None))
     out.reverse()  # the list is newest first
     return out
 
