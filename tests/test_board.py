@@ -167,6 +167,9 @@ async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: 
                                                                          browser: Any) -> None:
     scorer, board = workers
     page = await signed_in(browser, board)
+    errors: list[str] = []  # a CSP violation or a script error shows here
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     await page.locator("#live[data-state=live]").wait_for()
     await page.evaluate("window.__stay = 'no reload'")
     now = int(time.time() * 1000)
@@ -194,6 +197,7 @@ async def test_a_new_hot_lead_appears_live_and_hostile_text_stays_text(workers: 
     assert HOSTILE_TITLE in await page.locator(".lead-head .role").inner_text()
     assert await page.evaluate("window.__pwned") is None
     assert await page.locator("main img, main script").count() == 0
+    assert errors == []
     await page.context.close()
 
 
