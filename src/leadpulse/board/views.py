@@ -21,6 +21,7 @@ import jinja2
 import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import activity
 from ..api import LEAD_ID, MAX_TOP, lead_json
@@ -164,7 +165,7 @@ class Board:
             pipe.get(self.store.keys.lead(lead).traits)
         try:
             raws = await pipe.execute()
-        except Exception as exc:  # redis errors of a pipeline come in many classes
+        except (RedisError, RedisClusterException) as exc:
             raise StateError(f"redis: {exc}") from exc
         out = []
         for raw in raws:
