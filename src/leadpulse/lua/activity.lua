@@ -40,7 +40,8 @@ local function activity_save(key, st, acts)
     len = redis.call('LPUSH', key, unpack(acts, i, math.min(i + 199, #acts)))
   end
   if len > ACTIVITY then redis.call('LTRIM', key, 0, ACTIVITY_S) end
-  if TTL > 0 and st.s == 0 then
+  -- expiring exactly when the lead's state and outbox do (lib.lua `outbox_px`)
+  if outbox_px(st) then
     redis.call('PEXPIRE', key, ACTIVITY_PX)
   elseif TTL > 0 then
     redis.call('PERSIST', key)
