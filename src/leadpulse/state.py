@@ -40,10 +40,11 @@ ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
-def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
+def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0, activity_max: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
     category per rule, categories, caps, stages, grades; how long an idle lead in the first
-    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
+    stage is kept (0: forever); the activity log's cap (0: none kept, activity.lua); and the format
+    numbers of the packed state (layout.py)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -77,6 +78,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
         "ttl": lead_ttl_ms,
+        "activity": activity_max,
         "format": layout.FORMAT,
         "erased": layout.ERASED,
     }
@@ -188,8 +190,7 @@ class LeadStore:
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
-        self.split = experiments.split(model)  # an A/B test: each arm's spec, built with the codes
-        self.arm_specs: dict[str, bytes] = {}
+        self.split, self.arm_specs = experiments.split(model), dict[str, bytes]()  # an A/B test: each arm's spec (ready)
         self._reloads = -1  # scripts.reloads when the rule codes were read
 
     def use_space(self, space: str) -> None:
@@ -221,8 +222,8 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
-        self.arm_specs = {arm: lua_spec(m, self.rule_codes, self.retention.lead_ttl_ms) for arm, m in self.split.models.items()} if self.split else {}
+        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
+        self.arm_specs = {arm: lua_spec(m, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max) for arm, m in self.split.models.items()} if self.split else {}
         self._reloads = self.scripts.reloads
 
     def spec_of(self, lead_id: str) -> bytes:  # its arm's spec in an A/B test, else the model's
@@ -376,8 +377,7 @@ class LeadStore:
     def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
         """apply.lua calls for `leads`, in the order of `leads` (the replies are read in it).
 
-        One call holds leads of one index shard and one spec (an A/B test's arm): on a single
-        Redis, up to LEADS_PER_CALL of any leads; on a cluster, the leads of one slot.
+        One call: up to LEADS_PER_CALL leads of one index shard (a cluster slot) and one spec (an arm).
         """
         groups: dict[tuple[str, bytes], list[tuple[str, _LeadOps]]] = {}
         for item in leads.items():
@@ -390,7 +390,7 @@ class LeadStore:
                 args: list[Any] = [spec, now]
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
-                    keys.extend((k.state, k.dedup, k.replay, k.traits))
+                    keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
                     args.append(msgpack.packb([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
@@ -417,9 +417,10 @@ class LeadStore:
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox, traits
+        and activity log (sweep.lua writes it)."""
         k = self.keys.lead(lead_id)
-        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits, k.activity]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         """The lead at the instant `at`; None when it has no state."""
@@ -451,8 +452,7 @@ class LeadStore:
             groups: dict[tuple[str, bytes], list[int]] = {}
             for i, (lead, _) in enumerate(leads):
                 groups.setdefault((self.keys.shard(lead), self.spec_of(lead)), []).append(i)
-            parts = [(spec, members[start : start + LEADS_PER_CALL]) for (_, spec), members in groups.items()
-                     for start in range(0, len(members), LEADS_PER_CALL)]
+            parts = [(spec, m[i : i + LEADS_PER_CALL]) for (_, spec), m in groups.items() for i in range(0, len(m), LEADS_PER_CALL)]
             calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [spec, *(leads[i][1] for i in part)]) for spec, part in parts]
             replies = await self.scripts.pipelined(calls)
         except RedisError as exc:
