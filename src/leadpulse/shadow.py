@@ -104,13 +104,20 @@ class Shadowed:
     compared: bool = False
 
 
+def _stage(model: ScoringModel, index: int) -> str:
+    """A stage's name by the index the scripts report; past the model's own stages (stages a
+    lifecycle section may add after them), its number."""
+    return model.stages[index].name if index < len(model.stages) else f"#{index}"
+
+
 def _decisions(transitions: Sequence[Transition], model: ScoringModel) -> dict[tuple[str, str, str, str], Transition]:
-    """Event-caused decisions by (lead, event, kind, stage entered or left): what is compared."""
+    """Event-caused decisions by (lead, event, kind, the stage entered; for a demotion, the stage
+    left): what is compared."""
     out = {}
     for t in transitions:
         if t.event_id is None:
             continue
-        stage = model.stages[t.to_stage if t.kind == "promoted" else t.from_stage].name
+        stage = _stage(model, t.from_stage if t.kind == "demoted" else t.to_stage)
         out.setdefault((t.lead_id, t.event_id, t.kind, stage), t)
     return out
 
