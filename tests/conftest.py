@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.model import ScoringModel, load_model
 
-pytest_plugins = ["tests.fixtures"]
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ from leadpulse.model import ScoringModel
 from leadpulse.bounds import Retention
 from leadpulse.state import ANONYMOUS, ERASED, SCORED, LeadStore
 
-from .fixtures import DAY, T0, event
-from .kafkatools import WorkerProcess, produce, running, wait_for
+from tests.support.fixtures import DAY, T0, event
+from tests.support.kafkatools import WorkerProcess, produce, running, wait_for
 
 ADMIN = "erase-admin-token"
 

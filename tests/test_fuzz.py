@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.handoff import iso
 
-from .kafkatools import WorkerProcess, consume_until, running, wait_for
+from tests.support.kafkatools import WorkerProcess, consume_until, running, wait_for
 
 pytestmark = pytest.mark.integration
 

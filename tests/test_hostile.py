@@ -29,8 +29,8 @@ from leadpulse.model import ScoringModel
 from leadpulse.settings import Settings
 from leadpulse.state import LeadStore
 
-from .fixtures import event as fixture_event
-from .kafkatools import WorkerProcess, committed_all, consume_until, produce, running, wait_for
+from tests.support.fixtures import event as fixture_event
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 SKEW = 300_000

@@ -17,7 +17,7 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.keys import Keys
 from leadpulse.metrics import SWEEP_GRACE_INTERVALS
 
-from .kafkatools import WorkerProcess
+from tests.support.kafkatools import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.handoff import iso
 from leadpulse.keys import Keys
 
-from .kafkatools import WorkerProcess, consume_until, produce, read_all, wait_for
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, read_all, wait_for
 
 pytestmark = pytest.mark.integration
 ADMIN = "model-admin"

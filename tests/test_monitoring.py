@@ -29,7 +29,7 @@ from leadpulse.alerts.service import AlertMetrics
 from leadpulse.collector.app import CollectorMetrics
 from leadpulse.dev.embedded import RedisServer, Service, TansuBroker, free_port
 
-from .kafkatools import WorkerProcess, event_bytes, produce
+from tests.support.kafkatools import WorkerProcess, event_bytes, produce
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"

@@ -19,8 +19,8 @@ from leadpulse.model import ScoringModel
 from leadpulse.bounds import Retention
 from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
-from .fixtures import DAY, T0, event
-from .kafkatools import WorkerProcess, produce, running, wait_for
+from tests.support.fixtures import DAY, T0, event
+from tests.support.kafkatools import WorkerProcess, produce, running, wait_for
 from .test_worker import metric_value
 
 TTL = 400 * DAY

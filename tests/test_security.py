@@ -20,8 +20,8 @@ from leadpulse.errors import StateError
 from leadpulse.model import ScoringModel
 from leadpulse.state import LeadStore
 
-from .fixtures import T0, event
-from .kafkatools import WorkerProcess, produce, running, wait_for
+from tests.support.fixtures import T0, event
+from tests.support.kafkatools import WorkerProcess, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 PASSWORD = "redis-s3cret-7Hq"

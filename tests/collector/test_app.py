@@ -31,7 +31,7 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
 
-from .kafkatools import WorkerProcess, committed_all, consume_until, wait_for
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, wait_for
 
 KEY = "wk_test_site"
 SOURCES = ("web", "email", "webinar", "profile", "crm")

@@ -38,10 +38,10 @@ from leadpulse.kafka import ensure_topics
 from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings
 
-from .kafkatools import consume_until, produce
+from tests.support.kafkatools import consume_until, produce
 
 SECRET = "whsec-test-3f9c"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
 
 
 def handoff(lead: str = "lead-42", kind: str = "promoted", handoff_id: str | None = None,

@@ -18,10 +18,10 @@ import pytest
 
 from leadpulse.collector.app import Collector
 
-from .kafkatools import wait_for
-from .test_collector import KEY, basic, metric, post, ready, records_by_topic, segment_client, start_collector
+from tests.support.kafkatools import wait_for
+from .test_app import KEY, basic, metric, post, ready, records_by_topic, segment_client, start_collector
 
-__all__ = ["start_collector"]  # the fixture, shared with test_collector.py
+__all__ = ["start_collector"]  # the fixture, shared with test_app.py
 pytestmark = pytest.mark.integration
 Start = Callable[..., Awaitable[Collector]]
 

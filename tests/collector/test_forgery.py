@@ -21,10 +21,10 @@ from leadpulse.errors import ConfigError
 from leadpulse.collector.segment import Context, map_message
 from leadpulse.collector.writekeys import TokenBucket, WriteKey, parse_write_keys
 
-from .kafkatools import WorkerProcess, consume_until, produce, running, wait_for
-from .test_collector import KEY, basic, post, ready, records_by_topic, start_collector
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, running, wait_for
+from .test_app import KEY, basic, post, ready, records_by_topic, start_collector
 
-__all__ = ["start_collector"]  # the fixture, shared with test_collector.py
+__all__ = ["start_collector"]  # the fixture, shared with test_app.py
 Start = Callable[..., Awaitable[Collector]]
 BROWSER, SERVER = "wk_browser_public", "wk_server_secret"
 
