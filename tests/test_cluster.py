@@ -29,7 +29,7 @@ from tests.support.fixtures import DAY, T0, event
 from tests.support.kafkatools import WorkerProcess, consume_until, produce, running, wait_for
 from .test_worker import journey
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

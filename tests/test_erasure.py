@@ -93,6 +93,7 @@ async def test_erasing_a_lead_not_seen_yet_refuses_its_events_to_come(redis: Red
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_erased_leads_stay_erased_through_a_linked_cookie_and_a_rescore(
         broker: TansuBroker, tmp_path: Path, model: ScoringModel) -> None:
     (tmp_path / "redis").mkdir()

@@ -36,7 +36,7 @@ from leadpulse.handoff import iso
 
 from tests.support.kafkatools import WorkerProcess, consume_until, running, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SOURCES = ("web", "email", "webinar", "profile", "crm")
 PARTITIONS = 4

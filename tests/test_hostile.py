@@ -32,7 +32,7 @@ from leadpulse.state import LeadStore
 from tests.support.fixtures import event as fixture_event
 from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, produce, running, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SKEW = 300_000
 MAX_AGE = 30 * 86_400_000  # the default model's max_event_age
 

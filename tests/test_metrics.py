@@ -19,7 +19,7 @@ from leadpulse.metrics import SWEEP_GRACE_INTERVALS
 
 from tests.support.kafkatools import WorkerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP_INTERVAL = 0.5
 

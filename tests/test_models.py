@@ -26,7 +26,7 @@ from leadpulse.keys import Keys
 
 from tests.support.kafkatools import WorkerProcess, consume_until, produce, read_all, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN = "model-admin"
 DEFAULT = Path(__file__).parent.parent / "src/leadpulse/default_model.yaml"
 

@@ -148,6 +148,7 @@ def test_the_alert_rules_pass_promtool_check() -> None:
     assert f"SUCCESS: {len(rule_expressions())} rules found" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_alert_has_a_firing_and_a_quiet_unit_test_and_they_pass() -> None:
     promtool = tool("promtool", "prometheus")
     assert RULE_TESTS, "no promtool unit tests in deploy/prometheus/tests/"
@@ -298,6 +299,7 @@ async def scored(worker: WorkerProcess, prometheus: PrometheusServer, broker: Ta
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("scored")
+@pytest.mark.slow
 async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: WorkerProcess, prometheus: PrometheusServer) -> None:
     up = await prometheus.query('up{job="leadpulse-worker"}')
     assert [(s["metric"]["instance"], s["value"][1]) for s in up] == [(f"127.0.0.1:{worker.port}", "1")]

@@ -37,7 +37,7 @@ from tests.support.kafkatools import WorkerProcess, committed_all, committed_off
 from tests.support.netproxy import Proxy
 from tests.support.reference import Reference, chunks, fixed_events, reference
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OUTAGE_S = float(os.environ.get("LEADPULSE_TEST_OUTAGE_S", "30"))
 
 

@@ -27,7 +27,7 @@ from leadpulse.state import LeadStore
 from tests.support.kafkatools import WorkerProcess, committed_all, produce, read_all, running, wait_for
 from tests.support.reference import fixed_events, reference
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN = "rescore-admin"
 
 

@@ -150,6 +150,7 @@ def test_a_lead_ttl_shorter_than_the_dedup_window_is_refused(model: ScoringModel
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_refused_writes_say_not_ready_with_the_reason_and_scoring_resumes(
         broker: TansuBroker, tmp_path: Path) -> None:
     (tmp_path / "redis").mkdir()

@@ -76,6 +76,7 @@ async def test_a_lead_the_sweep_cannot_read_is_skipped_with_its_reason_and_the_o
     assert [lead for lead, _, _ in again] == ["bad"]
 
 
+@pytest.mark.slow
 async def test_the_worker_demotes_every_other_lead_and_stays_ready_beside_an_unreadable_one(
         broker: TansuBroker, model: ScoringModel, own_redis: tuple[RedisServer, Redis], tmp_path: Path) -> None:
     server, redis = own_redis
@@ -106,6 +107,7 @@ async def test_the_worker_demotes_every_other_lead_and_stays_ready_beside_an_unr
     assert "lead-broken" not in {r.key.decode() for r in records}
 
 
+@pytest.mark.slow
 async def test_readyz_says_503_only_after_consecutive_failed_sweeps_and_recovers_with_the_next_run(
         broker: TansuBroker, model: ScoringModel, own_redis: tuple[RedisServer, Redis], tmp_path: Path) -> None:
     server, redis = own_redis

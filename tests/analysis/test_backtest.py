@@ -26,7 +26,7 @@ from leadpulse.state import LeadStore
 from tests.support.kafkatools import WorkerProcess, committed_all, produce, running, wait_for
 from tests.support.reference import fixed_events
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEFAULT = Path(__file__).parents[2] / "src/leadpulse/default_model.yaml"
 
 

@@ -117,6 +117,7 @@ async def test_a_browser_key_sends_web_events_only_unless_granted_more(start_col
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_forged_traits_times_and_ids_meet_the_worker_and_the_collector(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path, start_collector: Start) -> None:
     async with running(WorkerProcess(broker.bootstrap, redis_server.url, tmp_path)) as worker:
