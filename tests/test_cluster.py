@@ -22,7 +22,8 @@ from leadpulse.collector.config import CollectorSettings
 from leadpulse.dev.embedded import TansuBroker
 from leadpulse.model import ScoringModel
 from leadpulse.settings import Settings
-from leadpulse.state import LeadStore, connect
+from leadpulse.redisconn import connect
+from leadpulse.state import LeadStore
 
 from tests.support.clustertools import LocalCluster
 from tests.support.fixtures import DAY, T0, event

@@ -332,6 +332,7 @@ async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: W
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("scored")
+@pytest.mark.slow
 async def test_every_dashboard_query_runs_in_prometheus(prometheus: PrometheusServer) -> None:
     targets = dashboard_targets()
     assert targets
