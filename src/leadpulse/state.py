@@ -30,9 +30,9 @@ from .events import Event
 from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
-from .redisconn import connect, failure as _failure, unavailable
+from .redisconn import failure as _failure
 
-__all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
+__all__ = ["LeadStore", "Transition", "BatchResult", "lua_spec", "dedup_member"]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128

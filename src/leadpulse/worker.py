@@ -43,7 +43,8 @@ from .pipeline import Batch, Processor, Topics
 from .rebalance import Partitions
 from .retry import Retry, Stopped
 from .settings import Settings
-from .state import LeadStore, connect
+from .redisconn import connect
+from .state import LeadStore
 from .sweeper import Sweeper
 
 log = logging.getLogger("leadpulse.worker")
