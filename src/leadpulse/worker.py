@@ -1,11 +1,12 @@
 """The streaming worker: Faust runs the process, our batch consumer runs the hot path.
 
 Faust (faust-streaming) is the application framework: worker lifecycle and signals, the web
-server for the HTTP API, and the timer for the decay sweep (sweeper.py). Events are consumed beside it by
-an aiokafka consumer that hands whole batches to the pipeline and commits explicitly, because
-Faust's per-event stream path tops out near 6–7 k events/s on our machines; handoffs and dead
-letters go out through our own producer, which (unlike Faust's) waits out a broker that is
-down at start instead of crashing the worker. docs/architecture.md explains the choices.
+server for the HTTP API, and the timer for the decay sweep (sweeper.py). Events are consumed
+beside it by an aiokafka consumer that hands whole batches to the pipeline and commits
+explicitly, because Faust's per-event stream path tops out near 6–7 k events/s on our machines;
+handoffs and dead letters go out through our own producer, which (unlike Faust's) waits out a
+broker that is down at start instead of crashing the worker. docs/architecture.md explains the
+choices.
 """
 
 from __future__ import annotations
