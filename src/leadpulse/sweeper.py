@@ -11,8 +11,10 @@ What fails, and what it costs:
   lead of the pass is swept;
 - a pass that fails as a whole (Redis, or the broker refusing the demotions) is counted, logged
   and tried again at the next tick. It makes the worker not ready only once FAILURES_NOT_READY
-  runs in a row have failed: whether Redis is reachable is the probe's to judge (a PING every
-  2 s), so one failed pass does not flip `/readyz` to 503 and back.
+  runs in a row have failed, and only while it keeps sweeping: a run that completes, or the
+  worker not sweeping (behind its partitions, or another worker holds the lock), clears it.
+  Whether Redis is reachable is the probe's to judge (a PING every 2 s), so one failed pass
+  does not flip `/readyz` to 503 and back.
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ class Sweeper:
         """
         gate = self.following.gate
         if not self._may_sweep() or gate.quiet.locked():
+            self._clear()  # not sweeping now, by design (behind, or a switch): no failure is current
             return
         store = self.processor.store
         try:
             lock = self.redis.lock(store.keys.sweep_lock, timeout=max(30.0, 3 * self.interval), blocking=False)
             if not await lock.acquire():
+                self._clear()  # another worker sweeps
                 return
             try:
                 async with gate.quiet:  # never while holding for a switch (handover.py)
@@ -99,9 +103,12 @@ class Sweeper:
             log.warning("sweep could not publish: %s", exc)
             self._failed(f"kafka: {exc}")
         else:
-            if self.failures:
-                self.failures = 0
-                self._changed()
+            self._clear()
+
+    def _clear(self) -> None:
+        if self.failures:
+            self.failures = 0
+            self._changed()
 
     def _failed(self, why: str) -> None:
         self.failures += 1
