@@ -66,7 +66,11 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hmax": max(half_lives, default=1e15),
         "cat": cat,
         "cats": [[c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()],
-        "caps": {codes[r.id]: [cap.points, cap.window or 0] for r in model.rules if (cap := r.effective_cap) is not None},
+        "caps": {
+            codes[r.id]: [cap.points, cap.window or 0]
+            for r in model.rules
+            if (cap := r.effective_cap) is not None
+        },
         "stages": [[s.min_score, grade_rank(s.min_grade)] for s in model.stages],
         "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
         "hyst": model.hysteresis,
@@ -169,8 +173,7 @@ class LeadStore:
         self.retention = retention or Retention()
         self.scripts = scripts.Scripts(redis)
         self.use_model(model)
-        #: anonymous_id -> lead_id (a link never changes); past ALIAS_CACHE the oldest is forgotten:
-        #: Redis keeps every link, a visitor missing here is looked up there
+        #: anonymous_id -> lead_id, the ALIAS_CACHE newest (Redis keeps every link: a miss looks it up)
         self._aliases: Recent[str, str] = Recent(ALIAS_CACHE)
 
     def use_model(self, model: ScoringModel) -> None:
@@ -455,9 +458,8 @@ class LeadStore:
                     skipped: list[tuple[str, str, Exception]] | None = None) -> list[Transition]:
         """Demote the leads decayed below their stage's floor by `now`; `ack` the transitions returned
         once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard.
-        With `skipped`, a lead whose sweep.lua call fails on it (a Lua error: e.g. a state that cannot
-        be unpacked) or whose reply cannot be read goes there as (lead, reason, error), and the others
-        are swept; Redis's own errors (OOM, READONLY, connection) always raise."""
+        With `skipped`, a lead whose sweep.lua call fails (e.g. a state it cannot unpack) or whose reply
+        cannot be read goes there as (lead, reason, error) and the others are swept."""
         try:
             await self.ready()
             pipe = self.redis.pipeline(transaction=False)
@@ -473,8 +475,8 @@ class LeadStore:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            if isinstance(reply, Exception) and type(reply) is not ResponseError:  # Redis's own, not the lead's
-                raise StateError(f"redis: {reply}") from reply
+            if isinstance(reply, Exception) and type(reply) is not ResponseError:  # OOM, READONLY…
+                raise StateError(f"redis: {reply}") from reply  # Redis's own errors, not the lead's
             try:
                 if isinstance(reply, ResponseError):  # only with `skipped`: the script failed on this lead
                     raise reply
