@@ -21,8 +21,9 @@ def module_map(doc: str) -> set[str]:
             package = entry if entry.endswith("/") and not entry.startswith("lua/") else ""
             if entry.endswith(".py"):
                 found.add(entry)
-        elif indent == 4 and package:
-            found.update(package + name for name in re.findall(r"[\w]+\.py", entry))
+        elif indent == 4 and package:  # "name.py  what it is", or "a.py, b.py  what they are"
+            names = re.split(r"\s{2,}", line.strip())[0]
+            found.update(package + name for name in re.findall(r"\w+\.py", names))
     return found
 
 
