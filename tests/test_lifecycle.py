@@ -42,7 +42,7 @@ HOUR = 3_600_000
 
 @pytest.fixture(scope="module")
 def model() -> ScoringModel:
-    return parse_model(MODEL, "test")
+    return parse_model(MODEL + "lifecycle: {sla: 2d}\n", "test")
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_lifecycle_section_errors_name_the_key(section: str, message: str) -> No
 
 def test_lifecycle_defaults_without_the_section() -> None:
     spec = parse_model(MODEL, "m").lifecycle.spec()
-    assert spec["outcomes"]["sql_rejected"] == ["recycled", 0, 30 * DAY] and spec["sla"] == 2 * DAY
+    assert spec["outcomes"]["sql_rejected"] == ["recycled", 0, 30 * DAY] and spec["sla"] == 0
 
 
 def test_lifecycle_shorthand_and_ignore() -> None:

@@ -76,8 +76,9 @@ class Lifecycle(_Frozen):
     #: outcome -> what it does; an outcome not listed is recorded and moves nothing
     outcomes: dict[Outcome, OutcomeAction] = Field(default_factory=_default_outcomes)
     #: the sales SLA: an SQL (the top model stage) neither accepted nor rejected this long after
-    #: its handoff gets one `sla_overdue` handoff; null: no SLA
-    sla: DurationMs | None = 2 * 86_400_000
+    #: its handoff gets one `sla_overdue` handoff; null: no SLA. A sales agreement is stated, not
+    #: assumed: none unless the model says so (the default model: 2d).
+    sla: DurationMs | None = None
 
     @model_validator(mode="before")
     @classmethod
