@@ -158,6 +158,8 @@ class Processor:
         # per partition): the capacity covers those, and bounds memory however long the worker runs.
         self.published: RecentIds[str] = published if published is not None else RecentIds(50_000)
         metrics.sales_sla.set((self.model.lifecycle.sla or 0) / 1000)
+        if self.model.lifecycle.sla:  # from the start: the alert's increase() sees the first one
+            metrics.handoffs.labels(self.model.stages[-1].name, "sla_overdue")
 
     def prepare(self, records: Sequence[Record]) -> Batch:
         """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
