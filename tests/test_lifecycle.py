@@ -239,3 +239,17 @@ async def test_sla_overdue_decided_by_a_later_event_too(store: LeadStore) -> Non
 
 def test_handoff_and_outcome_records_serialise(model: ScoringModel) -> None:
     assert orjson.loads(orjson.dumps(OUTCOME))["properties"]["stage_after"]
+
+
+def test_diff_says_what_changed_in_the_lifecycle() -> None:
+    from leadpulse.modeldiff import changes
+
+    old = parse_model(MODEL + "lifecycle: {sla: 2d}\n", "old")
+    new = parse_model(MODEL + "lifecycle: {sla: 1d, outcomes: {won: customer, lost: {recycle: 7d}}}\n", "new")
+    assert [str(c) for c in changes(old, new)] == [
+        "outcome sql_accepted → sal -> moves nothing",
+        "outcome sql_rejected recycled, cool-down 30d -> moves nothing",
+        "outcome opportunity_created → opportunity -> moves nothing",
+        "outcome lost recycled, cool-down 90d -> recycled, cool-down 7d",
+        "sales SLA 2d -> 1d",
+    ]
