@@ -250,6 +250,6 @@ def test_diff_says_what_changed_in_the_lifecycle() -> None:
         "outcome sql_accepted → sal -> moves nothing",
         "outcome sql_rejected recycled, cool-down 30d -> moves nothing",
         "outcome opportunity_created → opportunity -> moves nothing",
-        "outcome lost recycled, cool-down 90d -> recycled, cool-down 7d",
+        "outcome lost recycled, cool-down 90d -> recycled, cool-down 1w",
         "sales SLA 2d -> 1d",
     ]
