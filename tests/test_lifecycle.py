@@ -253,3 +253,22 @@ def test_diff_says_what_changed_in_the_lifecycle() -> None:
         "outcome lost recycled, cool-down 90d -> recycled, cool-down 1w",
         "sales SLA 2d -> 1d",
     ]
+
+
+async def test_the_lifecycle_fields_of_the_packed_state(redis: Redis, store: LeadStore) -> None:
+    """layout.py names what lib.lua writes: each lifecycle field read by name, offsets from the base."""
+    from leadpulse import layout
+
+    await to_sql(store)  # first event T0 - 2, first points (the base) and mql at T0 - 1, sql at T0
+    fresh = layout.unpack(await redis.get(store.keys.lead("lead-1").state))
+    assert fresh is not None and fresh.base == T0 - 1
+    assert (fresh.first_seen_at, fresh.promoted_at, fresh.last_handoff) == (-1, [False, 0, 1], [2, 1, 1])  # promoted
+    assert fresh.lifecycle is None  # empty fields at the end are not written
+    await store.apply(pos(crm("sql_rejected", T0 + HOUR, reason="later")))
+    state = layout.unpack(await redis.get(store.keys.lead("lead-1").state))
+    assert state is not None
+    assert (state.lifecycle, state.cooldown_until, state.last_outcome_at) == (None, HOUR + 1 + 30 * DAY, HOUR + 1)
+    assert state.last_handoff == [3, 5, HOUR + 1]  # recycled
+    await store.apply(pos(crm("sql_accepted", T0 + 2 * HOUR), 1))
+    state = layout.unpack(await redis.get(store.keys.lead("lead-1").state))
+    assert state is not None and (state.lifecycle, state.cooldown_until) == (1, None)

@@ -54,22 +54,22 @@ class PackedState(NamedTuple):
     #: wall-clock epoch s until which the traits key `…:p` lives; None while it has no expiry
     #: (absent from states written before it)
     traits_expiry: int | None = None
-    # The lifecycle (docs/scoring.md §10; absent from states written before it). Times here are
-    # epoch ms, not offsets: they are few and rarely written.
-    #: lc: the lifecycle stage, 1-based in the model's lifecycle.stages; 0: none (the score decides)
-    lifecycle: int = 0
-    #: cd: a recycled lead's cool-down end: no promotion before it
-    cooldown_until: int | None = None
-    #: lt: the occurred_at of the latest CRM outcome applied (an older one moves nothing)
-    last_outcome_at: int | None = None
-    #: pt: when the lead was last promoted into each model stage, by stage index (+1 in Lua)
-    promoted_at: Any = None
-    #: so: the SQL promotion time whose SLA was reported overdue (once per SQL)
-    sla_reported: int | None = None
-    #: lh: the last handoff published: [seq, kind, crossed_at]
-    last_handoff: list[Any] | None = None
-    #: fs: the lead's first event (unknown for leads older than this field)
+    # The lifecycle (docs/scoring.md §10): absent from states written before it, and the empty
+    # fields at the end are not written. Times are offsets from `base`, like the clock.
+    #: fs - B: the lead's first event (unknown for leads older than this field)
     first_seen_at: int | None = None
+    #: pt: per model stage (index + 1), when the lead was last promoted into it - B, or None
+    promoted_at: Any = None
+    #: lh: the last handoff published: [seq, kind code (lib.lua KINDS, 1-based), crossed_at - B]
+    last_handoff: list[Any] | None = None
+    #: lc: the lifecycle stage, 1-based in the model's lifecycle.stages; None/0: none (the score decides)
+    lifecycle: int | None = None
+    #: cd - B: a recycled lead's cool-down end: no promotion before it
+    cooldown_until: int | None = None
+    #: lt - B: the occurred_at of the latest CRM outcome applied (an older one moves nothing)
+    last_outcome_at: int | None = None
+    #: so - B: the SQL promotion time whose SLA was reported overdue (once per SQL)
+    sla_reported: int | None = None
 
 
 def _by_code(table: Any) -> dict[int, Any]:

@@ -40,6 +40,10 @@ local TTL = SPEC.ttl or 0
 local LC = SPEC.lc or {n = 0, outcomes = {}, sla = 0, ho = {}}
 -- the SQL stage, whose handoff starts the sales SLA: the top model stage
 local SQL = NSTAGE - 1
+-- transition kinds as the state stores the last handoff's (a code, not the name)
+local KINDS = {'promoted', 'demoted', 'advanced', 'closed', 'recycled', 'sla_overdue'}
+local KIND_CODE = {}
+for i, kind in ipairs(KINDS) do KIND_CODE[kind] = i end
 local TTL_S, SLACK_S = math.floor(TTL / 1000), math.floor(TTL / 8000)
 -- the lead whose rules are in code order in R_CODES/R_SUMS and F_CODES/F_POINTS (`codes`)
 local R_CODES, R_SUMS, F_CODES, F_POINTS, NR, NF, ORDERED = {}, {}, {}, {}, 0, 0, nil
@@ -56,13 +60,24 @@ local function load(key, pkey)
     local c = v[3] and B + v[3] or nil
     st = {key = key, pkey = pkey, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6],
           u = v[7] and c + v[7] or nil, m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11],
-          k = v[12], e = v[13] or nil,
-          -- lifecycle (absent from states written before it; absolute epoch ms): lifecycle stage
-          -- (0: none, the score decides), cool-down end, latest outcome applied, promotion time
-          -- per model stage, the SQL start whose SLA was reported overdue, the last handoff
-          -- {seq, kind, at}, the first event
-          lc = v[14] or 0, cd = v[15] or nil, lt = v[16] or nil, pt = v[17] or {}, so = v[18] or nil,
-          lh = v[19] or nil, fs = v[20] or nil}
+          k = v[12], e = v[13] or nil}
+    -- The lifecycle (absent from states written before it, and empty fields at the end are left
+    -- out; times are offsets from B, absolute here): the first event, the promotion time per
+    -- model stage, the last handoff {seq, kind, at}, the lifecycle stage (0: none, the score
+    -- decides), the cool-down's end, the latest outcome applied, the SQL start whose SLA was
+    -- reported overdue.
+    st.fs = v[14] and B + v[14] or nil
+    st.pt = {}
+    if v[15] then
+      for i, x in pairs(v[15]) do
+        if x then st.pt[i] = B + x end
+      end
+    end
+    st.lh = v[16] and {v[16][1], KINDS[v[16][2]], B + v[16][3]} or nil
+    st.lc = v[17] or 0
+    st.cd = v[18] and B + v[18] or nil
+    st.lt = v[19] and B + v[19] or nil
+    st.so = v[20] and B + v[20] or nil
   else
     st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}, lc = 0, pt = {}, new = true}
   end
@@ -119,9 +134,23 @@ local function save(st, now)
     redis.call('PERSIST', st.pkey)
     st.e = nil
   end
-  local packed = cmsgpack.pack({FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
+  local state = {FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
     st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k,
-    st.e or false, st.lc, st.cd or false, st.lt or false, st.pt, st.so or false, st.lh or false, st.fs or false})
+    st.e or false}
+  if B then  -- the lifecycle (load): every lead with a clock has a base
+    local pt = false
+    if next(st.pt) then
+      pt = {}
+      for i = 1, NSTAGE do pt[i] = st.pt[i] and st.pt[i] - B or false end
+    end
+    local lh = st.lh and {st.lh[1], KIND_CODE[st.lh[2]], st.lh[3] - B} or false
+    local rest = {st.fs and st.fs - B or false, pt, lh, st.lc > 0 and st.lc or false, st.cd and st.cd - B or false,
+                  st.lt and st.lt - B or false, st.so and st.so - B or false}
+    local n = #rest
+    while n > 0 and rest[n] == false do n = n - 1 end
+    for i = 1, n do state[13 + i] = rest[i] end
+  end
+  local packed = cmsgpack.pack(state)
   if expire then
     redis.call('SET', st.key, packed, 'PX', TTL)
   else
