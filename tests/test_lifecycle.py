@@ -272,3 +272,13 @@ async def test_the_lifecycle_fields_of_the_packed_state(redis: Redis, store: Lea
     await store.apply(pos(crm("sql_accepted", T0 + 2 * HOUR), 1))
     state = layout.unpack(await redis.get(store.keys.lead("lead-1").state))
     assert state is not None and (state.lifecycle, state.cooldown_until) == (1, None)
+
+
+def test_an_sla_reminder_reads_as_one_in_slack(model: ScoringModel) -> None:
+    from leadpulse.alerts.destinations import slack_message
+
+    record = {"handoff_id": "h", "kind": "sla_overdue", "lead_id": "lead-1", "stage": "sql", "previous_stage": "sql",
+              "score": 120.0, "threshold": 90, "fit_grade": "B", "top_signals": [], "crossed_at": "2026-12-02T10:00:00.000Z",
+              "model_version": "lc-1", "breakdown": {}}
+    message = slack_message(record)
+    assert "unanswered SQL, past the sales SLA" in message["text"] and "left" not in message["text"]
