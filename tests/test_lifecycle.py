@@ -282,3 +282,43 @@ def test_an_sla_reminder_reads_as_one_in_slack(model: ScoringModel) -> None:
               "model_version": "lc-1", "breakdown": {}}
     message = slack_message(record)
     assert "unanswered SQL, past the sales SLA" in message["text"] and "left" not in message["text"]
+
+
+def test_outcome_records_survive_a_batch_split_to_find_a_poison_record(model: ScoringModel) -> None:
+    """A unit test of the pipeline (as tests/test_isolation.py): when a refused batch is applied
+    in parts, the outcome records of the parts are still published, once, on leads.outcomes."""
+    import asyncio
+
+    from leadpulse.explanation import Explanation
+    from leadpulse.state import BatchResult, OutcomeSnapshot
+
+    from .test_isolation import FakeProducer, FakeRecord, FakeStore, processor
+
+    class Store(FakeStore):
+        async def apply(self, batch: list[tuple[Event, str]], now: int | None = None) -> BatchResult:
+            result = await super().apply(batch, now)
+            why = Explanation(120.0, {"intent": 100.0, "fitcat": 20.0}, 20.0, "B", ())
+            result.crm = [OutcomeSnapshot(e.lead_id or "", e.event_id, e.type, None, e.occurred_at, 2, 3, why,
+                                          (None, e.occurred_at - 5, e.occurred_at - 1), None, None, None)
+                          for e, _ in batch if e.source == "crm"]
+            return result
+
+    now = T0
+    rows = [("a", "crm", "sql_accepted"), ("poison", "email", "click"), ("b", "crm", "won")]
+    records = [FakeRecord("events.x", 0, i, lead.encode(), orjson.dumps({
+        "event_id": f"e{i}", "lead_id": lead, "source": source, "type": kind, "occurred_at": now - 1000,
+        **({"properties": {"url": "https://x.io"}} if source == "email" else {})}), timestamp=now)
+        for i, (lead, source, kind) in enumerate(rows)]
+    store, producer = Store(model, {"poison"}), FakeProducer()
+    proc = processor(store, producer)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        batch = proc.prepare(records)
+        await proc.apply(batch)
+        await proc.publish(batch)
+        await proc.publish(batch)  # a retry publishes nothing twice
+
+    asyncio.run(go())
+    sent = [orjson.loads(value) for topic, value, _, _ in producer.sent if topic == "leads.outcomes"]
+    assert [(o["lead_id"], o["outcome"], o["stage"], o["stage_after"]) for o in sent] == [
+        ("a", "sql_accepted", "sql", "sal"), ("b", "won", "sql", "sal")]

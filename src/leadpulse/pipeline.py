@@ -208,10 +208,12 @@ class Processor:
         # retries the whole batch, which is then a replay.
         outcomes = [""] * len(valid)
         transitions: list[Transition] = []
+        crm: list[OutcomeSnapshot] = []
         for start, end, result in split.parts:
             outcomes[start:end] = result.outcomes
             transitions.extend(result.transitions)
-        batch.result = BatchResult(outcomes, transitions)
+            crm.extend(result.crm)
+        batch.result = BatchResult(outcomes, transitions, crm)
         _drop(batch, split.culprits)
 
     async def publish(self, batch: Batch) -> None:
