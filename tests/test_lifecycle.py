@@ -182,6 +182,8 @@ async def test_rejected_is_recycled_with_a_cooldown(store: LeadStore, model: Sco
     # during the cool-down nothing promotes it, however hot
     during = await store.apply([(event("web", "demo_request", at + DAY), "w:0:5")])
     assert during.transitions == []
+    late = await store.view("lead-1", at + 31 * DAY)
+    assert late is not None and late.cooldown_until is None  # over at that instant
     # the first event after it decides again
     after = await store.apply([(event("web", "page_view", at + 31 * DAY), "w:0:6"),
                                (event("web", "demo_request", at + 31 * DAY + 1), "w:0:7")])
