@@ -4,14 +4,21 @@ cool-down, /leads/top, the sales SLA's one sla_overdue per SQL, and each outcome
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import jsonschema
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from leadpulse import handoff, outcome
+from leadpulse.dev.embedded import RedisServer
 from leadpulse.errors import ModelError
 from leadpulse.events import Event, load_schema
+from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, load_model, parse_model
 from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
@@ -102,7 +109,7 @@ def test_lifecycle_defaults_without_the_section() -> None:
 
 def test_lifecycle_shorthand_and_ignore() -> None:
     m = parse_model(MODEL + "lifecycle: {outcomes: {won: customer, lost: {ignore: true}}, sla: null}", "m")
-    assert m.lifecycle.spec() == {"n": 3, "outcomes": {"won": ["closed", 3, 0]}, "sla": 0}
+    assert m.lifecycle.spec() == {"n": 3, "closed": [False, False, True], "outcomes": {"won": ["closed", 3, 0]}, "sla": 0}
 
 
 # --- moves --------------------------------------------------------------------------------
@@ -269,11 +276,11 @@ async def test_the_lifecycle_fields_of_the_packed_state(redis: Redis, store: Lea
     await store.apply(pos(crm("sql_rejected", T0 + HOUR, reason="later")))
     state = layout.unpack(await redis.get(store.keys.lead("lead-1").state))
     assert state is not None
-    assert (state.lifecycle, state.cooldown_until, state.last_outcome_at) == (None, HOUR + 1 + 30 * DAY, HOUR + 1)
-    assert state.last_handoff == [3, 5, HOUR + 1]  # recycled
+    assert (state.lifecycle, state.cooldown_until, state.last_recycle_at) == (None, HOUR + 1 + 30 * DAY, HOUR + 1)
+    assert state.last_handoff == [3, 5, HOUR + 1] and state.advanced_at is None  # recycled
     await store.apply(pos(crm("sql_accepted", T0 + 2 * HOUR), 1))
     state = layout.unpack(await redis.get(store.keys.lead("lead-1").state))
-    assert state is not None and (state.lifecycle, state.cooldown_until) == (1, None)
+    assert state is not None and (state.lifecycle, state.advanced_at) == (1, [2 * HOUR + 1, False, False])
 
 
 def test_an_sla_reminder_reads_as_one_in_slack(model: ScoringModel) -> None:
@@ -289,8 +296,6 @@ def test_an_sla_reminder_reads_as_one_in_slack(model: ScoringModel) -> None:
 def test_outcome_records_survive_a_batch_split_to_find_a_poison_record(model: ScoringModel) -> None:
     """A unit test of the pipeline (as tests/test_isolation.py): when a refused batch is applied
     in parts, the outcome records of the parts are still published, once, on leads.outcomes."""
-    import asyncio
-
     from leadpulse.explanation import Explanation
     from leadpulse.state import BatchResult, OutcomeSnapshot
 
@@ -324,3 +329,33 @@ def test_outcome_records_survive_a_batch_split_to_find_a_poison_record(model: Sc
     sent = [orjson.loads(value) for topic, value, _, _ in producer.sent if topic == "leads.outcomes"]
     assert [(o["lead_id"], o["outcome"], o["stage"], o["stage_after"]) for o in sent] == [
         ("a", "sql_accepted", "sql", "sal"), ("b", "won", "sql", "sal")]
+
+
+OUTCOME_TYPES = ("sql_accepted", "sql_rejected", "opportunity_created", "won", "lost")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.tuples(st.sampled_from(OUTCOME_TYPES), st.integers(1, 4)), min_size=1, max_size=7),
+       data=st.data())
+def test_any_arrival_order_of_a_leads_outcomes_ends_where_their_time_order_does(
+        redis_server: RedisServer, model: ScoringModel, items: list[tuple[str, int]], data: st.DataObject) -> None:
+    """An SQL's outcomes (ties included) applied in time order and in any other order: the same
+    stage, cool-down and score at the end."""
+    events = [crm(kind, T0 + k * HOUR, event_id=f"o{i}") for i, (kind, k) in enumerate(items)]
+    in_time = sorted(range(len(events)), key=lambda i: (events[i].occurred_at, i))
+    shuffled = data.draw(st.permutations(range(len(events))))
+
+    async def run(order: list[int]) -> tuple[str, int | None, float]:
+        client = Redis.from_url(redis_server.url)
+        try:
+            store = LeadStore(client, model, Keys(f"p{uuid.uuid4().hex[:8]}"))
+            await to_sql(store)
+            for n, i in enumerate(order):
+                await store.apply([(events[i], f"events.crm:0:{n}")])
+            view = await store.view("lead-1", T0 + DAY)
+            assert view is not None
+            return view.stage, view.cooldown_until, view.explanation.score
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run(shuffled)) == asyncio.run(run(in_time))

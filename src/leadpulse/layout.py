@@ -66,10 +66,12 @@ class PackedState(NamedTuple):
     lifecycle: int | None = None
     #: cd - B: a recycled lead's cool-down end: no promotion before it
     cooldown_until: int | None = None
-    #: lt - B: the occurred_at of the latest CRM outcome applied (an older one moves nothing)
-    last_outcome_at: int | None = None
     #: so - B: the SQL promotion time whose SLA was reported overdue (once per SQL)
     sla_reported: int | None = None
+    #: lr - B: the occurred_at of the latest recycle (sql_rejected, lost)
+    last_recycle_at: int | None = None
+    #: la: per lifecycle stage (1-based), the occurred_at of its latest advance - B, or None
+    advanced_at: Any = None
 
 
 def _by_code(table: Any) -> dict[int, Any]:

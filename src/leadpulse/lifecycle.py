@@ -103,8 +103,8 @@ class Lifecycle(_Frozen):
         return self
 
     def spec(self) -> dict[str, Any]:
-        """The section as lib.lua reads it (SPEC.lc): lifecycle stages by 1-based index, each
-        outcome's action as [kind, target stage | 0, cool-down ms]."""
+        """The section as lib.lua reads it (SPEC.lc): lifecycle stages by 1-based index (`closed`
+        per stage), each outcome's action as [kind, target stage | 0, cool-down ms]."""
         names = [s.name for s in self.stages]
         actions: dict[str, list[Any]] = {}
         for outcome, action in self.outcomes.items():
@@ -113,4 +113,4 @@ class Lifecycle(_Frozen):
                 actions[outcome] = ["closed" if self.stages[i].closed else "advanced", i + 1, 0]
             elif action.recycle is not None:
                 actions[outcome] = ["recycled", 0, action.recycle]
-        return {"n": len(names), "outcomes": actions, "sla": self.sla or 0}
+        return {"n": len(names), "closed": [s.closed for s in self.stages], "outcomes": actions, "sla": self.sla or 0}

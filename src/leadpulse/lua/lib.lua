@@ -37,7 +37,7 @@ local REBASE = 4294967296
 local TTL = SPEC.ttl or 0
 -- The model's lifecycle section (lifecycle.py `spec`): lifecycle stages, each CRM outcome's
 -- action, the sales SLA (ms; 0: none) and which model stages hand off.
-local LC = SPEC.lc or {n = 0, outcomes = {}, sla = 0, ho = {}}
+local LC = SPEC.lc or {n = 0, closed = {}, outcomes = {}, sla = 0, ho = {}}
 -- the SQL stage, whose handoff starts the sales SLA: the top model stage
 local SQL = NSTAGE - 1
 -- transition kinds as the state stores the last handoff's (a code, not the name)
@@ -64,8 +64,8 @@ local function load(key, pkey)
     -- The lifecycle (absent from states written before it, and empty fields at the end are left
     -- out; times are offsets from B, absolute here): the first event, the promotion time per
     -- model stage, the last handoff {seq, kind, at}, the lifecycle stage (0: none, the score
-    -- decides), the cool-down's end, the latest outcome applied, the SQL start whose SLA was
-    -- reported overdue.
+    -- decides), the cool-down's end, the SQL start whose SLA was reported overdue, the latest
+    -- recycle, the latest advance per lifecycle stage.
     st.fs = v[14] and B + v[14] or nil
     st.pt = {}
     if v[15] then
@@ -76,10 +76,16 @@ local function load(key, pkey)
     st.lh = v[16] and {v[16][1], KINDS[v[16][2]], B + v[16][3]} or nil
     st.lc = v[17] or 0
     st.cd = v[18] and B + v[18] or nil
-    st.lt = v[19] and B + v[19] or nil
-    st.so = v[20] and B + v[20] or nil
+    st.so = v[19] and B + v[19] or nil
+    st.lr = v[20] and B + v[20] or nil
+    st.la = {}
+    if v[21] then
+      for j, x in pairs(v[21]) do
+        if x then st.la[j] = B + x end
+      end
+    end
   else
-    st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}, lc = 0, pt = {}, new = true}
+    st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}, lc = 0, pt = {}, la = {}, new = true}
   end
   if st.lc > LC.n then
     st.lc = LC.n
@@ -144,8 +150,13 @@ local function save(st, now)
       for i = 1, NSTAGE do pt[i] = st.pt[i] and st.pt[i] - B or false end
     end
     local lh = st.lh and {st.lh[1], KIND_CODE[st.lh[2]], st.lh[3] - B} or false
+    local la = false
+    if next(st.la) then
+      la = {}
+      for j = 1, LC.n do la[j] = st.la[j] and st.la[j] - B or false end
+    end
     local rest = {st.fs and st.fs - B or false, pt, lh, st.lc > 0 and st.lc or false, st.cd and st.cd - B or false,
-                  st.lt and st.lt - B or false, st.so and st.so - B or false}
+                  st.so and st.so - B or false, st.lr and st.lr - B or false, la}
     local n = #rest
     while n > 0 and rest[n] == false do n = n - 1 end
     for i = 1, n do state[13 + i] = rest[i] end
@@ -794,10 +805,24 @@ local function reindex(st, due_key, top_key, lead, force)
   end
 end
 
--- A CRM outcome at t (lifecycle.py, docs/scoring.md §10). Outcomes only move a lead forward
--- through the lifecycle stages, and one older than the latest applied moves nothing (a late
--- outcome); a recycle puts the lead back in the first stage with a cool-down. Returns the
--- outcome record's part the scripts know, the lead as it stood at t before the outcome:
+-- The lifecycle stage the outcomes so far decide, in whatever order they arrived: the furthest
+-- stage advanced to at or after the latest recycle (any, when there was none). Outcomes of one
+-- lead arrive from a CRM in no guaranteed order; this is the stage their time order gives.
+local function lifecycle_stage(st)
+  local best = 0
+  for j = 1, LC.n do
+    local a = st.la[j]
+    if a and (not st.lr or a >= st.lr) then best = j end
+  end
+  return best
+end
+
+-- A CRM outcome at t (lifecycle.py, docs/scoring.md §10): an advance keeps its time per
+-- lifecycle stage, a recycle is kept when it is the latest (its cool-down with it), and the
+-- lead's lifecycle stage follows (`lifecycle_stage`): a lead only moves forward, a late or
+-- repeated outcome moves nothing its time order would not. The latest recycle takes the lead
+-- back to the first stage. Returns the outcome record's part the scripts know, the lead as it
+-- stood at t before the outcome:
 --   {event_id, outcome, reason, t, stage before, stage after, explanation, promotion times
 --    per model stage, first event, last handoff {seq, kind, at}, cool-down end}
 -- A move appends its transition to `out`: [..., outcome, reason, cool-down end].
@@ -807,28 +832,36 @@ local function outcome(st, t, name, reason, trigger, out)
                 st.fs or false, st.lh or false, false}
   for i = 1, NSTAGE do snap[8][i] = st.pt[i] or false end
   local act = LC.outcomes[name]
-  if act and not (st.lt and t < st.lt) then
-    st.lt = t
-    st.dirty = true
-    local kind, target, cool, moves = act[1], act[2], act[3], false
-    local threshold = STAGES[st.s + 1][1]
-    if kind == 'recycled' then
-      if cool > 0 and (not st.cd or t + cool > st.cd) then st.cd = t + cool end
-      if st.s > 0 or st.lc > 0 then
-        st.s, st.lc, moves = 0, 0, true
+  if act then
+    local target, cool, latest = act[2], act[3], false
+    if act[1] == 'recycled' then
+      if not st.lr or t > st.lr then
+        st.lr, st.cd, latest = t, cool > 0 and t + cool or nil, true
+      elseif t == st.lr and cool > 0 and (not st.cd or t + cool > st.cd) then
+        st.cd = t + cool  -- recycles of one instant: the longest cool-down
       end
-    elseif target > st.lc then
-      st.lc, st.cd, moves = target, nil, true
+    elseif not st.la[target] or t > st.la[target] then
+      st.la[target] = t
     end
-    if moves then
+    st.dirty = true
+    local lc, kind = lifecycle_stage(st), nil
+    if lc > st.lc then
+      kind = LC.closed[lc] and 'closed' or 'advanced'
+    elseif lc < st.lc or (latest and lc == 0 and st.s > 0) then
+      kind = 'recycled'
+    end
+    if kind then
+      local threshold = STAGES[st.s + 1][1]
+      if lc == 0 then st.s = 0 end
+      st.lc = lc
       st.q = st.q + 1
       moved(st)
       local tr = {st.q, kind, before, shown(st), t, trigger or false, threshold, explain(st, t), name,
-                  reason or false, kind == 'recycled' and st.cd or false}
+                  reason or false, lc == 0 and st.cd or false}
       out[#out + 1] = tr
       noted(st, tr)
     end
   end
-  snap[6], snap[11] = shown(st), st.cd or false
+  snap[6], snap[11] = shown(st), st.lc == 0 and st.cd or false
   return snap
 end

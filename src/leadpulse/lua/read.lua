@@ -15,7 +15,7 @@ for i, key in ipairs(KEYS) do
   else
     local at = tonumber(ARGV[1 + i])
     -- a cool-down is shown while it lasts at the instant read
-    out[i] = {shown(st), st.c, explain(st, at), st.cd and st.cd > at and st.cd or false}
+    out[i] = {shown(st), st.c, explain(st, at), st.lc == 0 and st.cd and st.cd > at and st.cd or false}
   end
 end
 return cmsgpack.pack(out)
