@@ -17,6 +17,7 @@ from ..events import SOURCES
 from .children import Worker
 from .context import DB_LATENCY, Context
 from .eventset import create_topics
+from .hop import LINGER_MS, ceiling_run, quantiles
 from .report import Report
 
 
@@ -38,7 +39,7 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
     latencies: list[float] = []
     consumer = AIOKafkaConsumer(handoff_topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=5)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
     await consumer.start()
     await producer.start()
     stop = asyncio.Event()
@@ -93,15 +94,9 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
         await reader
         await producer.stop()
         await consumer.stop()
-    latencies.sort()
-
-    def q(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) if latencies else None
-
     return {
         "offered_events_per_s": round(offered, 1), "events": total, "handoffs": handoffs["n"],
-        "timed_handoffs": handoffs["timed"], "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),
-        "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "timed_handoffs": handoffs["timed"], **quantiles(latencies),
     }
 
 
@@ -117,8 +112,14 @@ def _absolute(advance: Callable[[int], None]) -> Callable[[int], None]:
 
 
 async def stage(ctx: Context, report: Report) -> None:
+    from ..settings import Settings
+
     await ctx.flush(DB_LATENCY)
     prefix = f"bench{ctx.tag}lat."
+    # the ceiling first, at the same rate through the same broker, with the worker's fetch wait
+    wait_ms = int(ctx.extra.get("batch_wait_ms", Settings.model_fields["batch_wait_ms"].default))
+    ceiling = await ceiling_run(ctx.bootstrap, f"{prefix}hop", ctx.partitions, ctx.rate, ctx.latency_seconds, wait_ms,
+                                _absolute(ctx.task(f"latency ceiling at {ctx.rate:,.0f} msgs/s", int(ctx.rate * ctx.latency_seconds))))
     handoff = f"{prefix}handoff"
     await create_topics(ctx.bootstrap, [f"{prefix}{s}" for s in SOURCES] + [handoff], ctx.partitions)
     w = ctx.worker("latency", ctx.url(DB_LATENCY), group_id=f"{ctx.tag}-lat", topic_prefix=prefix,
@@ -128,6 +129,7 @@ async def stage(ctx: Context, report: Report) -> None:
     total = int(ctx.rate * ctx.latency_seconds)
     report.latency = await latency_run(ctx.bootstrap, prefix, handoff, ctx.rate, ctx.latency_seconds,
                                        _absolute(ctx.task(f"latency at {ctx.rate:,.0f} events/s offered", total)), w)
+    report.latency["ceiling"] = ceiling
     work = await w.work()
     # its CPU over its own span: from the first offered batch to the last one handled
     report.latency["worker_cpu_share"] = round(work.cpu / work.seconds, 3) if work.seconds else None

@@ -83,6 +83,10 @@ def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share * 100:.0f} %"
 
 
+def _gap(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None else f"{a - b:,.1f} ms"
+
+
 def render(report: Report) -> str:
     d = report.as_dict()
     lines = []
@@ -112,6 +116,12 @@ def render(report: Report) -> str:
         lines.append(f"latency occurred_at → handoff record at {lat['offered_events_per_s']:,.0f} events/s offered: "
                      f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (max {lat['max_ms']} ms; "
                      f"{lat['timed_handoffs']} handoffs timed; worker CPU {_pct(lat['worker_cpu_share'])} while it worked)")
+        if lat.get("ceiling"):
+            c = lat["ceiling"]
+            lines.append(f"latency ceiling: raw aiokafka produce (acks=all, linger {c['linger_ms']} ms) → getmany "
+                         f"(fetch wait {c['fetch_max_wait_ms']} ms), same broker, {c['offered_per_s']:,.0f} msgs/s: "
+                         f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms (max {c['max_ms']} ms); "
+                         f"LeadPulse p99 − ceiling p99 = {_gap(lat['p99_ms'], c['p99_ms'])}")
     if report.worker_memory:
         wm = report.worker_memory
         at = [wm[k] for k in ("rss_at_10pct_mib", "rss_at_50pct_mib", "rss_at_end_mib")]
