@@ -8,7 +8,8 @@ from typing import Any
 
 from .measure import CpuTrace, Work
 
-BASELINE = "baseline: naive Faust agent"
+BASELINE = "baseline: naive Faust agent (as Faust's docs)"
+BASELINE_VARIANT = "baseline variant: stream.events(), log WARNING"
 LEADPULSE = "LeadPulse worker"
 
 
@@ -22,6 +23,7 @@ class Throughput:
     broker_cpu: float = 0.0
     complete: bool = True  # False: stopped by its time box
     note: str = ""
+    runs: list[float] = field(default_factory=list)  # every run's events/s, when the row is a median
 
     @property
     def rate(self) -> float:
