@@ -18,6 +18,7 @@ from .children import Worker
 from .context import DB_LATENCY, Context
 from .eventset import create_topics
 from .hop import LINGER_MS, ceiling_run, quantiles
+from .measure import runqueue_wait
 from .report import Report
 
 
@@ -127,8 +128,11 @@ async def stage(ctx: Context, report: Report) -> None:
     await w.wait_ready()
     await asyncio.sleep(1.0)
     total = int(ctx.rate * ctx.latency_seconds)
+    waited0, t0 = runqueue_wait(w.pid), time.monotonic()
     report.latency = await latency_run(ctx.bootstrap, prefix, handoff, ctx.rate, ctx.latency_seconds,
                                        _absolute(ctx.task(f"latency at {ctx.rate:,.0f} events/s offered", total)), w)
+    # how long the worker was runnable but had no CPU (other processes on the machine had it)
+    report.latency["worker_runqueue_wait_share"] = round((runqueue_wait(w.pid) - waited0) / (time.monotonic() - t0), 3)
     report.latency["ceiling"] = ceiling
     work = await w.work()
     # its CPU over its own span: from the first offered batch to the last one handled

@@ -27,6 +27,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the process's main thread has spent runnable but waiting for a CPU (the second
+    field of /proc/<pid>/schedstat): how much a busy machine held it back. 0.0 where unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    return 0.0
+
+
 def memory(pid: int) -> tuple[int, int]:
     """(RSS, peak RSS) of a process in bytes."""
     rss = peak = 0
