@@ -93,6 +93,8 @@ def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     assert ceiling["read"] == ceiling["messages"] > 0
     assert 0 < ceiling["p50_ms"] <= ceiling["p99_ms"] <= ceiling["max_ms"]
     assert "latency ceiling" in report["table"]
+    waits = latency["runqueue_wait_share"]  # how much the machine held each back, from /proc
+    assert set(waits) == {"worker", "redis", "broker"} and all(v >= 0 for v in waits.values()), waits
     memory = report["redis_memory"]
     assert memory["at_leads"] >= 2000
     assert memory["state_bytes_per_lead"] > 0 and memory["dedup_bytes_per_lead"] > 0

@@ -128,11 +128,15 @@ async def stage(ctx: Context, report: Report) -> None:
     await w.wait_ready()
     await asyncio.sleep(1.0)
     total = int(ctx.rate * ctx.latency_seconds)
-    waited0, t0 = runqueue_wait(w.pid), time.monotonic()
+    pids = {"worker": w.pid, "redis": ctx.pids[0], "broker": ctx.pids[1]}
+    waited0, t0 = {k: runqueue_wait(pid) for k, pid in pids.items()}, time.monotonic()
     report.latency = await latency_run(ctx.bootstrap, prefix, handoff, ctx.rate, ctx.latency_seconds,
                                        _absolute(ctx.task(f"latency at {ctx.rate:,.0f} events/s offered", total)), w)
-    # how long the worker was runnable but had no CPU (other processes on the machine had it)
-    report.latency["worker_runqueue_wait_share"] = round((runqueue_wait(w.pid) - waited0) / (time.monotonic() - t0), 3)
+    # how long each was runnable but had no CPU (other processes on the machine had it), as a
+    # share of the run's wall time (threads added: the broker's can exceed 1)
+    span = time.monotonic() - t0
+    report.latency["runqueue_wait_share"] = {k: round((runqueue_wait(pid) - waited0[k]) / span, 3)
+                                             for k, pid in pids.items()}
     report.latency["ceiling"] = ceiling
     work = await w.work()
     # its CPU over its own span: from the first offered batch to the last one handled

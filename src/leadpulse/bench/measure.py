@@ -28,12 +28,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def runqueue_wait(pid: int) -> float:
-    """Seconds the process's main thread has spent runnable but waiting for a CPU (the second
-    field of /proc/<pid>/schedstat): how much a busy machine held it back. 0.0 where unknown."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    return 0.0
+    """Seconds the process's threads have spent runnable but waiting for a CPU (the second field
+    of /proc/<pid>/task/<tid>/schedstat, summed): how much a busy machine held it back. Threads
+    that ended are not counted; 0.0 where unknown."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1]) / 1e9
+    return total
 
 
 def memory(pid: int) -> tuple[int, int]:

@@ -117,8 +117,10 @@ def render(report: Report) -> str:
         lat = report.latency
         lines.append(f"latency occurred_at → handoff record at {lat['offered_events_per_s']:,.0f} events/s offered: "
                      f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (max {lat['max_ms']} ms; "
-                     f"{lat['timed_handoffs']} handoffs timed; worker CPU {_pct(lat['worker_cpu_share'])} while it worked, "
-                     f"waiting for a CPU {_pct(lat.get('worker_runqueue_wait_share'))} of the run)")
+                     f"{lat['timed_handoffs']} handoffs timed; worker CPU {_pct(lat['worker_cpu_share'])} while it worked)")
+        if lat.get("runqueue_wait_share"):
+            lines.append("  runnable but waiting for a CPU, share of the run: "
+                         + ", ".join(f"{k} {_pct(v)}" for k, v in lat["runqueue_wait_share"].items()))
         if lat.get("ceiling"):
             c = lat["ceiling"]
             lines.append(f"latency ceiling: raw aiokafka produce (acks=all, linger {c['linger_ms']} ms) → getmany "
