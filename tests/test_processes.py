@@ -35,6 +35,13 @@ def test_each_child_serves_http_on_its_own_port() -> None:
         Supervisor(Settings(http_port=65535), 2)
 
 
+def test_ports_past_the_last_one_are_a_one_line_configuration_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "leadpulse", "worker", "--processes", "3", "--http-port", "65534"],
+                          capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["leadpulse: --processes: child 2 would listen on port 65536"]
+
+
 def test_a_crash_loop_stops_the_supervisor_with_a_failure_status() -> None:
     supervisor = Supervisor(Settings(), 2, target=_exit_at_once, backoff=(0.01, 0.05), crash_limit=4,
                             crash_window=60.0)
