@@ -17,6 +17,11 @@ The parent only supervises:
   meanwhile. More than `CRASH_LIMIT` exits within `CRASH_WINDOW_S` is a crash loop (a bad model
   file, Redis refusing credentials): the parent stops every child and exits with status 1, so
   the service manager sees the failure instead of a host quietly running fewer workers.
+
+Why not a process manager (supervisord, circus)? They would do the restarts, but each child would
+need its own port and command line written into their configuration, and the settings would be
+read N times from N places; this is the standard library's multiprocessing plus the policy above,
+and `leadpulse worker` stays one command under systemd or a container runtime.
 """
 
 from __future__ import annotations
