@@ -25,8 +25,8 @@ from leadpulse.events import load_schema
 from leadpulse.model import ScoringModel, parse_model
 from leadpulse.state import LeadStore
 
-from .fixtures import T0, event
-from .test_report import outcome, write
+from tests.analysis.test_report import outcome, write
+from tests.support.fixtures import T0, event
 
 
 def model_with(arms: list[dict[str, Any]], name: str = "mql_bar", **extra: Any) -> ScoringModel:
@@ -134,6 +134,7 @@ async def test_arms_score_with_their_own_bars_in_redis(redis: Redis) -> None:
     # Decay and the low arm's floor (30 - hysteresis 10): the sweep demotes by the arm's bars.
     swept = await store.sweep(T0 + 400 * 86_400_000)
     assert {t.lead_id for t in swept if t.kind == "demoted"} == set(low)
+
 
 
 # --- the report ------------------------------------------------------------------------------

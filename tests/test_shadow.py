@@ -21,8 +21,8 @@ from leadpulse.events import load_schema
 from leadpulse.keys import Keys
 from leadpulse.model import parse_model
 
-from .kafkatools import WorkerProcess, consume_until, produce, read_all, running, wait_for
-from .test_worker import metric_value
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, read_all, running, wait_for
+from tests.test_worker import metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +179,7 @@ async def test_erasing_a_lead_erases_it_in_the_shadow_space_too(redis_server: Re
     from leadpulse.model import load_model
     from leadpulse.state import LeadStore
 
-    from .fixtures import T0, event
+    from tests.support.fixtures import T0, event
 
     redis = Redis.from_url(redis_server.url)
     try:
@@ -197,3 +197,4 @@ async def test_erasing_a_lead_erases_it_in_the_shadow_space_too(redis_server: Re
         assert again.outcomes == ["erased"] and await shadow.view("gone", T0 + 1) is None
     finally:
         await redis.aclose()
+

@@ -20,6 +20,7 @@ from .durations import parse_ms
 from .abmodel import Experiment, check_experiments
 from .errors import ModelError
 from .events import Source
+from .lifecycle import Lifecycle
 from .patterns import regex_matcher
 
 GRADES = ("A", "B", "C", "D")
@@ -266,12 +267,6 @@ class Fit(Frozen):
             raise ValueError("grades must satisfy A > B > C")
         return self
 
-    def grade(self, fit_points: float) -> str:
-        for letter in ("A", "B", "C"):
-            if fit_points >= self.grades[letter]:  # type: ignore[index]
-                return letter
-        return "D"
-
 
 class Stage(Frozen):
     name: Id
@@ -303,6 +298,8 @@ class ScoringModel(Frozen):
     max_event_age: DurationMs | None = 30 * 86_400_000  # None: no limit
     #: threshold A/B tests (experiments.py); one at a time: a lead's bars come from one arm
     experiments: tuple[Experiment, ...] = ()
+    #: what CRM outcomes do to a lead, and the sales SLA (lifecycle.py, docs/scoring.md §10)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
 
     @model_validator(mode="before")
     @classmethod
@@ -337,7 +334,15 @@ class ScoringModel(Frozen):
             if not self.stages[i].min_score > self.stages[i - 1].min_score:
                 raise ValueError(f"stages[{i}].min_score: must be above the previous stage's")
         check_experiments(self.experiments, self.stages, self.categories)
+        for i, s in enumerate(self.lifecycle.stages):
+            if s.name in names:
+                raise ValueError(f"lifecycle.stages[{i}].name: {s.name!r} is a model stage already")
         return self
+
+    @cached_property
+    def stage_names(self) -> tuple[str, ...]:
+        """Stage names by the index the scripts report: the model's stages, then the lifecycle's."""
+        return (*(s.name for s in self.stages), *(s.name for s in self.lifecycle.stages))
 
     def half_life_ms(self, rule: Rule) -> float | None:
         if rule.half_life is not None:
@@ -396,8 +401,9 @@ def parse_model(text: str, origin: str = "model") -> ScoringModel:
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
         where = _path(tuple(err["loc"]))
-        if where == "(top level)" and re.match(r"^[\w.\[\]]+: ", msg):
-            where, msg = msg.split(": ", 1)  # cross-field checks name their own path
+        if re.match(r"^[\w.\[\]]+: ", msg):  # cross-field checks name their own path, within `where`
+            sub, msg = msg.split(": ", 1)
+            where = sub if where == "(top level)" else f"{where}.{sub}"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ModelError(f"{origin}: {where}: {msg}{more}") from None
 

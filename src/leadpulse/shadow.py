@@ -59,7 +59,7 @@ class SharedRound(scripts.Scripts):
         self._waiting: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
 
-    async def pipelined(self, calls: Sequence[Call]) -> list[Any]:
+    async def pipelined(self, calls: Sequence[Call], raise_on_error: bool = True) -> list[Any]:
         if not calls:
             return []
         loop = asyncio.get_running_loop()
@@ -68,9 +68,10 @@ class SharedRound(scripts.Scripts):
         if len(self._waiting) == 1:
             loop.call_soon(self._flush_soon)
         results = await fut
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
+        if raise_on_error:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
         return results
 
     def _flush_soon(self) -> None:
@@ -81,7 +82,7 @@ class SharedRound(scripts.Scripts):
 
     async def _flush(self, waiting: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]]) -> None:
         try:
-            replies = await self.replies([c for calls, _ in waiting for c in calls])
+            replies = await super().pipelined([c for calls, _ in waiting for c in calls], raise_on_error=False)
         except BaseException as exc:
             for _, fut in waiting:
                 if not fut.done():
