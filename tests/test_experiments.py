@@ -23,6 +23,7 @@ from leadpulse.cli import main
 from leadpulse.errors import ModelError
 from leadpulse.events import load_schema
 from leadpulse.model import ScoringModel, parse_model
+from leadpulse.outcome import build as outcome_record
 from leadpulse.state import LeadStore
 
 from tests.analysis.test_report import outcome, write
@@ -136,6 +137,29 @@ async def test_arms_score_with_their_own_bars_in_redis(redis: Redis) -> None:
     assert {t.lead_id for t in swept if t.kind == "demoted"} == set(low)
 
 
+
+async def test_outcome_records_name_the_arm_its_handoffs_do(redis: Redis) -> None:
+    model = model_with(HALVES)
+    split = experiments.split(model)
+    assert split is not None
+    leads = [f"o-{i}" for i in range(16)]
+    arms = {lead: split.arm_of(lead) for lead in leads}
+    assert set(arms.values()) == {"mql_bar/control", "mql_bar/low"}
+    store = LeadStore(redis, model)
+    # 50 points: an MQL in the low arm (bar 30), a lead in the control arm (bar 60)
+    await store.apply([(event("web", "demo_request", T0, lead=lead), f"w:0:{i}") for i, lead in enumerate(leads)], now=T0)
+    result = await store.apply([(event("crm", "lost", T0 + 1000, lead=lead), f"c:0:{i}") for i, lead in enumerate(leads)],
+                               now=T0 + 1000)
+    validator = jsonschema.Draft202012Validator(load_schema("outcome.schema.json"), format_checker=jsonschema.FormatChecker())
+    records = {r["lead_id"]: r for r in (outcome_record(model, snap) for snap in result.crm)}
+    assert sorted(records) == sorted(leads)
+    for lead, record in records.items():
+        validator.validate(record)
+        assert record["arm"] == arms[lead]
+        # the stage before the outcome is the one the lead's arm decided
+        assert record["stage"] == ("mql" if arms[lead] == "mql_bar/low" else "lead")
+    plain = parse_model(files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8"))
+    assert outcome_record(plain, result.crm[0])["arm"] is None  # no experiment: no arm
 
 # --- the report ------------------------------------------------------------------------------
 

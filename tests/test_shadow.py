@@ -198,3 +198,30 @@ async def test_erasing_a_lead_erases_it_in_the_shadow_space_too(redis_server: Re
     finally:
         await redis.aclose()
 
+
+async def test_crm_moves_are_compared_by_their_lifecycle_stage_names(redis_server: RedisServer) -> None:
+    from leadpulse.metrics import Metrics
+    from leadpulse.model import load_model
+    from leadpulse.shadow import Shadow
+    from leadpulse.state import LeadStore
+
+    from tests.support.fixtures import T0, event
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        model = load_model()
+        live = LeadStore(redis, model)
+        metrics = Metrics()
+        shadow = Shadow(live, parse_model(yaml.safe_dump(dict(default_model(), version="shadow-crm"))), None,
+                        "leads.handoff.shadow", metrics)
+        # sales accepts a lead: both models move it into `sal`, a lifecycle stage (model.stage_names)
+        batch = [(event("crm", "sql_accepted", T0, lead="crm-1", event_id="crm-ev-1"), "crm:0:0")]
+        result, shadowed = await shadow.beside(live.apply(batch, T0), batch, T0)
+        assert shadowed.result is not None
+        assert [(t.kind, model.stage_names[t.to_stage]) for t in result.transitions] == [("advanced", "sal")]
+        await shadow.compare(result.transitions, shadowed.result.transitions)
+        agreed = metrics.registry.get_sample_value(
+            "leadpulse_shadow_decisions_total", {"kind": "advanced", "stage": "sal", "agreement": "agree"})
+        assert agreed == 1
+    finally:
+        await redis.aclose()

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .durations import parse_ms
 from .abmodel import Experiment, check_experiments
+from .durations import parse_ms
 from .errors import ModelError
 from .events import Source
 from .lifecycle import Lifecycle

@@ -106,9 +106,9 @@ class Shadowed:
 
 
 def _stage(model: ScoringModel, index: int) -> str:
-    """A stage's name by the index the scripts report; past the model's own stages (stages a
-    lifecycle section may add after them), its number."""
-    return model.stages[index].name if index < len(model.stages) else f"#{index}"
+    """A stage's name by the index the scripts report: the model's stages, then its lifecycle's
+    (sal, opportunity, customer), so CRM moves are compared by name like score decisions."""
+    return model.stage_names[index]
 
 
 def _decisions(transitions: Sequence[Transition], model: ScoringModel) -> dict[tuple[str, str, str, str], Transition]:
