@@ -146,7 +146,7 @@ async def test_metrics_count_what_happened(worker: WorkerProcess, broker: TansuB
     await wait_for(both_counted_and_committed, 30, "the duplicate counted and its batch committed", interval=0.1)
     assert await metric_value(worker, "leadpulse_events_total", outcome="scored") > scored_before
     assert await metric_value(worker, "leadpulse_events_total", source="email", type="click", outcome="duplicate") == 1
-    assert await metric_value(worker, "leadpulse_model_info", version="default-2026.12") == 1
+    assert await metric_value(worker, "leadpulse_model_info", version="default-2026.12.2") == 1
     assert await metric_value(worker, "leadpulse_event_latency_seconds_count") >= 1
     assert await metric_value(worker, "leadpulse_commit_latency_seconds_count") >= 1
     assert await metric_value(worker, "leadpulse_ready") == 1

@@ -54,6 +54,12 @@ class PackedState(NamedTuple):
     #: wall-clock epoch s until which the traits key `…:p` lives; None while it has no expiry
     #: (absent from states written before it)
     traits_expiry: int | None = None
+    #: n: how many of the model's fit traits the lead's traits hold (completeness = n / fit traits,
+    #: docs/scoring.md §5); None until a profile update since it was added
+    fit_known: int | None = None
+    #: the idle clock (docs/scoring.md §4, Idle decay), epoch ms: [latest activity A, ticks K(A),
+    #: oldest activity kept, then per idle gap its activity and the next]; None without idle decay
+    idle: list[float] | None = None
 
 
 def _by_code(table: Any) -> dict[int, Any]:

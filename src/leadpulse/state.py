@@ -23,13 +23,14 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from . import erasure, layout, scripts
 from .bounds import Retention
-from .engine import Scorer, grade_rank
+from .engine import Scorer
 from .errors import StateError
 from .events import Event
 from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
 from .redisconn import connect, failure as _failure, unavailable
+from .semantics import extend_spec, stage_spec
 
 __all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
 
@@ -72,7 +73,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
             for r in model.rules
             if (cap := r.effective_cap) is not None
         },
-        "stages": [[s.min_score, grade_rank(s.min_grade)] for s in model.stages],
+        "stages": [stage_spec(s, cats) for s in model.stages],
         "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
@@ -80,6 +81,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "format": layout.FORMAT,
         "erased": layout.ERASED,
     }
+    extend_spec(spec, model, codes)
     return bytes(msgpack.packb(spec))
 
 
@@ -309,12 +311,14 @@ class LeadStore:
         matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
         fit: list[Any] | bool = False
         traits: str | bool = False
+        known: int | bool = False
         if event.source == "profile" and event.type == "identify" and lead_id is not None:
             merged = {**traits_now.get(lead_id, {}), **self.scorer.kept_traits(event.traits)}
             traits_now[lead_id] = merged
             fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
             traits = orjson.dumps(merged).decode()
-        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits]
+            known = self.scorer.known(merged)
+        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits, known]
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""

@@ -7,7 +7,8 @@
 -- ARGV[2]        wall-clock now (ms): the dedup window runs on it (duplicates are redeliveries,
 --                close in arrival time however old the event); every score decision uses event time
 -- ARGV[2+i]      lead i: msgpack [lead_id, [[member, t, event_id, pos, evaluate, [rule, points, ...],
---                                             [rule, fit points, ...] | false, traits_json | false] ...]]
+--                                             [rule, fit points, ...] | false, traits_json | false,
+--                                             fit traits known | false] ...]]
 --                (rules by code)
 -- Returns one string packed with cmsgpack (one bulk string is far cheaper to read than nested
 -- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage]
@@ -59,6 +60,7 @@ for i = 1, #ARGV - 2 do
       for j = 1, #matches, 2 do
         local id = matches[j]
         local a = award(st, id, matches[j + 1], t)
+        a = idle_award(st, id, a, t)  -- an idle rule's event is activity, even when capped
         if a ~= 0 then add(st, id, a, t) end
       end
       if type(op[7]) == 'table' then
@@ -68,6 +70,10 @@ for i = 1, #ARGV - 2 do
         set_fit(st, fit)
       end
       if type(op[8]) == 'string' then traits = op[8] end
+      if type(op[9]) == 'number' and op[9] ~= st.n then
+        st.n = op[9]  -- the fit traits known (completeness), counted with the fit points
+        moved(st)
+      end
       if not st.c or t > st.c then
         st.c = t
         moved(st)
