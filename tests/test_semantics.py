@@ -170,6 +170,25 @@ def test_stage_conditions_are_validated(change: str, message: str) -> None:
     assert message in str(caught.value)
 
 
+def test_intent_marks_positive_rules_only() -> None:
+    with pytest.raises(ModelError, match=r"rules\[1\]: intent marks a buying signal"):
+        parse_model(MODEL.replace("points: 50, intent", "points: -50, intent"))
+
+
 def test_the_first_stage_takes_no_entry_conditions() -> None:
     with pytest.raises(ModelError, match=r"stages\[0\]: every lead starts in the first stage"):
         parse_model(MODEL.replace("{name: lead, min_score: 0}", "{name: lead, min_score: 0, min_intent: 1}"))
+
+
+def test_check_model_warns_of_conditions_that_cannot_work() -> None:
+    from leadpulse.modelcheck import findings
+
+    assert findings(load_model()) == []
+    capped = MODEL.replace("points: 10, when", "points: 10, once: true, when").replace("points: 50, intent", "points: 50, once: true, intent")
+    said = [str(f) for f in findings(parse_model(capped.replace("min_completeness: 0.75",
+                                                                "min_points: {points: 200, from: [web, fit]}")))]
+    assert said == [
+        "stages[1].min_points.from: fit holds fit points, so fit alone counts toward min_points "
+        "(list the categories of behaviour and engagement only)",
+        "stages[1].min_points.points: no lead can reach mql: web, fit give at most 101 points, under 200",
+    ]

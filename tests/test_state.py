@@ -394,6 +394,8 @@ async def test_the_packed_layout_is_the_one_layout_py_names(redis: Redis, tmodel
     assert state.fit == {code["icp"]: 15, code["gmail"]: -10}
     assert state.caps == {code["opens"]: [1, 4, 2, 4, 3, 2], code["reg"]: 5}  # awards of a window cap, a `once`
     assert state.traits_expiry is None  # staged: kept for good
+    assert state.fit_known == 2  # employees, email_domain of seniority, employees, email_domain
+    assert state.idle is None  # no idle decay in this model (tests/test_idle.py)
     idle = layout.unpack(await redis.get(store.keys.lead("idle").state))
     assert idle is not None and idle.stage == 0 and idle.traits_expiry is not None
     assert idle.traits_expiry == now // 1000 + 400 * DAY // 1000 + 400 * DAY // 8000  # ttl + ttl/8 from `now`

@@ -174,6 +174,8 @@ class Rule(Frozen):
         _finite(self.points)
         if self.points == 0:
             raise ValueError("points must not be 0")
+        if self.intent and self.points < 0:
+            raise ValueError("intent marks a buying signal: its points must be positive")
         if (self.cap or self.once) and self.points < 0:
             raise ValueError("cap and once limit awards of positive points only")
         if self.cap and self.once:
