@@ -421,13 +421,16 @@ async def test_a_transition_carries_what_a_read_of_its_state_gives(store: LeadSt
     assert t.explanation.score == t.score >= t.threshold
 
 
-@pytest.mark.parametrize("which", ["default", "test"])
+@pytest.mark.parametrize("which", ["default", "test", "idle"])
 async def test_due_times_solved_for_equal_the_searched_ones(redis: Redis, model: ScoringModel, tmodel: ScoringModel,
                                                            which: str) -> None:
     # The default model decays every rule alike: next_due solves for the crossing (lib.lua
-    # `crossing`) instead of searching. Both must give the same millisecond, on real journeys
-    # (caps, fit, negative points) at every stage floor and from several clocks.
-    used = model if which == "default" else tmodel
+    # `crossing`) instead of searching; under idle decay alone it steps over ticks (`idle_due`).
+    # Both must give the same millisecond, on real journeys (caps, fit, negative points) at every
+    # stage floor and from several clocks.
+    idle = files("leadpulse").joinpath("default_model.yaml").read_text().replace(
+        "decay: {lose_percent: 15, after: 30d}", "decay: {lose_percent: 15, after: 30d, mode: idle}")
+    used = {"default": model, "test": tmodel, "idle": parse_model(idle, "idle")}[which]
     store = LeadStore(redis, used)
     now = T0 + 400 * DAY
     parsed = []

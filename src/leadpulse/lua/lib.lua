@@ -754,6 +754,38 @@ local function search_due(st, floor, fast)
   return (first_below(exact, t0, floor))
 end
 
+-- Under idle decay alone (no continuously decaying sum, every idle sum positive) the score is
+-- constant between ticks and falls at each: the crossing is the first tick A + mN after t0 with
+-- score < floor, found by doubling and bisecting over m (a few probes, not one per millisecond
+-- bit). Nil when this does not apply; false when no tick within the search's span gets there.
+local function idle_due(st, t0, floor)
+  local I = st.i
+  if not I then return nil end
+  codes(st)
+  for i = 1, NR do
+    local id = R_CODES[i]
+    local v, l = R_SUMS[i][1], LAM[id]
+    if v ~= 0 and ((l and l > 0) or (IDLE_R[id] and v < 0)) then return nil end
+  end
+  local A, N = I[1], IDLE_N
+  local m0 = math.max(1, math.floor((t0 - A) / N) + 1)
+  local last = m0 + math.ceil(SPEC.hmax * 64 / N)
+  local function below(m) return score_at(st, A + m * N) < floor end
+  local lo, hi, d = m0 - 1, nil, 1
+  while true do
+    local m = math.min(m0 - 1 + d, last)
+    if below(m) then hi = m break end
+    lo = m
+    if m == last then return false end
+    d = d * 2
+  end
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if below(mid) then hi = mid else lo = mid end
+  end
+  return A + hi * N
+end
+
 -- next_due: the crossing solved for where it can be (`crossing`) and confirmed to the
 -- millisecond with score_at exactly as the search confirms its own (the score only falls, so
 -- that millisecond is the search's too); searched for otherwise.
@@ -770,6 +802,10 @@ local function next_due(st, search)
   end
   if not decaying then return nil end
   if score_at(st, t0) < floor then return t0 end
+  if IDLE_R and not search then
+    local at = idle_due(st, t0, floor)
+    if at ~= nil then return at or nil end
+  end
   local list, fast = folded_score(st)
   if fast and not search then
     local at, last = crossing(list, st.L, t0, floor), grid_end(t0)
