@@ -192,3 +192,35 @@ def test_check_model_warns_of_conditions_that_cannot_work() -> None:
         "(list the categories of behaviour and engagement only)",
         "stages[1].min_points.points: no lead can reach mql: web, fit give at most 101 points, under 200",
     ]
+
+
+def test_the_cli_shows_grade_u_and_completeness(redis_server: Any, default: ScoringModel) -> None:
+    import asyncio
+    import time
+
+    from click.testing import CliRunner
+
+    from leadpulse.cli import main
+
+    now = int(time.time() * 1000)
+
+    async def setup() -> None:
+        client = Redis.from_url(redis_server.url)
+        try:
+            await client.flushdb()
+            store = LeadStore(client, default)
+            await store.apply(positions([event("profile", "identify", now - 3000, lead="cli", traits={"seniority": "vp"}),
+                                         event("web", "demo_request", now - 2000, lead="cli"),
+                                         event("web", "page_view", now - 1000, lead="cli", url="/pricing")]))
+        finally:
+            await client.aclose()
+
+    asyncio.run(setup())
+    shown = CliRunner().invoke(main, ["score", "cli", "--redis-url", redis_server.url], prog_name="leadpulse")
+    assert shown.exit_code == 0, shown.output
+    assert "stage mql  fit grade C (+20)  completeness 11%" in shown.output.splitlines()[0]
+    listed = CliRunner().invoke(main, ["top", "--redis-url", redis_server.url], prog_name="leadpulse")
+    assert listed.exit_code == 0 and " mql   C  11%  cli" in listed.output, listed.output
+    as_json = CliRunner().invoke(main, ["score", "cli", "--json", "--redis-url", redis_server.url], prog_name="leadpulse")
+    body = orjson.loads(as_json.output)
+    assert (body["fit_grade"], body["completeness"]) == ("C", round(1 / 9, 6))

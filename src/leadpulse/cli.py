@@ -177,7 +177,8 @@ def top(limit: int, as_json: bool, **options: Any) -> None:
         click.echo(orjson.dumps([lead_json(v) for v in views]).decode())
         return
     for v in views:
-        click.echo(f"{v.explanation.score:8.1f}  {v.stage:<5} {v.explanation.fit_grade}  {v.lead_id}")
+        why = v.explanation
+        click.echo(f"{why.score:8.1f}  {v.stage:<5} {why.fit_grade} {why.completeness:4.0%}  {v.lead_id}")
 
 
 @main.command()
