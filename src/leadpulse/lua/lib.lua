@@ -435,6 +435,8 @@ end
 local function fit_grade(st, fit)
   local g = grade(fit)
   if g > 0 or completeness(st) >= UNKNOWN_BELOW then return g end
+  -- fit points from before the count was kept (st.n): too little known is not known; keep D
+  if not st.n and NF > 0 then return g end
   for i = 1, NF do
     if F_POINTS[i] < 0 and CAT[F_CODES[i]] then return g end
   end
