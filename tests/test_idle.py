@@ -211,3 +211,19 @@ def test_idle_decay_is_one_clock_per_lead() -> None:
     assert model.categories["web"].half_life_ms is None  # no continuous decay besides
     assert math.isclose(parse_model(MODEL.replace(", mode: idle", "")).categories["web"].half_life_ms or 0,
                         10 * DAY * math.log(2) / -math.log(0.8))
+
+
+async def test_the_activity_log_shows_each_award_as_idle_decay_left_it(redis: Redis, imodel: ScoringModel) -> None:
+    from leadpulse import activity
+    from leadpulse.activity import Scored
+    from leadpulse.bounds import Retention
+
+    await redis.flushdb()
+    store = LeadStore(redis, imodel, retention=Retention(activity_max=50))
+    await store.apply(positions([event("web", "demo_request", T0, lead="h"), event("web", "page_view", T0 + 25 * DAY, lead="h")]))
+    log = [e for e in await activity.history(store, "h", T0 + 36 * DAY) if isinstance(e, Scored)]
+    # earned as awarded; left: the demo lost the two ticks before the visit, both one more since
+    assert [[(x.rule_id, x.points, pytest.approx(x.left)) for x in e.earned] for e in log] == [
+        [("demo", 50.0, 50 * 0.8**3)], [("visit", 3.0, 3 * 0.8)]]
+    view = await store.view("h", T0 + 36 * DAY)
+    assert view is not None and view.explanation.score == pytest.approx(sum(x.left for e in log for x in e.earned))

@@ -26,7 +26,10 @@ def stage_spec(stage: Stage, categories: list[str]) -> list[Any]:
 
 
 def extend_spec(spec: dict[str, Any], model: ScoringModel, codes: Mapping[str, int]) -> None:
-    """Add the intent rules, the fit traits' count, the U threshold and the idle decay to `spec`."""
+    """Add the stages, the intent rules, the fit traits' count, the U threshold and the idle decay
+    to `spec`."""
+    categories = list(model.categories)
+    spec["stages"] = [stage_spec(s, categories) for s in model.stages]
     size = max(codes.values(), default=0)
     intent: list[bool] = [False] * size
     for rule in model.rules:

@@ -30,7 +30,7 @@ from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
 from .redisconn import connect, failure as _failure, unavailable
-from .semantics import extend_spec, stage_spec
+from .semantics import extend_spec
 
 __all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
 
@@ -41,10 +41,11 @@ ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
-def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
+def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0, activity_max: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
     category per rule, categories, caps, stages, grades; how long an idle lead in the first
-    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
+    stage is kept (0: forever); the activity log's cap (0: none kept, activity.lua); and the format
+    numbers of the packed state (layout.py)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -73,11 +74,11 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
             for r in model.rules
             if (cap := r.effective_cap) is not None
         },
-        "stages": [stage_spec(s, cats) for s in model.stages],
         "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
         "ttl": lead_ttl_ms,
+        "activity": activity_max,
         "format": layout.FORMAT,
         "erased": layout.ERASED,
     }
@@ -221,7 +222,7 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
+        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self._reloads = self.scripts.reloads
 
     def _alias(self, anonymous_id: str, lead_id: str) -> None:
@@ -309,16 +310,15 @@ class LeadStore:
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
         codes = self.rule_codes
         matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
-        fit: list[Any] | bool = False
-        traits: str | bool = False
-        known: int | bool = False
+        op: list[Any] = [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches,
+                         False, False, False]  # an identify's fit points, traits, fit traits known
         if event.source == "profile" and event.type == "identify" and lead_id is not None:
             merged = {**traits_now.get(lead_id, {}), **self.scorer.kept_traits(event.traits)}
             traits_now[lead_id] = merged
-            fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
-            traits = orjson.dumps(merged).decode()
-            known = self.scorer.known(merged)
-        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits, known]
+            op[6] = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
+            op[7] = orjson.dumps(merged).decode()
+            op[8] = self.scorer.known(merged)
+        return op
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""
@@ -388,7 +388,7 @@ class LeadStore:
                 args: list[Any] = [self.spec, now]
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
-                    keys.extend((k.state, k.dedup, k.replay, k.traits))
+                    keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
                     args.append(msgpack.packb([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
@@ -415,9 +415,10 @@ class LeadStore:
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox, traits
+        and activity log (sweep.lua writes it)."""
         k = self.keys.lead(lead_id)
-        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits, k.activity]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         """The lead at the instant `at`; None when it has no state."""
