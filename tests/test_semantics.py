@@ -224,3 +224,18 @@ def test_the_cli_shows_grade_u_and_completeness(redis_server: Any, default: Scor
     as_json = CliRunner().invoke(main, ["score", "cli", "--json", "--redis-url", redis_server.url], prog_name="leadpulse")
     body = orjson.loads(as_json.output)
     assert (body["fit_grade"], body["completeness"]) == ("C", round(1 / 9, 6))
+
+
+def test_diff_says_what_changed_in_conditions_unknown_fit_and_idle_decay() -> None:
+    from leadpulse.modeldiff import changes
+
+    text = files("leadpulse").joinpath("default_model.yaml").read_text()
+    new = (text.replace("decay: {lose_percent: 15, after: 30d}\n  engagement", "decay: {lose_percent: 15, after: 30d, mode: idle}\n  engagement")
+           .replace("min_intent: 1", "min_intent: 2, min_completeness: 0.85").replace("unknown_below: 0.5", "unknown_below: 0.4")
+           .replace("points: 50, once: 90d, intent: true", "points: 50, once: 90d")
+           .replace("min_points: {points: 20, from: [behavioral, engagement]}", "min_points: {points: 25, from: engagement}"))
+    said = [str(c) for c in changes(load_model(), parse_model(new))]
+    for line in ("category behavioral: idle decay none -> -15 % per 30d idle", "demo_request: intent yes -> no",
+                 "fit: unknown_below 0.5 -> 0.4", "stage sql: min_completeness none -> 0.85", "stage sql: min_intent 1 -> 2",
+                 "stage mql: min_points 20 from behavioral+engagement -> 25 from engagement"):
+        assert line in said, (line, said)
