@@ -47,6 +47,8 @@ def extend_spec(spec: dict[str, Any], model: ScoringModel, codes: Mapping[str, i
     horizon = -1 if model.max_event_age is None else model.max_event_age + model.clock_skew
     spec["idle"] = {"rules": idle, "every": decay.after, "keep": 1 - decay.lose_percent / 100,
                     "horizon": horizon, "gaps": IDLE_GAPS_KEPT}
-    # The due-time search steps by the idle period too (lib.lua first_below).
-    spec["hmin"] = min(spec["hmin"], float(decay.after))
-    spec["hmax"] = max(spec["hmax"], float(decay.after)) if spec["hmax"] < 1e15 else float(decay.after)
+    # The due search's span and the top index's rank (lib.lua) go by half-lives: idle decay's is
+    # the one losing the same share per period continuously (model.IdleDecay.half_life_ms).
+    half_life = decay.half_life_ms
+    spec["hmin"] = min(spec["hmin"], half_life)
+    spec["hmax"] = max(spec["hmax"], half_life) if spec["hmax"] < 1e15 else half_life
