@@ -60,13 +60,15 @@ def positions(events: list[Any]) -> list[tuple[Any, str]]:
 def frontier_value(arrivals: list[tuple[int, float]], at: int) -> float:
     """The idle points at `at` of awards (time, points) applied in arrival order, as
     docs/scoring.md states the rule: the lead's idle history is made of its activities that
-    arrived as its latest so far; every award loses `1 - KEEP` per tick that history has after
-    the award (a late award: from its time to the next activity of the history, then the
-    history's own), and a late award changes nothing of the history."""
+    arrived as its latest or its earliest so far; every award loses `1 - KEEP` per tick that
+    history has after the award (a late award: from its time to the next activity of the
+    history, then the history's own), and a late award changes nothing of the history."""
     history: list[int] = []
     for t, _ in arrivals:
         if not history or t > history[-1]:
             history.append(t)
+        elif t < history[0]:
+            history.insert(0, t)
     latest = history[-1]
     total = 0.0
     for t, p in arrivals:
@@ -84,6 +86,8 @@ def lands_in_an_idle_stretch(arrivals: list[tuple[int, float]]) -> bool:
     for t, _ in arrivals:
         if not history or t > history[-1]:
             history.append(t)
+        elif t < history[0]:
+            history.insert(0, t)
         elif any(a < t < b and b - a >= EVERY for a, b in zip(history, history[1:])):
             return True
     return False
@@ -147,6 +151,18 @@ async def test_a_late_event_takes_its_own_losses_and_gives_none_back(redis: Redi
     assert state is not None and state.idle == [T0 + 25 * DAY, 2, T0, T0, T0 + 25 * DAY]  # A, K(A), first, one gap
 
 
+async def test_an_event_older_than_the_history_extends_it_back(redis: Redis, imodel: ScoringModel) -> None:
+    # Visits at days 27, then 20 and 6 arriving later: each is older than all before it, so the
+    # history becomes 6, 20, 27 as in time order: the day-6 visit loses one tick (6 -> 20), not two.
+    store = await fresh(redis, imodel)
+    for day in (27, 20, 6):
+        await store.apply(positions([event("web", "page_view", T0 + day * DAY, lead="b")]))
+    view = await store.view("b", T0 + 31 * DAY)
+    assert view is not None and view.explanation.score == pytest.approx(3 * 0.8 + 3 + 3)
+    state = layout.unpack(await redis.get(store.keys.lead("b").state))
+    assert state is not None and state.idle == [T0 + 27 * DAY, 0, T0 + 6 * DAY, T0 + 6 * DAY, T0 + 20 * DAY]
+
+
 async def test_gaps_no_late_event_can_reach_are_dropped(redis: Redis, imodel: ScoringModel) -> None:
     # With max_event_age 30d (+ clock_skew 5m) an event lands at most that far behind the latest.
     store = await fresh(redis, parse_model(MODEL.replace("max_event_age: null", "max_event_age: 30d")))
@@ -169,9 +185,12 @@ async def test_idle_decay_demotes_at_the_tick(redis: Redis, imodel: ScoringModel
     assert demoted.score == pytest.approx(32)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    items=st.lists(st.tuples(st.integers(0, len(KINDS) - 1), st.integers(0, 120 * DAY)), min_size=1, max_size=30),
+    # on a half-day grid as well as to the millisecond: gaps of exactly N, events at the same time
+    items=st.lists(st.tuples(st.integers(0, len(KINDS) - 1),
+                             st.integers(0, 240).map(lambda h: h * DAY // 2) | st.integers(0, 120 * DAY)),
+                   min_size=1, max_size=30),
     order=st.randoms(use_true_random=False),
     read_after=st.integers(0, 40 * DAY),
 )

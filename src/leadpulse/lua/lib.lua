@@ -82,7 +82,8 @@ end
 -- epoch ms: {A latest activity, K(A), F oldest activity kept, a₁, e₁, a₂, e₂, ...}: the idle gaps
 -- (activity a, next activity e, at least one tick apart) that a late event can still land in.
 -- Activity that arrives late does not change the clock (the losses it would have prevented
--- stay); its own award takes exactly the ticks the clock has after its time.
+-- stay); its own award takes exactly the ticks the clock has after its time. Activity older than
+-- the oldest kept extends the clock back (F and a gap), as if it had arrived first.
 local IDLE = SPEC.idle
 local IDLE_R = IDLE and IDLE.rules
 local IDLE_N = IDLE and IDLE.every
@@ -149,6 +150,19 @@ local function idle_award(st, id, a, t)
       I[2] = 0
     end
     st.dirty = true
+  elseif t < I[3] then
+    -- Older than every activity kept: the history reaches back to it (K of the later ones is
+    -- unchanged: the ticks come before them all), unless that is one gap more than is kept.
+    local first = I[3]
+    if math.floor((first - t) / IDLE_N) == 0 then
+      I[3] = t
+      st.dirty = true
+    elseif (#I - 3) / 2 < IDLE.gaps then
+      table.insert(I, 4, first)
+      table.insert(I, 4, t)
+      I[3] = t
+      st.dirty = true
+    end
   end
   if a == 0 then return 0 end
   return a * IDLE.keep ^ -idle_ticks(st, t)
