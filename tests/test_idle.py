@@ -246,3 +246,16 @@ async def test_the_activity_log_shows_each_award_as_idle_decay_left_it(redis: Re
         [("demo", 50.0, 50 * 0.8**3)], [("visit", 3.0, 3 * 0.8)]]
     view = await store.view("h", T0 + 36 * DAY)
     assert view is not None and view.explanation.score == pytest.approx(sum(x.left for e in log for x in e.earned))
+
+
+async def test_a_capped_activity_behind_the_clock_moves_the_due_time(redis: Redis, imodel: ScoringModel) -> None:
+    # MQL on a demo and an open (54, idle) and a webinar (20, 30-day half-life) that puts the
+    # lead's clock at day 9. The floor (35) is crossed at the fourth tick, day 40 after the open.
+    store = await fresh(redis, imodel)
+    await store.apply(positions([event("web", "demo_request", T0, lead="u"), event("email", "open", T0 + 1, lead="u"),
+                                 event("webinar", "attended", T0 + 9 * DAY, lead="u")]))
+    assert await redis.zscore(store.keys.due, "u") == T0 + 1 + 4 * EVERY
+    # An open at day 5, behind the clock, capped to 0 points: still activity, so the ticks (and
+    # the due time) come 5 days later.
+    await store.apply(positions([event("email", "open", T0 + 5 * DAY, lead="u")]))
+    assert await redis.zscore(store.keys.due, "u") == T0 + 5 * DAY + 4 * EVERY

@@ -113,14 +113,15 @@ local function idle_ticks(st, t)
 end
 
 -- An event matched idle rule `id` at t: move the idle clock when t is the latest activity, and
--- return the award `a` in the rule's sum's units (keep^-K(t)). Other rules: `a` as it is.
+-- return the award `a` in the rule's sum's units (keep^-K(t)). Other rules: `a` as it is. A
+-- moved clock moves the lead (its due time), even when the award is 0 or t is behind its clock.
 local function idle_award(st, id, a, t)
   if not (IDLE_R and IDLE_R[id]) then return a end
   local I = st.i
   if not I then
     I = {t, 0, t}
     st.i = I
-    st.dirty = true
+    moved(st)
   elseif t > I[1] then
     local n = math.floor((t - I[1]) / IDLE_N)
     if n > 0 then
@@ -149,19 +150,19 @@ local function idle_award(st, id, a, t)
       end
       I[2] = 0
     end
-    st.dirty = true
+    moved(st)
   elseif t < I[3] then
     -- Older than every activity kept: the history reaches back to it (K of the later ones is
     -- unchanged: the ticks come before them all), unless that is one gap more than is kept.
     local first = I[3]
     if math.floor((first - t) / IDLE_N) == 0 then
       I[3] = t
-      st.dirty = true
+      moved(st)
     elseif (#I - 3) / 2 < IDLE.gaps then
       table.insert(I, 4, first)
       table.insert(I, 4, t)
       I[3] = t
-      st.dirty = true
+      moved(st)
     end
   end
   if a == 0 then return 0 end
