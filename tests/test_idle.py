@@ -259,3 +259,17 @@ async def test_a_capped_activity_behind_the_clock_moves_the_due_time(redis: Redi
     # the due time) come 5 days later.
     await store.apply(positions([event("email", "open", T0 + 5 * DAY, lead="u")]))
     assert await redis.zscore(store.keys.due, "u") == T0 + 5 * DAY + 4 * EVERY
+
+
+async def test_the_idle_sums_are_rescaled_long_before_they_overflow(redis: Redis) -> None:
+    # A day's idle period: 300 idle days are 300 ticks, past the rescaling at 256.
+    model = parse_model(MODEL.replace("after: 10d", "after: 1d"))
+    store = await fresh(redis, model)
+    await store.apply(positions([event("web", "demo_request", T0, lead="r"), event("web", "page_view", T0 + 300 * DAY, lead="r")]))
+    state = layout.unpack(await redis.get(store.keys.lead("r").state))
+    assert state is not None and state.idle is not None and state.idle[1] == 0  # K(A) rescaled to 0
+    await store.apply(positions([event("email", "click", T0 + 100 * DAY, lead="r")]))  # late: 200 ticks to go
+    view = await store.view("r", T0 + 302 * DAY)
+    expected = (50 * 0.8**300 + 7 * 0.8**200 + 3) * 0.8**2
+    assert view is not None and view.explanation.score == pytest.approx(expected, rel=1e-12)
+    assert view.explanation.breakdown["mail"] == pytest.approx(7 * 0.8**202, rel=1e-12)
