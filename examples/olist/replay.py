@@ -184,7 +184,10 @@ async def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         consumer.assign(parts)
         end = await consumer.end_offsets(parts)
         records: list[dict[str, Any]] = []
-        while any(await consumer.position(p) < end[p] for p in parts):
+        async def behind() -> bool:
+            return any([await consumer.position(p) < end[p] for p in parts])
+
+        while await behind():
             batch = await consumer.getmany(timeout_ms=1000)
             records.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
         return records
@@ -223,10 +226,21 @@ async def replay(bootstrap: str, redis_url: str, model: Path, events_file: Path,
     return {"sent": sent, "leads": leads, "handoffs": handoffs, "outcomes": outcomes}
 
 
+def promotions(handoffs: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
+    """Per lead, its promotions (crossed_at, stage) in time order, from the published handoffs."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for h in sorted(handoffs, key=lambda h: h["crossed_at"]):
+        if h["kind"] == "promoted":
+            out.setdefault(h["lead_id"], []).append((h["crossed_at"], h["stage"]))
+    return out
+
+
 def labelled(labels_file: Path, served: dict[str, Any], keep: set[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One label record per lead: the worker's outcome record when it published one for the
-    lead's label, else the converter's label with what the API serves for the lead."""
+    lead's label, else the converter's label with what the API serves for the lead (and when
+    it last became MQL/SQL before the label, from the worker's handoffs)."""
     published = {(o["lead_id"], o["outcome"]): o for o in served["outcomes"]}
+    promoted = promotions(served["handoffs"])
     records, source = [], {"worker outcome record": 0, "label file + API score": 0, "not scored by the worker": 0}
     for line in labels_file.read_bytes().splitlines():
         label = orjson.loads(line)
@@ -240,16 +254,30 @@ def labelled(labels_file: Path, served: dict[str, Any], keep: set[str] | None = 
         if lead is None:
             source["not scored by the worker"] += 1
             continue
+        steps = [(at, stage) for at, stage in promoted.get(label["lead_id"], []) if at <= label["occurred_at"]]
         records.append({**label, "score": lead["score"], "breakdown": lead["breakdown"], "stage": lead["stage"],
-                        "fit_grade": lead["fit_grade"], "fit_score": lead["fit_score"], "model_version": lead["model_version"]})
+                        "fit_grade": lead["fit_grade"], "fit_score": lead["fit_score"], "model_version": lead["model_version"],
+                        **{f"{name}_at": max((at for at, stage in steps if stage == name), default=None) for name in ("mql", "sql")}})
         source["label file + API score"] += 1
     return records, source
 
 
-def summary(report_json: Path) -> dict[str, Any]:
-    """Base rate, conversion by score decile and top-decile lift from the report's own numbers."""
-    data = json.loads(report_json.read_text())
-    return data
+def summary(report_json: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's own numbers (base rate, conversion by score decile and by stage at handoff,
+    top-decile lift), and the ROC AUC of the scores the worker served on the same leads."""
+    from sklearn.metrics import roc_auc_score
+
+    every = json.loads(report_json.read_text())["all"]
+    deciles = every["by_score_decile"]
+    y = [r["outcome"] == "won" for r in records]
+    return {
+        "leads": every["resolved"], "converted": every["converted"], "base_rate": round(every["conversion_rate"], 4),
+        "auc": round(float(roc_auc_score(y, [r["score"] for r in records])), 4) if 0 < sum(y) < len(y) else None,
+        "top_decile_lift": round(deciles[-1]["lift"], 2) if deciles else None,
+        "by_score_decile": [{k: round(d[k], 4) if k in ("rate", "lift") else d[k] for k in ("decile", "score_min", "score_max", "leads", "converted", "rate", "lift")}
+                            for d in deciles],
+        "by_stage_at_handoff": every["by_stage_at_handoff"],
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,7 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"input": counts, "sent": served["sent"], "handoffs": len(served["handoffs"]),
             "worker_outcome_records": len(served["outcomes"]), "label_source": source,
             "calibration": calibration and {"rules": calibration["rules"], "holdout_auc": calibration["holdout"]["candidate"]["auc"]},
-            "report": summary(out / "report" / "report.json")}
+            "report_dir": str(out / "report"), "report": summary(out / "report" / "report.json", records)}
 
 
 def main() -> int:
