@@ -287,6 +287,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.model:
             raise SystemExit("--split '' (report on every MQL) needs --model: nothing is left to calibrate on")
         model, calibration = replay_model(args.model, out / "replay-model.yaml"), None
+        if any((c or {}).get("decay") for c in (yaml.safe_load(model.read_text()).get("categories") or {}).values()):
+            print("note: this model decays; a lead without an outcome record is read from the API today, "
+                  "so its points have decayed since 2018 (use a model without decay)", file=sys.stderr)
     else:
         train_events, train_labels, _ = split_files(out, args.split)
         base = replay_model(DEFAULT_MODEL, out / "base-model.yaml")
@@ -295,17 +298,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     _, _, test = split_files(out, args.split)  # the report's leads: first contacted from --split on
     with Stack(out / "services", redis_appendonly=False) as stack:
         served = await replay(stack.broker.bootstrap, stack.redis.url, model, out / "events.jsonl", out)
-    records, source = labelled(out / "outcomes.jsonl", served, test)
+    return {"input": counts, "calibration": calibration and {"rules": calibration["rules"], "holdout_auc": calibration["holdout"]["candidate"]["auc"]},
+            **finish(out, served, test)}
+
+
+def finish(out: Path, served: dict[str, Any], leads: set[str]) -> dict[str, Any]:
+    """Label records of `leads` (OUT/outcomes-scored.jsonl), their handoffs, `leadpulse report`
+    on both (OUT/report/) and the summary."""
+    records, source = labelled(out / "outcomes.jsonl", served, leads)
     scored = out / "outcomes-scored.jsonl"
     scored.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     handoffs = out / "handoffs.jsonl"
-    handoffs.write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in served["handoffs"] if h["lead_id"] in test))
+    handoffs.write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in served["handoffs"] if h["lead_id"] in leads))
     subprocess.run([sys.executable, "-m", "leadpulse", "report", "--out", str(out / "report"), "--outcomes", str(scored),
                     "--handoffs", str(handoffs)], check=True, stdout=subprocess.DEVNULL)
-    return {"input": counts, "sent": served["sent"], "handoffs": len(served["handoffs"]),
-            "worker_outcome_records": len(served["outcomes"]), "label_source": source,
-            "calibration": calibration and {"rules": calibration["rules"], "holdout_auc": calibration["holdout"]["candidate"]["auc"]},
-            "report_dir": str(out / "report"), "report": summary(out / "report" / "report.json", records)}
+    return {"sent": served["sent"], "handoffs": len(served["handoffs"]), "worker_outcome_records": len(served["outcomes"]),
+            "label_source": source, "report_dir": str(out / "report"), "report": summary(out / "report" / "report.json", records)}
 
 
 def main() -> int:
