@@ -1,13 +1,13 @@
 """Replay the Olist marketing funnel through the real worker and report conversion by score band.
 
-    python examples/olist/replay.py [../shared/data] [--out DIR] [--split 2018-03-01] [--model FILE]
+    python examples/olist/replay.py [../shared/data] [--out DIR] [--split 2018-03-01] [--train-from DATE] [--model FILE]
 
 One command, five steps:
 
 1. convert.py: the MQLs' first contacts and the closed deals (`crm/won`) as events, the labels
    (won; not closed = `lost` by absence) as outcomes.jsonl.
 2. The model. Default: `leadpulse calibrate` learns one from the MQLs first contacted *before*
-   `--split` (their labels only), starting from the shipped model with `max_event_age: null`
+   `--split` (and from `--train-from`, if given; their labels only), starting from the shipped model with `max_event_age: null`
    (the events are from 2017-2018) and `--decay none` (one contact per lead: decay would only
    measure how long a deal took to close, i.e. the outcome). `--model FILE` scores with your
    model instead (its max_event_age is set to null for the replay).
@@ -63,19 +63,20 @@ def replay_model(source: Path, dest: Path) -> Path:
     return dest
 
 
-def split_files(out: Path, split: str) -> tuple[Path, Path, set[str]]:
-    """Events and labels of the MQLs first contacted before `split` (ISO date); the rest's ids."""
+def split_files(out: Path, split: str, since: str = "") -> tuple[Path, Path, set[str]]:
+    """Events and labels of the MQLs first contacted in [since, split) (ISO dates); the ids of
+    those contacted from `split` on."""
     events = [orjson.loads(x) for x in (out / "events.jsonl").read_bytes().splitlines()]
     first = {}
     for e in events:
         first.setdefault(e["lead_id"], e["occurred_at"])
-    train = {lead for lead, at in first.items() if at < split}
+    train = {lead for lead, at in first.items() if since <= at < split}
     train_dir = out / "train"
     train_dir.mkdir(exist_ok=True)
     for name in ("events.jsonl", "outcomes.jsonl"):
         kept = [x for x in (out / name).read_bytes().splitlines() if orjson.loads(x)["lead_id"] in train]
         (train_dir / name).write_bytes(b"".join(x + b"\n" for x in kept))
-    return train_dir / "events.jsonl", train_dir / "outcomes.jsonl", set(first) - train
+    return train_dir / "events.jsonl", train_dir / "outcomes.jsonl", {lead for lead, at in first.items() if at >= split}
 
 
 def calibrate(events: Path, outcomes: Path, base: Path, out: Path) -> dict[str, Any]:
@@ -291,7 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print("note: this model decays; a lead without an outcome record is read from the API today, "
                   "so its points have decayed since 2018 (use a model without decay)", file=sys.stderr)
     else:
-        train_events, train_labels, _ = split_files(out, args.split)
+        train_events, train_labels, _ = split_files(out, args.split, args.train_from)
         base = replay_model(DEFAULT_MODEL, out / "base-model.yaml")
         calibration = calibrate(train_events, train_labels, base, out / "candidate.yaml")
         model = replay_model(out / "candidate.yaml", out / "replay-model.yaml")
@@ -321,6 +322,8 @@ def main() -> int:
     parser.add_argument("data", nargs="?", type=Path, default=Path("../shared/data"), help="directory of the olist_*.csv files")
     parser.add_argument("--out", type=Path, default=None, help="keep everything here (default: a temporary directory)")
     parser.add_argument("--split", default="2018-03-01", help="calibrate on MQLs first contacted before this date, report on the rest ('' with --model: report on all)")
+    parser.add_argument("--train-from", default="", help="calibrate only on MQLs first contacted from this date on "
+                        "(e.g. 2018-01-01: the closed deals start in December 2017; README.md)")
     parser.add_argument("--model", type=Path, default=None, help="replay with this model instead of calibrating one")
     parser.add_argument("--limit", type=int, default=None, help="only the first N MQLs")
     args = parser.parse_args()
