@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from typing import Any
 import aiohttp
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
@@ -102,8 +103,6 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Worker:
-        import os
-
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
         env.update({f"LEADPULSE_{k.upper()}": str(v) for k, v in self.settings.items()})
         with self.log.open("ab") as log:
@@ -148,6 +147,9 @@ class Worker:
         return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "leadpulse_events_total")
 
     async def wait_counted(self, http: aiohttp.ClientSession, n: int, timeout: float) -> None:
+        """Until `n` events are counted. The worker counts a batch only once what it caused
+        (handoffs, dead letters) is acknowledged by the broker (pipeline.publish): then
+        everything it will publish for these events is on the topics."""
         deadline = time.monotonic() + timeout
         while (seen := await self.counted(http)) < n:
             self._alive()
@@ -180,12 +182,14 @@ async def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        parts = [p for p in (await _partitions(consumer, topic))]
+        await consumer.topics()  # fetches the cluster's metadata: topics created after start are known
+        parts = [TopicPartition(topic, i) for i in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
             return []
         consumer.assign(parts)
         end = await consumer.end_offsets(parts)
         records: list[dict[str, Any]] = []
+
         async def behind() -> bool:
             return any([await consumer.position(p) < end[p] for p in parts])
 
@@ -195,16 +199,6 @@ async def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         return records
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
-    from aiokafka import TopicPartition
-
-    ids = consumer.partitions_for_topic(topic)
-    if ids is None:
-        await consumer._client.force_metadata_update()  # a topic created after start
-        ids = consumer.partitions_for_topic(topic)
-    return [TopicPartition(topic, i) for i in sorted(ids or ())]
 
 
 async def replay(bootstrap: str, redis_url: str, model: Path, events_file: Path, work: Path, tag: str = "olist",
