@@ -3,8 +3,8 @@ real broker and a real `leadpulse worker` process, and reported from what the wo
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -52,10 +52,11 @@ def olist_dir(repo_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def olist(repo_root: Path) -> Any:
-    sys.path.insert(0, str(repo_root / "examples/olist"))
-    import replay
-
-    return replay
+    spec = importlib.util.spec_from_file_location("olist_replay", repo_root / "examples/olist/replay.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ Last Activity is sent as the lead's own event or masked when it is a sales actio
 from __future__ import annotations
 
 import csv
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -117,8 +118,11 @@ def _convert(repo_root: Path, out: Path, *flags: str) -> list[dict[str, object]]
 
 
 def test_last_activity_lead_side_is_an_event_sales_side_is_masked(converted: tuple[Path, list[dict[str, str]]], repo_root: Path, tmp_path: Path) -> None:
-    sys.path.insert(0, str(repo_root / "examples/x_education"))
-    from convert import LEAD_ACTIVITY, SALES_ACTIVITY
+    spec = importlib.util.spec_from_file_location("x_education_convert", repo_root / "examples/x_education/convert.py")
+    assert spec is not None and spec.loader is not None
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    LEAD_ACTIVITY, SALES_ACTIVITY = convert.LEAD_ACTIVITY, convert.SALES_ACTIVITY
 
     out, rows = converted  # the default: --last-activity lead
     events = lines(out / "events.jsonl")

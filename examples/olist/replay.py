@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,13 +45,23 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from leadpulse.dev.embedded import Stack, free_port
+from leadpulse.dev.simulate import key_for, topic_for
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import convert  # noqa: E402
 
-from leadpulse.dev.embedded import Stack, free_port  # noqa: E402
-from leadpulse.dev.simulate import key_for, topic_for  # noqa: E402
 
+def _load(name: str, path: Path) -> Any:
+    """A module beside this script, under a name of its own (examples/x_education has a convert.py too)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+convert = _load("olist_convert", HERE / "convert.py")
 DEFAULT_MODEL = Path(__import__("leadpulse").__file__).resolve().parent / "default_model.yaml"
 #: 8.7 % of the training MQLs close and first-contact traits separate them weakly: the default SQL
 #: target (a band converting at 3x the base rate) cannot be met, 2x can
