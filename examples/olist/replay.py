@@ -13,7 +13,9 @@ One command, five steps:
    model instead (its max_event_age is set to null for the replay).
 3. A Tansu broker and a redis-server on free ports (leadpulse.dev.embedded, as `leadpulse dev`)
    and `leadpulse worker` as a child process with that model; every event is produced in time
-   order (keyed by lead), and the harness waits until the worker has counted all of them.
+   order (keyed by lead), pausing until the worker has counted what was sent whenever a lead's
+   next event goes to another topic (Kafka orders a lead's events within a topic only:
+   `segments`), and at the end until it has counted all of them.
 4. What the worker published: its handoffs (`leads.handoff`) and outcome records
    (`leads.outcomes`) are read back from the broker; every MQL's score, stage and grade are read
    from the worker's HTTP API (`GET /leads/<id>`). A lead's label record is the worker's outcome
@@ -165,25 +167,50 @@ class Worker:
         while (seen := await self.counted(http)) < n:
             self._alive()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker counted {seen:.0f} of {n} events within {timeout:.0f} s")
-            await asyncio.sleep(0.5)
+                raise RuntimeError(f"the worker counted {seen:.0f} of {n} events in time")
+            await asyncio.sleep(0.05)
 
     async def lead(self, http: aiohttp.ClientSession, lead_id: str) -> dict[str, Any] | None:
         async with http.get(f"{self.url}/leads/{lead_id}") as resp:
             return orjson.loads(await resp.read()) if resp.status == 200 else None
 
 
-async def produce(bootstrap: str, prefix: str, events_file: Path) -> int:
-    """Every event, in the file's (time) order, keyed by lead so each lead's events stay in order."""
+def segments(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Cut the time-ordered events where a lead's next event goes to another topic than one of
+    its events already in the current segment.
+
+    Kafka keeps a lead's events in order within one topic only: a lead's `crm/won` on
+    events.crm produced together with its first contact on events.web may be consumed first,
+    and its outcome would then be taken against a lead the worker has not seen yet. The replay
+    waits for the worker to have counted a segment before producing the next, so each lead's
+    events reach the worker in their time order across topics, and the stream stays in time
+    order (a cut happens about once per simulated day here)."""
+    out: list[list[dict[str, Any]]] = [[]]
+    topics: dict[str, str] = {}  # lead -> the topic of its events in the current segment
+    for event in events:
+        lead, topic = str(event.get("lead_id")), topic_for(event)
+        if topics.setdefault(lead, topic) != topic:
+            out.append([])
+            topics = {lead: topic}
+        out[-1].append(event)
+    return [seg for seg in out if seg]
+
+
+async def produce(bootstrap: str, prefix: str, events_file: Path, barrier: Any) -> int:
+    """Every event, in the file's (time) order, keyed by lead; `await barrier(n)` between
+    segments waits until the worker has counted the n events sent so far."""
+    events = [orjson.loads(line) for line in events_file.read_bytes().splitlines()]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
+    sent = 0
     try:
-        futures = []
-        for line in events_file.read_bytes().splitlines():
-            event = orjson.loads(line)
-            futures.append(await producer.send(topic_for(event, prefix), line, key=key_for(event)))
-        await asyncio.gather(*futures)
-        return len(futures)
+        for n, segment in enumerate(segments(events)):
+            if n:
+                await barrier(sent)
+            futures = [await producer.send(topic_for(e, prefix), orjson.dumps(e), key=key_for(e)) for e in segment]
+            await asyncio.gather(*futures)
+            sent += len(futures)
+        return sent
     finally:
         await producer.stop()
 
@@ -219,8 +246,13 @@ async def replay(bootstrap: str, redis_url: str, model: Path, events_file: Path,
     with Worker(bootstrap, redis_url, model, work / "worker.log", tag) as worker:
         async with aiohttp.ClientSession() as http:
             await worker.wait_ready(http)
-            sent = await produce(bootstrap, worker.settings["topic_prefix"], events_file)
-            await worker.wait_counted(http, sent, timeout)
+            deadline = time.monotonic() + timeout
+
+            async def barrier(n: int) -> None:
+                await worker.wait_counted(http, n, deadline - time.monotonic())
+
+            sent = await produce(bootstrap, worker.settings["topic_prefix"], events_file, barrier)
+            await barrier(sent)
             gate = asyncio.Semaphore(16)
 
             async def one(lead_id: str) -> dict[str, Any] | None:
