@@ -109,11 +109,22 @@ async def test_a_sample_replays_through_the_worker_and_reports_by_band(
     # every MQL is served by the worker, scored from its events: the sign-up, plus its origin
     traits = {e["lead_id"]: e["traits"] for e in events if e["type"] == "identify"}
     assert set(served["leads"]) == set(traits)
+    won = {x["lead_id"] for x in labels if x["outcome"] == "won"}
     for lead, view in served["leads"].items():
         paid = traits[lead]["origin"] == "paid search"
         assert view["score"] == (40 if paid else 10), (lead, view)
-        assert view["stage"] == ("sql" if paid else "mql")
+        # a worker that acts on CRM outcomes (issue 12, lifecycle) has closed the won leads
+        closed = lead in won and bool(served["outcomes"])
+        assert view["stage"] == ("customer" if closed else "sql" if paid else "mql")
         assert view["model_version"] == "olist-test"
+    # the worker's outcome records (when it publishes them): one per deal, the lead as it stood
+    # at won_date, after its first contact (the replay kept each lead's order across topics)
+    contact = {e["lead_id"]: e["occurred_at"] for e in events if e["type"] == "identify"}
+    assert {o["lead_id"] for o in served["outcomes"]} in (set(), won)
+    for o in served["outcomes"]:
+        if contact[o["lead_id"]] < o["occurred_at"]:
+            assert o["first_seen_at"] == contact[o["lead_id"]]
+            assert o["score"] == served["leads"][o["lead_id"]]["score"]
     # and handed off once per stage crossed, at its first contact's time
     promoted = Counter((h["lead_id"], h["stage"]) for h in served["handoffs"] if h["kind"] == "promoted")
     assert {lead for lead, stage in promoted if stage == "sql"} == {x for x, t in traits.items() if t["origin"] == "paid search"}
@@ -124,8 +135,8 @@ async def test_a_sample_replays_through_the_worker_and_reports_by_band(
     assert len(records) == MQLS
     assert result["label_source"]["not scored by the worker"] == 0
     assert sum(result["label_source"].values()) == MQLS
+    assert result["label_source"]["worker outcome record"] == len(served["outcomes"])
     report = json.loads((tmp_path / "report" / "report.json").read_text())["all"]
-    won = {x["lead_id"] for x in labels if x["outcome"] == "won"}
     assert (report["resolved"], report["converted"]) == (MQLS, len(won))
     # conversion by band as computed by hand from the labels and the served scores
     for band in report["by_score_decile"]:
@@ -136,3 +147,20 @@ async def test_a_sample_replays_through_the_worker_and_reports_by_band(
     paid = sum(1 for t in traits.values() if t["origin"] == "paid search")
     assert by_stage == {"sql": paid, "mql": MQLS - paid} or by_stage == {k: v for k, v in {"sql": paid, "mql": MQLS - paid}.items() if v}
     assert (tmp_path / "report" / "report.html").stat().st_size > 1000
+
+
+def test_segments_keep_each_leads_order_across_topics(olist: Any) -> None:
+    """Pure: the cut points of the replay's stream."""
+    def ev(lead: str, source: str, at: int) -> dict[str, Any]:
+        return {"event_id": f"{lead}{at}", "lead_id": lead, "source": source, "type": "x", "occurred_at": at}
+
+    events = [ev("a", "profile", 1), ev("b", "profile", 1), ev("a", "web", 2), ev("b", "web", 2), ev("c", "profile", 3),
+              ev("a", "crm", 4), ev("c", "web", 5), ev("b", "web", 6)]
+    parts = olist.segments(events)
+    assert [e for part in parts for e in part] == events  # the time order is kept
+    for part in parts:  # within a segment, each lead's events are on one topic
+        topics: dict[str, set[str]] = {}
+        for e in part:
+            topics.setdefault(e["lead_id"], set()).add(e["source"])
+        assert all(len(t) == 1 for t in topics.values())
+    assert [[e["event_id"] for e in part] for part in parts] == [["a1", "b1"], ["a2", "b2", "c3"], ["a4", "c5", "b6"]]
