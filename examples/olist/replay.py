@@ -7,8 +7,8 @@ One command, five steps:
 1. convert.py: the MQLs' first contacts and the closed deals (`crm/won`) as events, the labels
    (won; not closed = `lost` by absence) as outcomes.jsonl.
 2. The model. Default: `leadpulse calibrate` learns one from the MQLs first contacted *before*
-   `--split` (and from `--train-from`, if given; their labels only), starting from the shipped model with `max_event_age: null`
-   (the events are from 2017-2018) and `--decay none` (one contact per lead: decay would only
+   `--split` (and from `--train-from`, if given; their labels only), starting from the shipped
+   model with `max_event_age: null` (the events are from 2017-2018) and `--decay none` (one contact per lead: decay would only
    measure how long a deal took to close, i.e. the outcome). `--model FILE` scores with your
    model instead (its max_event_age is set to null for the replay).
 3. A Tansu broker and a redis-server on free ports (leadpulse.dev.embedded, as `leadpulse dev`)
@@ -358,7 +358,7 @@ def finish(out: Path, served: dict[str, Any], leads: set[str]) -> dict[str, Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="?", type=Path, default=Path("../shared/data"), help="directory of the olist_*.csv files")
-    parser.add_argument("--out", type=Path, default=None, help="keep everything here (default: a temporary directory)")
+    parser.add_argument("--out", type=Path, default=None, help="keep everything here, the report too (default: a temporary directory, removed at exit)")
     parser.add_argument("--split", default="2018-03-01", help="calibrate on MQLs first contacted before this date, report on the rest ('' with --model: report on all)")
     parser.add_argument("--train-from", default="", help="calibrate only on MQLs first contacted from this date on "
                         "(e.g. 2018-01-01: the closed deals start in December 2017; README.md)")
