@@ -40,10 +40,11 @@ ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
-def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
+def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0, activity_max: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
     category per rule, categories, caps, stages, grades; how long an idle lead in the first
-    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
+    stage is kept (0: forever); the activity log's cap (0: none kept, activity.lua); and the format
+    numbers of the packed state (layout.py)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -77,6 +78,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
         "ttl": lead_ttl_ms,
+        "activity": activity_max,
         "format": layout.FORMAT,
         "erased": layout.ERASED,
     }
@@ -219,7 +221,7 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
+        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self._reloads = self.scripts.reloads
 
     def _alias(self, anonymous_id: str, lead_id: str) -> None:
@@ -384,7 +386,7 @@ class LeadStore:
                 args: list[Any] = [self.spec, now]
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
-                    keys.extend((k.state, k.dedup, k.replay, k.traits))
+                    keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
                     args.append(msgpack.packb([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
@@ -411,9 +413,10 @@ class LeadStore:
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox, traits
+        and activity log (sweep.lua writes it)."""
         k = self.keys.lead(lead_id)
-        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits, k.activity]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         """The lead at the instant `at`; None when it has no state."""
