@@ -27,8 +27,8 @@ from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
 from leadpulse.state import DUPLICATE, SCORED, LeadStore, Transition
 
-from .fixtures import DAY, T0, event
-from .reference import reference_score
+from tests.support.fixtures import DAY, T0, event
+from tests.support.reference import reference_score
 
 MODEL = """
 version: test-1

@@ -130,7 +130,8 @@ def _view_text(view: Any) -> str:
 
 def _read(settings: Settings, read: Callable[[Any, int], Any]) -> Any:
     """Run one read against the store at the current instant, closing the connection after."""
-    from .state import LeadStore, connect
+    from .redisconn import connect
+    from .state import LeadStore
 
     from . import models
     from .keys import Keys
@@ -226,7 +227,7 @@ def _active_model(settings: Settings) -> ScoringModel:
     """The model active in Redis (models.py), or the configured one when none was activated."""
     from . import models
     from .keys import Keys
-    from .state import connect
+    from .redisconn import connect
 
     async def run() -> ScoringModel:
         redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)

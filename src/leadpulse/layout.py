@@ -2,7 +2,7 @@
 
 lua/lib.lua reads and writes the state (`load`, `save`: one msgpack array, one GET and one SET);
 nothing in Python computes from it. The format numbers reach the scripts from here (`FORMAT` and
-`ERASED` in the model spec, state.lua_spec; the tombstone as erase.lua's argument), and
+`ERASED` in the model spec, spec.lua_spec; the tombstone as erase.lua's argument), and
 tests/test_state.py unpacks a state the scripts wrote and checks every field below by name, so a
 layout changed on one side only fails there. Change `FORMAT` with the layout: `load` refuses a
 state of another format.

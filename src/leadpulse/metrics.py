@@ -11,6 +11,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 #: a due-index entry is overdue once it has been due this many sweep intervals: a healthy sweep
 #: takes it within one, and a busy worker's timer may slip by another
 SWEEP_GRACE_INTERVALS = 3
+#: why a sweep pass skipped a lead (LeadStore.sweep)
+SWEEP_SKIP_REASONS = ("script_error", "bad_reply")
 
 
 class Metrics:
@@ -68,6 +70,11 @@ class Metrics:
             "leadpulse_sweep_lag_seconds", "How long the longest-due entry had been due when this worker's "
             "last sweep pass read the due index (0: nothing due).", registry=r,
         )
+        self.sweep_skipped = Counter(
+            "leadpulse_sweep_skipped_leads", "Leads a sweep pass skipped and left in the due index, by "
+            "reason: script_error (sweep.lua failed on the lead, e.g. its state cannot be unpacked) or "
+            "bad_reply (its reply could not be read). The pass swept the others.", ["reason"], registry=r,
+        )
         self._sweep_interval = 0.0
         self._redis_nodes: set[str] = set()
         self.redis_write_refused = Gauge(
@@ -99,6 +106,8 @@ class Metrics:
             self.redis_errors.labels(op)
         for reason in ("oom", "readonly"):
             self.redis_write_refused.labels(reason).set(0)
+        for reason in SWEEP_SKIP_REASONS:
+            self.sweep_skipped.labels(reason)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
 

@@ -265,12 +265,6 @@ class Fit(Frozen):
             raise ValueError("grades must satisfy A > B > C")
         return self
 
-    def grade(self, fit_points: float) -> str:
-        for letter in ("A", "B", "C"):
-            if fit_points >= self.grades[letter]:  # type: ignore[index]
-                return letter
-        return "D"
-
 
 class Stage(Frozen):
     name: Id

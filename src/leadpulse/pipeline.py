@@ -224,10 +224,11 @@ class Processor:
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
             self.metrics.batch_done()
 
-    async def sweep(self, now_ms: int, due_at: list[float] | None = None) -> int:
+    async def sweep(self, now_ms: int, due_at: list[float] | None = None,
+                    skipped: list[tuple[str, str, Exception]] | None = None) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis. `due_at`
-        receives the due times the pass read (LeadStore.sweep)."""
-        return await self.settle(await self.store.sweep(now_ms, due_at=due_at))
+        receives the due times the pass read, `skipped` the leads it could not sweep (LeadStore.sweep)."""
+        return await self.settle(await self.store.sweep(now_ms, due_at=due_at, skipped=skipped))
 
     async def settle(self, transitions: list[Transition]) -> int:
         """Publish transitions no event caused (the sweep's, a model change's: reeval.py), then

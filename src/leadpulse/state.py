@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,70 +18,27 @@ from typing import Any
 import msgpack
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from . import erasure, layout, scripts
+from . import erasure, scripts
+from .bounded import Recent
 from .bounds import Retention
-from .engine import Scorer, grade_rank
+from .engine import Scorer
 from .errors import StateError
 from .events import Event
 from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
-from .redisconn import connect, failure as _failure, unavailable
+from .redisconn import failure as _failure
+from .spec import lua_spec
 
-__all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
+__all__ = ["LeadStore", "Transition", "BatchResult", "dedup_member"]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
-
-
-def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0, activity_max: int = 0) -> bytes:
-    """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
-    category per rule, categories, caps, stages, grades; how long an idle lead in the first
-    stage is kept (0: forever); the activity log's cap (0: none kept, activity.lua); and the format
-    numbers of the packed state (layout.py)."""
-    cats = list(model.categories)
-    size = max(codes.values(), default=0)
-    # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
-    lam: list[float | None] = [None] * size
-    cat: list[int | None] = [None] * size
-    for rule in model.rules:
-        hl = model.half_life_ms(rule)
-        lam[codes[rule.id] - 1] = 0.0 if hl is None else math.log(2) / hl
-    for fit_rule in model.fit.rules:
-        lam[codes[fit_rule.id] - 1] = 0.0
-    for r in (*model.rules, *model.fit.rules):
-        cat[codes[r.id] - 1] = cats.index(r.category) + 1
-    rates = [v for v in lam if v is not None]
-    half_lives = [math.log(2) / v for v in rates if v > 0]
-    spec = {
-        "lam": lam,
-        "lmax": max(rates, default=0.0),
-        "hmin": min(half_lives, default=1e15),
-        "hmax": max(half_lives, default=1e15),
-        "cat": cat,
-        "cats": [
-            [c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()
-        ],
-        "caps": {
-            codes[r.id]: [cap.points, cap.window or 0]
-            for r in model.rules
-            if (cap := r.effective_cap) is not None
-        },
-        "stages": [[s.min_score, grade_rank(s.min_grade)] for s in model.stages],
-        "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
-        "hyst": model.hysteresis,
-        "dedup": model.dedup_window,
-        "ttl": lead_ttl_ms,
-        "activity": activity_max,
-        "format": layout.FORMAT,
-        "erased": layout.ERASED,
-    }
-    return bytes(msgpack.packb(spec))
 
 
 def dedup_member(event_id: str) -> str:
@@ -176,7 +132,8 @@ class LeadStore:
         self.retention = retention or Retention()
         self.scripts = scripts.Scripts(redis)
         self.use_model(model)
-        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+        #: anonymous_id -> lead_id, the ALIAS_CACHE newest (Redis keeps every link: a miss looks it up)
+        self._aliases: Recent[str, str] = Recent(ALIAS_CACHE)
 
     def use_model(self, model: ScoringModel) -> None:
         """Score with `model` from the next call on (a hot reload: models.py). Rule codes are
@@ -223,13 +180,6 @@ class LeadStore:
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self._reloads = self.scripts.reloads
-
-    def _alias(self, anonymous_id: str, lead_id: str) -> None:
-        """Remember a link; past ALIAS_CACHE the oldest is forgotten (Redis keeps every link and
-        a visitor missing here is looked up there), so the worker's memory stays bounded."""
-        self._aliases[anonymous_id] = lead_id
-        if len(self._aliases) > ALIAS_CACHE:
-            del self._aliases[next(iter(self._aliases))]
 
     async def apply(self, batch: Sequence[tuple[Event, str]], now: int | None = None) -> BatchResult:
         """Apply validated events (each with its source position, e.g. "events.web:3:1207").
@@ -288,7 +238,7 @@ class LeadStore:
             kind, value = _text(reply[0]), reply[1]
             if kind == "lead":  # linked by another worker meanwhile: score into the lead
                 lead_id = _text(value)
-                self._alias(anon_id, lead_id)
+                self._aliases[anon_id] = lead_id
                 routed.setdefault(lead_id, set()).add(anon_id)
                 slot = redirected.setdefault(lead_id, _LeadOps())
                 for i, op in items:
@@ -337,7 +287,7 @@ class LeadStore:
         replies = await pipe.execute()
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
-                self._alias(a, _text(lead))
+                self._aliases[a] = _text(lead)
         traits = replies[len(anon_ids) :]
         # Traits may outlive an expired state by up to lead_ttl/8 (lib.lua): a lead that comes
         # back after expiring starts afresh, without them.
@@ -352,7 +302,7 @@ class LeadStore:
         for (anon_id, _), reply in zip(links, await self.scripts.pipelined(calls)):
             owner = _text(reply[0])
             owners.append((anon_id, owner))
-            self._alias(anon_id, owner)
+            self._aliases[anon_id] = owner
             logged = [orjson.loads(op) for op in reply[1:]]
             if not logged:
                 continue
@@ -464,9 +414,12 @@ class LeadStore:
                                         explained(why, self.rule_names, self.categories))
         return views
 
-    async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None) -> list[Transition]:
+    async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None,
+                    skipped: list[tuple[str, str, Exception]] | None = None) -> list[Transition]:
         """Demote the leads decayed below their stage's floor by `now`; `ack` the transitions returned
-        once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard."""
+        once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard.
+        With `skipped`, a lead whose sweep.lua call fails (e.g. a state it cannot unpack) or whose reply
+        cannot be read goes there as (lead, reason, error) and the others are swept."""
         try:
             await self.ready()
             pipe = self.redis.pipeline(transaction=False)
@@ -477,12 +430,21 @@ class LeadStore:
                 due_at.extend(at for _, at in rows)
             due = [_text(m) for m, _ in rows[:limit]]
             calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
-            replies = await self.scripts.pipelined(calls)
+            replies = await self.scripts.pipelined(calls, raise_on_error=skipped is None)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            out.extend(Transition.from_reply(lead, t, self.rule_names, self.categories) for t in _unpack(reply))
+            if isinstance(reply, Exception) and type(reply) is not ResponseError:  # OOM, READONLY…
+                raise StateError(f"redis: {reply}") from reply  # Redis's own errors, not the lead's
+            try:
+                if isinstance(reply, ResponseError):  # only with `skipped`: the script failed on this lead
+                    raise reply
+                out.extend([Transition.from_reply(lead, t, self.rule_names, self.categories) for t in _unpack(reply)])
+            except (ResponseError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+                if skipped is None:
+                    raise
+                skipped.append((lead, "script_error" if isinstance(exc, ResponseError) else "bad_reply", exc))
         return out
 
     async def ack(self, transitions: Sequence[Transition]) -> None:

@@ -23,6 +23,7 @@ from leadpulse.bench.measure import CpuTrace, Work
 from leadpulse.bench.report import measured
 
 integration = pytest.mark.integration
+pytestmark = pytest.mark.slow  # each test runs `leadpulse bench` stages: worker processes, tens of seconds
 
 EVENTS = 2000
 

@@ -94,7 +94,7 @@ def test_converter_follows_the_rows(olist: Any, repo_root: Path, tmp_path: Path)
     assert all(o["occurred_at"] == counts["as_of"] for o in outcomes if o["outcome"] == "lost")
 
 
-@pytest.mark.slow  # ~20-25 s on 2 shared cores: a worker process starts and serves 150 leads
+@pytest.mark.slow  # ~20-25 s on 2 shared cores: a worker process replays 150 MQLs, paused per simulated day
 async def test_a_sample_replays_through_the_worker_and_reports_by_band(
     olist: Any, repo_root: Path, tmp_path: Path, broker: TansuBroker, redis_server: RedisServer
 ) -> None:

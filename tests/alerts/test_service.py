@@ -38,10 +38,10 @@ from leadpulse.kafka import ensure_topics
 from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings
 
-from .kafkatools import consume_until, produce
+from tests.support.kafkatools import consume_until, produce
 
 SECRET = "whsec-test-3f9c"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
 
 
 def handoff(lead: str = "lead-42", kind: str = "promoted", handoff_id: str | None = None,
@@ -299,6 +299,7 @@ async def test_a_promotion_reaches_slack_and_the_signed_webhook_then_is_committe
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_recovers(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     receiver.script("/hook", 500, (429, {"Retry-After": "1"}), 3.0, 503, 200)  # 3.0: answers after 3 s
@@ -334,6 +335,7 @@ async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_after_n_tries_the_alert_is_dead_lettered_and_other_4xx_are_not_retried(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     receiver.default.update({"/hook": 500, "/gone": 404})
@@ -361,6 +363,7 @@ async def test_after_n_tries_the_alert_is_dead_lettered_and_other_4xx_are_not_re
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_demotions_are_off_by_default_and_a_redelivered_handoff_is_announced_once(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     first = await start_alerts()
@@ -400,6 +403,7 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: TansuBroker, receiver: Receiver,
                                                                         tmp_path: Path) -> None:
     port, tag = free_port(), uuid.uuid4().hex[:8]
@@ -437,6 +441,7 @@ async def status(port: int, path: str) -> int:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_alerts_started_while_the_broker_is_down_waits_for_it_then_delivers(receiver: Receiver,
                                                                                      tmp_path: Path) -> None:
     """`leadpulse alerts` starts with no broker: it keeps retrying (a fresh client per try, since an
@@ -490,6 +495,7 @@ async def test_alerts_started_while_the_broker_is_down_waits_for_it_then_deliver
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_goes_on(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     """Valid by the schema (its date-time format takes year 0), yet unreadable: fromisoformat
@@ -513,6 +519,7 @@ async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_g
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_handoffs_held_up_by_failing_destinations_show_as_lag_and_latency_counts_from_crossed_at(
         broker: TansuBroker, start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     """While the destinations fail, the batch waits in retries and its handoffs are the alerts
