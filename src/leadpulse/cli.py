@@ -119,7 +119,8 @@ def _view_text(view: Any) -> str:
 
     why = view.explanation
     lines = [
-        f"{view.lead_id}: score {why.score:.1f}  stage {view.stage}  fit grade {why.fit_grade} ({why.fit_score:+.0f})",
+        f"{view.lead_id}: score {why.score:.1f}  stage {view.stage}  fit grade {why.fit_grade} ({why.fit_score:+.0f})"
+        + (f"  recycled: no promotion before {iso(view.cooldown_until)}" if view.cooldown_until else ""),
         "  breakdown: " + ", ".join(f"{k} {v:+.1f}" for k, v in why.breakdown.items()),
     ]
     for c in why.contributions:

@@ -48,6 +48,8 @@ class LeadView:
     last_event_at: int
     model_version: str
     explanation: Explanation
+    #: a recycled lead (docs/scoring.md §10): epoch ms until which its score cannot promote it
+    cooldown_until: int | None = None
 
 
 def _largest(c: Contribution) -> float:

@@ -37,6 +37,16 @@ class Metrics:
         self.handoffs = Counter(
             "leadpulse_handoffs", "Handoffs published, by stage and kind.", ["stage", "kind"], registry=r
         )
+        # The lifecycle (docs/scoring.md §10): CRM outcomes applied, and sales' answer to an SQL.
+        self.outcomes = Counter("leadpulse_outcomes", "CRM outcomes applied and published on leads.outcomes, "
+                                "by outcome.", ["outcome"], registry=r)
+        self.sla_answer = Histogram(
+            "leadpulse_sla_answer_seconds", "Time from an SQL's handoff to sales' sql_accepted or sql_rejected "
+            "(event time), by outcome.", ["outcome"], registry=r,
+            buckets=(900, 3600, 4 * 3600, 8 * 3600, 86400, 2 * 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400),
+        )
+        self.sales_sla = Gauge("leadpulse_sales_sla_seconds", "The model's sales SLA (lifecycle.sla; 0: none): an SQL "
+                               "unanswered this long gets an sla_overdue handoff.", registry=r)
         self.dlq = Counter("leadpulse_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r)
         self.redis_seconds = Histogram(
             "leadpulse_redis_call_seconds", "Redis round trips, by operation.", ["op"],

@@ -47,6 +47,7 @@ def may_demote_or_promote(old: ScoringModel, new: ScoringModel) -> bool:
             {k: (c.weight, c.cap, c.half_life_ms) for k, c in m.categories.items()},
             {r.id: (r.category, m.half_life_ms(r)) for r in m.rules},
             {r.id: r.category for r in m.fit.rules},
+            m.lifecycle.sla,  # SQLs' SLA deadlines are in the due index (re-indexed)
         )
 
     return bool(read_with(old) != read_with(new))

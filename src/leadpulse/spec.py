@@ -54,5 +54,6 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "activity": activity_max,
         "format": layout.FORMAT,
         "erased": layout.ERASED,
+        "lc": {**model.lifecycle.spec(), "ho": [s.handoff for s in model.stages]},
     }
     return bytes(msgpack.packb(spec))

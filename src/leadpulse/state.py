@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,73 +25,24 @@ from .bounds import Retention
 from .engine import Scorer
 from .errors import StateError
 from .events import Event
-from .explanation import Explanation, LeadView, explained
+from .explanation import LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
 from .redisconn import failure as _failure
 from .spec import lua_spec
+from .transition import OutcomeSnapshot, Transition
 
-__all__ = ["LeadStore", "Transition", "BatchResult", "dedup_member"]
+__all__ = ["LeadStore", "Transition", "OutcomeSnapshot", "BatchResult", "dedup_member"]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
-_HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
 def dedup_member(event_id: str) -> str:
     # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
     return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    lead_id: str
-    seq: int
-    kind: str  # promoted | demoted
-    from_stage: int
-    to_stage: int
-    crossed_at: int
-    event_id: str | None
-    threshold: float
-    #: the lead at crossed_at, as the script that decided computed it (lib.lua `explain`)
-    explanation: Explanation
-
-    #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
-    _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def score(self) -> float:
-        """The score the stage was decided on."""
-        return self.explanation.score
-
-    @property
-    def handoff_id(self) -> str:
-        # Deterministic: a replay, a re-sweep or a rescore from retention yields the same id.
-        if self._handoff_id is None:
-            value = str(uuid.uuid5(_HANDOFF_NS, f"{self.lead_id}\x00{self.seq}\x00{self.kind}\x00{self.crossed_at}"))
-            object.__setattr__(self, "_handoff_id", value)
-            return value
-        return self._handoff_id
-
-    @classmethod
-    def from_reply(cls, lead_id: str, raw: Sequence[Any], rules: Mapping[int, str],
-                   categories: Sequence[str]) -> Transition:
-        """A transition as the scripts report it (unpacked); `rules` and `categories` name the
-        codes of its explanation (explanation.explained)."""
-        seq, kind, frm, to, at, event_id, threshold, explanation = raw
-        return cls(
-            lead_id=lead_id,
-            seq=seq,
-            kind=kind,
-            from_stage=frm,
-            to_stage=to,
-            crossed_at=at,
-            event_id=event_id or None,
-            threshold=float(threshold),
-            explanation=explained(explanation, rules, categories),
-        )
 
 
 def _text(value: Any) -> str:
@@ -113,6 +63,8 @@ _STATUS = {"o": SCORED, "d": DUPLICATE, "e": ERASED}
 class BatchResult:
     outcomes: list[str]
     transitions: list[Transition] = field(default_factory=list)
+    #: the CRM outcomes applied (or replayed): each becomes a record on leads.outcomes
+    crm: list[OutcomeSnapshot] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -266,7 +218,11 @@ class LeadStore:
             traits_now[lead_id] = merged
             fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
             traits = orjson.dumps(merged).decode()
-        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits]
+        outcome: list[Any] = [False, False]
+        if event.source == "crm":  # lib.lua `outcome`: the lifecycle section decides what it does
+            reason = event.properties.get("reason")
+            outcome = [event.type, str(reason)[:256] if reason is not None else False]
+        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits, *outcome]
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""
@@ -360,6 +316,8 @@ class LeadStore:
                     erased.add(lead_id)
                 result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories)
                                           for t in transitions)
+                result.crm.extend(OutcomeSnapshot.from_reply(lead_id, o, self.rule_names, self.categories)
+                                  for o in lead_reply[3])
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
@@ -409,9 +367,9 @@ class LeadStore:
         for part, reply in zip(parts, replies):
             for i, found in zip(part, _unpack(reply)):
                 if found:  # [stage, clock, explanation]; false: no state (or erased)
-                    stage, clock, why = found
-                    views[i] = LeadView(*leads[i], self.model.stages[stage].name, clock, self.model.version,
-                                        explained(why, self.rule_names, self.categories))
+                    stage, clock, why, cooldown = found
+                    views[i] = LeadView(*leads[i], self.model.stage_names[stage], clock, self.model.version,
+                                        explained(why, self.rule_names, self.categories), cooldown or None)
         return views
 
     async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None,

@@ -78,7 +78,7 @@ class ScoringService(mode.Service):
         self.store = LeadStore(self.redis, model, retention=Retention.from_settings(settings))
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
-            self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,
+            self.store, self, Topics(settings.handoff_topic, settings.dlq_topic, settings.outcomes_topic), metrics,
             max_event_bytes=settings.max_event_bytes,
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
@@ -156,7 +156,7 @@ class ScoringService(mode.Service):
                          "model")
         await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         await self.retry(self._start_producer, "producer_start")
-        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
+        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic, self.settings.outcomes_topic]
         await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
         await self._read_published()
         log.info("ready to consume %s (%d handoffs already published)",

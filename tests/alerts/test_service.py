@@ -550,3 +550,25 @@ async def test_handoffs_held_up_by_failing_destinations_show_as_lag_and_latency_
         assert await metric(service, f"{latency}_count", destination=destination) == 3
         assert await metric(service, f"{latency}_sum", destination=destination) >= 3 * 30
         assert await metric(service, f"{latency}_bucket", destination=destination, le="10.0") == 0
+
+
+@pytest.mark.integration
+async def test_crm_moves_are_not_announced_unless_asked(
+        start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
+    """advanced/closed/recycled are sales' own doing in the CRM: not news to sales by default
+    (alerts_lifecycle turns them on). sla_overdue is a reminder and is delivered."""
+    first = await start_alerts()
+    moves = [{**handoff(lead="lead-c", kind=kind), "stage": stage, "outcome": outcome, "reason": None, "cooldown_until": None}
+             for kind, stage, outcome in (("advanced", "sal", "sql_accepted"), ("closed", "customer", "won"),
+                                          ("recycled", "lead", "sql_rejected"))]
+    overdue = {**handoff(lead="lead-s", kind="sla_overdue"), "stage": "sql", "previous_stage": "sql"}
+    await publish(first, *moves, overdue)
+    await eventually(lambda: _equals(committed(first), 4), what="all four committed")
+    assert [orjson.loads(r.body)["handoff_id"] for r in receiver.on("/hook")] == [overdue["handoff_id"]]
+    for kind in ("advanced", "closed", "recycled"):
+        assert await metric(first, "leadpulse_alert_handoffs_total", kind=kind, outcome="skipped") == 1
+    tag = uuid.uuid4().hex[:8]
+    again = await start_alerts(first.settings.model_copy(update={"group_id": f"g{tag}"}), alerts_lifecycle=True,
+                               alerts_dlq_topic=first.config.alerts_dlq_topic)
+    await eventually(lambda: _equals(committed(again), 4), what="second group committed")
+    assert {m["handoff_id"] for m in moves} <= {orjson.loads(r.body)["handoff_id"] for r in receiver.on("/hook")}

@@ -40,6 +40,8 @@ class AlertSettings(BaseConfig):
     alerts_host: str = Field("127.0.0.1", description="address of the alerts metrics server")
     alerts_port: int = Field(6068, ge=0, le=65535, description="alerts metrics port (0: any free port)")
     alerts_demotions: bool = Field(False, description="also announce demotions (a lead leaving a stage)")
+    alerts_lifecycle: bool = Field(False, description="also announce CRM-driven moves (kinds advanced, closed, "
+                                   "recycled): sales made them, they are not news to sales")
     alerts_dlq_topic: str = Field("leads.handoff.dlq", description="where undeliverable alerts go")
     alerts_max_attempts: int = Field(6, ge=1, le=50, description="tries per destination before dead-lettering")
     alerts_backoff: float = Field(1.0, gt=0, description="seconds before the first retry; doubles each time")

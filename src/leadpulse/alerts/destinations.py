@@ -97,6 +97,9 @@ def slack_message(handoff: dict[str, Any], crm_template: str | None = None) -> d
     if handoff["kind"] == "promoted":
         headline = f":arrow_up: {who} is now *{_mrkdwn(stage)}* (was {_mrkdwn(previous)})"
         text = f"▲ {lead} is now {stage}: score {score:.0f} (≥{threshold:g}), fit grade {grade}"
+    elif handoff["kind"] == "sla_overdue":  # a reminder: the SQL waits on sales (docs/scoring.md §10)
+        headline = f":alarm_clock: {who} is still an unanswered *{_mrkdwn(stage)}*: past the sales SLA"
+        text = f"⏰ {lead} is still an unanswered {stage}, past the sales SLA: score {score:.0f}, fit grade {grade}"
     else:
         headline = f":arrow_down: {who} left *{_mrkdwn(previous)}* for {_mrkdwn(stage)}"
         text = f"▼ {lead} left {previous} for {stage}: score {score:.0f} (<{threshold:g}), fit grade {grade}"

@@ -251,7 +251,8 @@ class AlertService:
         """The destinations still to hear of a handoff (none when it is skipped); `crossed` is
         its crossed_at in unix seconds."""
         kind = handoff["kind"]
-        if kind == "demoted" and not self.config.alerts_demotions:
+        if (kind == "demoted" and not self.config.alerts_demotions) or (
+                kind in ("advanced", "closed", "recycled") and not self.config.alerts_lifecycle):
             self.metrics.handoffs.labels(kind, "skipped").inc()
             return []
         max_age = self.config.alerts_max_age
