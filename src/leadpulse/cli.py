@@ -66,19 +66,29 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="worker processes in the group on this host; process i serves HTTP on --http-port + i")
 @settings_options
 @print_config_option
 @fails_cleanly
-def worker(print_config: bool, **options: Any) -> None:
+def worker(processes: int, print_config: bool, **options: Any) -> None:
     """Consume events, score leads in Redis, publish handoffs; serve the HTTP API and metrics."""
     settings = _settings(options)
     model = _model(settings)
     if print_config:
         echo_config(settings.masked())
         return
+    configure_logging(settings.log_level)
+    if processes > 1:
+        from .processes import Supervisor
+
+        try:
+            supervisor = Supervisor(settings, processes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        sys.exit(supervisor.run())
     from .worker import run_worker
 
-    configure_logging(settings.log_level)
     run_worker(settings, model)
 
 
