@@ -31,6 +31,10 @@ def default_model() -> dict[str, Any]:
     return yaml.safe_load(files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8"))
 
 
+#: the live model's version, as the default model names it
+LIVE_VERSION = default_model()["version"]
+
+
 def with_mql_bar(data: dict[str, Any], bar: float, version: str) -> dict[str, Any]:
     data = dict(data, version=version)
     data["stages"] = [dict(s, min_score=bar) if s["name"] == "mql" else s for s in data["stages"]]
@@ -84,7 +88,7 @@ async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_
         assert {(h["lead_id"], h["stage"], h["model_version"]) for h in shadow_records} == {
             ("agree", "mql", "shadow-mql30"), ("shadow_only", "mql", "shadow-mql30")}
         assert {(h["lead_id"], h["stage"], h["model_version"]) for h in live_records} == {
-            ("agree", "mql", "default-2026.12"), ("live_only", "mql", "default-2026.12")}
+            ("agree", "mql", LIVE_VERSION), ("live_only", "mql", LIVE_VERSION)}
         # Agreement in Prometheus: one decision both made, one each alone, and shadow - live at
         # each: 0 where they agree (same points), 0 for the demo request (same 50 points, another
         # bar), 29 - 62 = -33 for the comparison (the shadow's lead read at that instant).
@@ -104,7 +108,7 @@ async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_
         assert await metric_value(worker, "leadpulse_shadow_failures_total") == 0
         # Live reads are the live model's: the shadow-only lead is still a lead at 50 points.
         status, body = await worker.get("/leads/shadow_only")
-        assert status == 200 and body["stage"] == "lead" and body["model_version"] == "default-2026.12"
+        assert status == 200 and body["stage"] == "lead" and body["model_version"] == LIVE_VERSION
         assert body["score"] == pytest.approx(50, abs=0.01)
         status, top = await worker.get("/leads/top")
         assert status == 200 and sorted(lead["lead_id"] for lead in top["leads"]) == ["agree", "live_only"]
@@ -119,7 +123,7 @@ async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_
         await redis.aclose()
     # Nothing of the shadow's reached the live topic, ever.
     everything = [orjson.loads(r.value) for r in await read_all(broker.bootstrap, proc.settings["handoff_topic"])]
-    assert {h["model_version"] for h in everything} == {"default-2026.12"}
+    assert {h["model_version"] for h in everything} == {LIVE_VERSION}
 
 
 async def _shadow_counted(worker: WorkerProcess, n: int) -> bool:

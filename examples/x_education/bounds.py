@@ -7,7 +7,9 @@ Prints, for the columns convert.py uses (and with the leaky Last Activity column
 a logistic regression on one-hot columns with log-scaled numbers (the published approach), the
 same with the numbers cut into 20 quantile bins (an additive model: the most a points model can
 express), and gradient-boosted trees (interactions too); and with the two snapshot columns'
-sales values (SMS Sent, Had a Phone Conversation, Modified, …) masked as one value.
+sales values (SMS Sent, Had a Phone Conversation, Modified, …) masked as one value; and Last
+Activity alone with its sales values masked (what convert.py --last-activity lead sends). Each
+AUC is also given on the holdout leads whose Last Activity is the lead's own (not a sales action).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert import FLAGS, TRAITS  # noqa: E402
+from convert import FLAGS, SALES_ACTIVITY, TRAITS  # noqa: E402
 
 NUMBERS = ("TotalVisits", "Total Time Spent on Website", "Page Views Per Visit")
 CATEGORIES = (*TRAITS.values(), *FLAGS.values(), "Do Not Email", "A free copy of Mastering The Interview")
 LEAKY = ("Last Activity", "Last Notable Activity")
 #: values of the two snapshot columns that are sales' actions or CRM edits, not the lead's
-SALES_VALUES = {"sms sent", "had a phone conversation", "approached upfront", "unreachable", "email received", "modified"}
+SALES_VALUES = {v.casefold() for v in SALES_ACTIVITY} | {"modified"}
 
 
 def _cell(row: dict[str, str], col: str, mask: bool) -> str:
@@ -62,6 +64,7 @@ def main() -> int:
         ("without the leaky columns", CATEGORIES, False),
         ("with Last Activity + Last Notable Activity", (*CATEGORIES, *LEAKY), False),
         ("with them, their sales values masked", (*CATEGORIES, *LEAKY), True),
+        ("Last Activity only, sales values masked", (*CATEGORIES, "Last Activity"), True),
     ):
         for label, binned, model in (
             ("logistic, log numbers", False, LogisticRegression(C=1.0, max_iter=5000)),
@@ -70,7 +73,11 @@ def main() -> int:
         ):
             x = matrix(rows, columns, binned, mask)
             p = model.fit(x[train], y[train]).predict_proba(x[test])[:, 1]
-            print(f"{name:44} {label:26} holdout ROC AUC {roc_auc_score(y[test], p):.4f}")
+            # the same AUC on the holdout leads whose Last Activity is not a sales action: there
+            # the masked value's gap cannot speak, only the lead's own activity can
+            own = np.array([_cell(rows[i], "Last Activity", True) != "(a sales action)" for i in test])
+            print(f"{name:44} {label:26} holdout ROC AUC {roc_auc_score(y[test], p):.4f}"
+                  f"  (on the {own.sum()} whose last activity is the lead's own: {roc_auc_score(y[test][own], p[own]):.4f})")
     return 0
 
 
