@@ -17,10 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .durations import parse_ms
 from .errors import ConfigError
+from .who import DEFAULT_WHO, parse_who
 
 CONFIG_ENV = "LEADPULSE_CONFIG"
 #: a duration setting: "400d", "12h", "90s" or a number of seconds, kept in ms
@@ -178,6 +179,13 @@ class Settings(BaseConfig):
     tombstone_ttl: DurationMs = Field(
         "400d", description="an erased lead's events are refused this long; at least the input topics' "
         "retention (0: forever)")
+    handoff_who: Annotated[dict[str, str], NoDecode, BeforeValidator(parse_who)] = Field(
+        default_factory=lambda: dict(DEFAULT_WHO),
+        description="who a handoff names: field=trait pairs, comma-separated, or a JSON object; a bare field "
+        "comes from the trait of its name; empty for none (PII-minimal). Default name,email,title=job_title,"
+        "company,domain=company_domain,country,owner (who.py)")
+    crm_url_template: str | None = Field(
+        None, description="a handoff's crm_url: a link to the lead in the CRM, {lead_id} replaced (URL-encoded)")
     api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API")
     admin_token: SecretStr | None = Field(None, description="bearer token for state-changing HTTP calls")
     protect_metrics: bool = Field(False, description="require the API token for /metrics too")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,15 +20,17 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import erasure, layout, scripts
+from . import erasure, scripts
 from .bounds import Retention
-from .engine import Scorer, grade_rank
+from .engine import Scorer
 from .errors import StateError
 from .events import Event
 from .explanation import Explanation, LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
 from .redisconn import connect, failure as _failure, unavailable
+from .spec import lua_spec
+from .who import OPT_OUT_EVENTS, decode_traits
 
 __all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
 
@@ -38,49 +39,6 @@ LEADS_PER_CALL = 128
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
 _HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
-
-
-def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
-    """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
-    category per rule, categories, caps, stages, grades; how long an idle lead in the first
-    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
-    cats = list(model.categories)
-    size = max(codes.values(), default=0)
-    # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
-    lam: list[float | None] = [None] * size
-    cat: list[int | None] = [None] * size
-    for rule in model.rules:
-        hl = model.half_life_ms(rule)
-        lam[codes[rule.id] - 1] = 0.0 if hl is None else math.log(2) / hl
-    for fit_rule in model.fit.rules:
-        lam[codes[fit_rule.id] - 1] = 0.0
-    for r in (*model.rules, *model.fit.rules):
-        cat[codes[r.id] - 1] = cats.index(r.category) + 1
-    rates = [v for v in lam if v is not None]
-    half_lives = [math.log(2) / v for v in rates if v > 0]
-    spec = {
-        "lam": lam,
-        "lmax": max(rates, default=0.0),
-        "hmin": min(half_lives, default=1e15),
-        "hmax": max(half_lives, default=1e15),
-        "cat": cat,
-        "cats": [
-            [c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()
-        ],
-        "caps": {
-            codes[r.id]: [cap.points, cap.window or 0]
-            for r in model.rules
-            if (cap := r.effective_cap) is not None
-        },
-        "stages": [[s.min_score, grade_rank(s.min_grade)] for s in model.stages],
-        "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
-        "hyst": model.hysteresis,
-        "dedup": model.dedup_window,
-        "ttl": lead_ttl_ms,
-        "format": layout.FORMAT,
-        "erased": layout.ERASED,
-    }
-    return bytes(msgpack.packb(spec))
 
 
 def dedup_member(event_id: str) -> str:
@@ -100,6 +58,8 @@ class Transition:
     threshold: float
     #: the lead at crossed_at, as the script that decided computed it (lib.lua `explain`)
     explanation: Explanation
+    #: the lead's kept traits when the transition was decided (handed back by the same script)
+    traits: Mapping[str, Any] | None = None
 
     #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
     _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -120,7 +80,7 @@ class Transition:
 
     @classmethod
     def from_reply(cls, lead_id: str, raw: Sequence[Any], rules: Mapping[int, str],
-                   categories: Sequence[str]) -> Transition:
+                   categories: Sequence[str], traits: Mapping[str, Any] | None = None) -> Transition:
         """A transition as the scripts report it (unpacked); `rules` and `categories` name the
         codes of its explanation (explanation.explained)."""
         seq, kind, frm, to, at, event_id, threshold, explanation = raw
@@ -134,6 +94,7 @@ class Transition:
             event_id=event_id or None,
             threshold=float(threshold),
             explanation=explained(explanation, rules, categories),
+            traits=traits,
         )
 
 
@@ -310,17 +271,22 @@ class LeadStore:
         fit: list[Any] | bool = False
         traits: str | bool = False
         if event.source == "profile" and event.type == "identify" and lead_id is not None:
-            merged = {**traits_now.get(lead_id, {}), **self.scorer.kept_traits(event.traits)}
+            kept = {k: v for k, v in event.traits.items() if k in self.retention.who_traits}
+            merged = {**traits_now.get(lead_id, {}), **kept, **self.scorer.kept_traits(event.traits)}
             traits_now[lead_id] = merged
             fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
             traits = orjson.dumps(merged).decode()
+        elif (opt_out := OPT_OUT_EVENTS.get((event.source, event.type))) and event.lead_id is not None:
+            traits_now[event.lead_id] = {**traits_now.get(event.lead_id, {}), opt_out: event.occurred_at}
+            traits = orjson.dumps(traits_now[event.lead_id]).decode()  # who.py: no sales alert after it
         return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits]
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""
         unknown = {e.anonymous_id for e, _ in batch if e.lead_id is None and e.anonymous_id not in self._aliases}
         unknown.discard(None)
-        identified = {e.lead_id for e, _ in batch if e.source == "profile" and e.type == "identify" and e.lead_id}
+        identified = {e.lead_id for e, _ in batch if e.lead_id and (e.source == "profile" and e.type == "identify"
+                                                                    or (e.source, e.type) in OPT_OUT_EVENTS)}
         if not unknown and not identified:
             return {}
         pipe = self.redis.pipeline(transaction=False)
@@ -400,13 +366,13 @@ class LeadStore:
         for reply in replies:
             for lead_reply in _unpack(reply):  # apply.lua answers one packed string per call
                 lead_id, slot = next(items)
-                statuses, transitions = _text(lead_reply[0]), lead_reply[1]
+                statuses, transitions, traits = _text(lead_reply[0]), lead_reply[1], decode_traits(lead_reply[3])
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
                 if statuses[:1] == "e":
                     erased.add(lead_id)
-                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories)
+                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories, traits)
                                           for t in transitions)
         return erased
 
@@ -479,7 +445,9 @@ class LeadStore:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            out.extend(Transition.from_reply(lead, t, self.rule_names, self.categories) for t in _unpack(reply))
+            transitions, traits = _unpack(reply)  # sweep.lua: the lead's traits beside them
+            out.extend(Transition.from_reply(lead, t, self.rule_names, self.categories, decode_traits(traits))
+                       for t in transitions)
         return out
 
     async def ack(self, transitions: Sequence[Transition]) -> None:

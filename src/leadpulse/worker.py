@@ -44,6 +44,7 @@ from .rebalance import Partitions
 from .retry import Retry, Stopped
 from .settings import Settings
 from .state import LeadStore, connect
+from .who import Who
 
 log = logging.getLogger("leadpulse.worker")
 
@@ -75,7 +76,7 @@ class ScoringService(mode.Service):
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
             self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,
-            max_event_bytes=settings.max_event_bytes,
+            max_event_bytes=settings.max_event_bytes, who=Who.from_settings(settings),
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
         self.consumer: AIOKafkaConsumer | None = None

@@ -10,7 +10,8 @@
 --                                             [rule, fit points, ...] | false, traits_json | false] ...]]
 --                (rules by code)
 -- Returns one string packed with cmsgpack (one bulk string is far cheaper to read than nested
--- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage]
+-- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage,
+-- traits]: traits (JSON) only with transitions (lib.lua `with_traits`), else false
 --   statuses: one character per event: o applied, d duplicate, e refused: the lead was erased
 --   transitions: [seq, kind, from, to, crossed_at, event_id | false, threshold, explanation]
 --   (lib.lua `explain`, at crossed_at)
@@ -110,6 +111,6 @@ for i = 1, #ARGV - 2 do
   if logged and DEDUP > 0 then redis.call('SET', xkey, cmsgpack.pack(replays), 'PX', DEDUP_S) end
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
   save(st, NOW)
-  results[#results + 1] = {table.concat(statuses), out, st.s}
+  results[#results + 1] = {table.concat(statuses), out, st.s, with_traits(out, pkey, traits)}
 end
 return cmsgpack.pack(results)

@@ -700,3 +700,11 @@ local function reindex(st, due_key, top_key, lead, force)
     st.dirty = true
   end
 end
+
+-- The lead's traits (`…:p`, JSON) to hand back beside its transitions, read in the call that
+-- decided them: a handoff names the person as Redis knew them then (who.py), and no second read
+-- follows. `written`: traits this call wrote; false when there are no transitions.
+local function with_traits(out, pkey, written)
+  if #out == 0 then return false end
+  return written or redis.call('GET', pkey)
+end
