@@ -123,8 +123,9 @@ def load(cls: type[S], config: Path | None = None, **overrides: Any) -> S:
     try:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        # a misspelt key also makes the real one "missing": name the misspelling first
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         name = str(err["loc"][0]) if err["loc"] else where
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid setting {where} (LEADPULSE_{name.upper()}): {msg}") from None
