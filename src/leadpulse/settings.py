@@ -128,6 +128,8 @@ def load(cls: type[S], config: Path | None = None, **overrides: Any) -> S:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         name = str(err["loc"][0]) if err["loc"] else where
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if name in section and overrides.get(name) is None and f"LEADPULSE_{name.upper()}" not in os.environ:
+            raise ConfigError(f"config file {path}: {cls.config_section}.{where}: {msg}") from None
         raise ConfigError(f"invalid setting {where} (LEADPULSE_{name.upper()}): {msg}") from None
     finally:
         _file_section.reset(token)

@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from ..errors import ConfigError
 from ..settings import BaseConfig, cut_query, load
-from .routing import KINDS, DestinationConfig
+from .routing import KINDS, LIFECYCLE_KINDS, DestinationConfig
 
 #: the worker settings alerts uses: where Kafka is, its group and the handoff topic
 KAFKA_FIELDS = ("kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
@@ -41,6 +41,8 @@ class AlertSettings(BaseConfig):
     alerts_host: str = Field("127.0.0.1", description="address of the alerts metrics server")
     alerts_port: int = Field(6068, ge=0, le=65535, description="alerts metrics port (0: any free port)")
     alerts_demotions: bool = Field(False, description="also announce demotions (a lead leaving a stage)")
+    alerts_lifecycle: bool = Field(False, description="also announce CRM-driven moves (kinds advanced, closed, "
+                                   "recycled): sales made them, they are not news to sales")
     alerts_dlq_topic: str = Field("leads.handoff.dlq", description="where undeliverable alerts go")
     alerts_max_attempts: int = Field(6, ge=1, le=50, description="tries per destination before dead-lettering")
     alerts_backoff: float = Field(1.0, gt=0, description="seconds before the first retry; doubles each time")
@@ -86,17 +88,18 @@ def load_alert_settings(config: Path | None = None, **overrides: Any) -> AlertSe
 
 def legacy(config: AlertSettings) -> list[DestinationConfig]:
     """LEADPULSE_SLACK_WEBHOOK_URL and LEADPULSE_WEBHOOK_URL as destinations named `slack` and
-    `webhook`, doing what they did before routing: every promotion (and demotion with
-    LEADPULSE_ALERTS_DEMOTIONS) and reminder to Slack, suppressed as for sales; every record of
-    those kinds and the lifecycle's to the webhook (a CRM bridge), unsuppressed."""
-    kinds = ("promoted", "demoted", "sla_overdue") if config.alerts_demotions else ("promoted", "sla_overdue")
+    `webhook`, doing what they did before routing: every promotion and SLA reminder, demotions
+    with LEADPULSE_ALERTS_DEMOTIONS, CRM-driven moves with LEADPULSE_ALERTS_LIFECYCLE; Slack is
+    suppressed as a sales channel, the webhook (often a CRM bridge) is not: the record says
+    `do_not_contact` for the receiver to act on."""
+    kinds = tuple(k for k in KINDS if (k != "demoted" or config.alerts_demotions)
+                  and (k not in LIFECYCLE_KINDS or config.alerts_lifecycle))
     out = []
     if config.slack_webhook_url is not None:
         out.append(DestinationConfig(name="slack", slack_webhook_url=config.slack_webhook_url, kinds=kinds))
     if config.webhook_url is not None:
-        every = tuple(k for k in KINDS if k != "demoted" or config.alerts_demotions)
         out.append(DestinationConfig(name="webhook", webhook_url=config.webhook_url, secret=config.webhook_secret,
-                                     kinds=every, suppress=False))
+                                     kinds=kinds, suppress=False))
     return out
 
 
@@ -107,10 +110,10 @@ def routed(config: AlertSettings) -> list[DestinationConfig]:
     for i, d in enumerate(out):
         if d.name in seen:
             where = f"destinations[{i - len(out) + len(config.destinations)}].name"
-            raise ConfigError(f"invalid setting {where}: {d.name!r} is used twice (slack and webhook are the "
-                              "names of LEADPULSE_SLACK_WEBHOOK_URL and LEADPULSE_WEBHOOK_URL)")
+            raise ConfigError(f"alerts.{where}: {d.name!r} is used twice (slack and webhook are the names of "
+                              "LEADPULSE_SLACK_WEBHOOK_URL and LEADPULSE_WEBHOOK_URL)")
         seen.add(d.name)
     for owner, name in config.owners.items():
         if name not in seen:
-            raise ConfigError(f"invalid setting owners.{owner}: no destination named {name!r}")
+            raise ConfigError(f"alerts.owners.{owner}: no destination named {name!r}")
     return out

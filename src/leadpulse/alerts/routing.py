@@ -6,15 +6,15 @@ stages, fit grades, and rules on the handoff's `who` fields (the lead's traits t
 there, e.g. country → an EMEA channel). A handoff goes to every destination whose filters all
 hold. Validated like the scoring model: a wrong key is named by its path.
 
-Suppression (a destination's `suppress`, on by default): no alert about a customer (kind
-`closed` or stage `customer`), a lead inside its cool-down after a lost or rejected deal
-(`cooldown_until` after its `crossed_at`), or a lead that unsubscribed or reported spam (the
-worker's `do_not_contact`, who.py). A suppressed handoff is counted and logged by the service,
+Suppression (a destination's `suppress`: every reason by default; a marketing channel keeps
+only the opt-outs): no alert about a customer (kind `closed` or stage `customer`), a lead
+inside its cool-down after a lost or rejected deal (`cooldown_until` after its `crossed_at`), or
+a lead that unsubscribed or reported spam (the worker's `do_not_contact`, who.py). A suppressed handoff is counted and logged by the service,
 never silently dropped.
 
 SLA reminders (kind `sla_overdue`) go to the owner's destination when `alerts.owners` maps the
-handoff's owner (the `who` field `owner_field`) to one, else to the destinations whose filters
-take them (the sales channel).
+handoff's owner (the `who` field `owner_field`) to one, instead of the Slack channels whose
+filters take them (webhooks that take them still do); else to those channels (the sales one).
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 KINDS = ("promoted", "demoted", "advanced", "closed", "recycled", "sla_overdue")
 Kind = Literal["promoted", "demoted", "advanced", "closed", "recycled", "sla_overdue"]
+#: moves sales itself made in the CRM (lifecycle)
+LIFECYCLE_KINDS = ("advanced", "closed", "recycled")
 Grade = Literal["A", "B", "C", "D", "U"]
 #: kinds a destination takes when it names none: new sales-ready leads, and reminders about them
 DEFAULT_KINDS: tuple[Kind, ...] = ("promoted", "sla_overdue")
-#: suppression reasons, in the order they are checked (the first that holds is counted)
+#: suppression reasons, in the order they are checked (the first a destination suppresses is counted)
 REASONS = ("customer", "cooldown", "unsubscribed", "spam_reported")
+Reason = Literal["customer", "cooldown", "unsubscribed", "spam_reported"]
 
 
 def _http(value: str, name: str) -> str:
@@ -65,18 +68,27 @@ class DestinationConfig(BaseModel):
     who: dict[str, tuple[str, ...]] = Field(
         default_factory=dict, description="who field -> values it takes (any of them, case-insensitive): "
         "territory and owner rules")
-    suppress: bool = Field(True, description="no alert for customers, leads in their cool-down, opted-out leads")
+    suppress: tuple[Reason, ...] = Field(
+        REASONS, description="no alert for a lead that is a customer, in its cool-down, unsubscribed or "
+        "reported spam: the reasons this destination honours (true: all, false: none)")
 
     @field_validator("stages", "fit_grades", "kinds", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return _listed(value)
 
+    @field_validator("suppress", mode="before")
+    @classmethod
+    def _reasons(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return REASONS if value else ()
+        return _listed(value)
+
     @field_validator("who", mode="before")
     @classmethod
     def _who(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: _listed(v) for k, v in value.items()}
+        if isinstance(value, Mapping):  # YAML reads an owner id 123 as a number: compare it as text
+            return {k: [str(x) if isinstance(x, int | float) else x for x in _listed(v)] for k, v in value.items()}
         return value
 
     @field_validator("slack_webhook_url")
@@ -134,15 +146,17 @@ def _folded(value: Any) -> str | None:
     return value.strip().casefold() if isinstance(value, str) else None if value is None else str(value).casefold()
 
 
-def suppressed(handoff: Mapping[str, Any]) -> str | None:
-    """Why sales must not be alerted about this handoff (a REASONS entry), or None."""
+def reasons(handoff: Mapping[str, Any]) -> tuple[str, ...]:
+    """Why sales must not be alerted about this handoff (REASONS entries, in order), if at all."""
+    out = []
     if handoff["kind"] == "closed" or handoff["stage"] == "customer":
-        return "customer"
+        out.append("customer")
     until = handoff.get("cooldown_until")
     if until and datetime.fromisoformat(until) > datetime.fromisoformat(handoff["crossed_at"]):
-        return "cooldown"
+        out.append("cooldown")
     opted = handoff.get("do_not_contact") or ()
-    return next((r for r in ("unsubscribed", "spam_reported") if r in opted), None)
+    out.extend(r for r in ("unsubscribed", "spam_reported") if r in opted)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +175,18 @@ def route(handoff: Mapping[str, Any], destinations: Sequence[DestinationConfig],
     by_name = {d.name: d for d in destinations}
     owner = _folded((handoff.get("who") or {}).get(owner_field))
     owned = {k.casefold(): v for k, v in owners.items()}
+    chosen = [d for d in destinations if d.takes(handoff)]
     if handoff["kind"] == "sla_overdue" and owner is not None and owner in owned:
-        chosen = [by_name[owned[owner]]]
-    else:
-        chosen = [d for d in destinations if d.takes(handoff)]
-    why = suppressed(handoff)
-    if why is None:
-        return Route(tuple(d.name for d in chosen))
-    return Route(tuple(d.name for d in chosen if not d.suppress),
-                 tuple((d.name, why) for d in chosen if d.suppress))
+        # the owner's destination instead of the channels people read; systems (webhooks) that
+        # take reminders still get the record
+        mine = by_name[owned[owner]]
+        chosen = [mine, *(d for d in chosen if d.type == "webhook" and d is not mine)]
+    why = reasons(handoff)
+    deliver, held = [], []
+    for d in chosen:
+        hit = next((r for r in why if r in d.suppress), None)
+        if hit is None:
+            deliver.append(d.name)
+        else:
+            held.append((d.name, hit))
+    return Route(tuple(deliver), tuple(held))
