@@ -1,0 +1,94 @@
+"""From events to a rep's Slack channel: a real worker process names the lead on its handoffs
+(LEADPULSE_HANDOFF_WHO, LEADPULSE_CRM_URL_TEMPLATE) and records an unsubscribe; `leadpulse
+alerts` routes them by territory and suppresses the opted-out lead. Real broker, real Redis, a
+real local HTTP receiver for Slack."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from leadpulse.alerts.service import AlertService
+from leadpulse.dev.embedded import RedisServer, TansuBroker
+from leadpulse.settings import Settings
+
+from .kafkatools import WorkerProcess, consume_until, produce, running
+from .test_alerts import Receiver, eventually, metric
+from .test_alerts import receiver, start_alerts  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+KIM = {"email": "kim@acme.io", "name": "Kim Lee", "job_title": "VP Sales", "company": "Acme",
+       "country": "DE", "owner": "rep-7", "seniority": "vp", "employees": 300, "industry": "software",
+       "phone": "+49 30 1234"}
+
+
+def ev(lead: str, i: int, source: str, type_: str, at: int, **extra: Any) -> tuple[str, dict[str, Any]]:
+    return source, {"event_id": f"{lead}-{i}", "lead_id": lead, "source": source, "type": type_,
+                    "occurred_at": at, **extra}
+
+
+def hot(lead: str, t: int) -> list[tuple[str, dict[str, Any]]]:
+    return [ev(lead, 10 + i, "web", type_, t + i * 1000, **extra) for i, (type_, extra) in enumerate([
+        ("page_view", {"properties": {"url": "https://acme.io/pricing"}}),
+        ("page_view", {"properties": {"url": "https://acme.io/compare/hubspot"}}),
+        ("demo_request", {}),
+    ])]
+
+
+async def test_a_worker_names_the_lead_and_alerts_route_and_suppress_it(
+        broker: TansuBroker, redis_server: RedisServer, tmp_path: Path, receiver: Receiver,
+        start_alerts: Callable[..., Awaitable[AlertService]]) -> None:
+    worker = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path, handoff_who="name,title=job_title,company,country,owner",
+                           crm_url_template="https://crm.example.com/leads/{lead_id}")
+    kim, sam = f"kim-{uuid.uuid4().hex[:6]}", f"sam-{uuid.uuid4().hex[:6]}"
+    async with running(worker):
+        t = int(time.time() * 1000) - 120_000
+        # who first, and known to be applied before the hot events: the topics are read in no fixed order
+        first = [ev(kim, 0, "profile", "identify", t, traits=KIM),
+                 ev(sam, 0, "profile", "identify", t, traits={**KIM, "name": "Sam Doe", "email": "sam@acme.io"}),
+                 ev(sam, 1, "email", "unsubscribe", t + 500)]
+        await produce(broker.bootstrap, [(worker.topic(s), e["lead_id"].encode(), orjson.dumps(e)) for s, e in first])
+
+        async def applied() -> bool:
+            status, lead = await worker.get(f"/leads/{sam}")
+            return status == 200 and any(c["rule_id"] == "unsubscribe" for c in lead["contributions"])
+
+        await eventually(applied, what="identify and unsubscribe applied")
+        rest = hot(kim, t + 10_000) + hot(sam, t + 10_000)
+        await produce(broker.bootstrap, [(worker.topic(s), e["lead_id"].encode(), orjson.dumps(e)) for s, e in rest])
+        topic = worker.settings["handoff_topic"]
+        records = await consume_until(broker.bootstrap, topic, lambda rs: {orjson.loads(r.value)["lead_id"] for r in rs
+                                                                           if orjson.loads(r.value)["stage"] == "sql"} == {kim, sam})
+        handoffs = {(h["lead_id"], h["stage"]): h for h in (orjson.loads(r.value) for r in records)}
+        k = handoffs[(kim, "sql")]
+        assert k["who"] == {"name": "Kim Lee", "title": "VP Sales", "company": "Acme", "country": "DE", "owner": "rep-7"}
+        assert k["crm_url"] == f"https://crm.example.com/leads/{kim}" and k["do_not_contact"] == []
+        assert handoffs[(sam, "sql")]["do_not_contact"] == ["unsubscribed"]
+        assert not any(b"phone" in r.value or b"kim@acme.io" in r.value for r in records)  # not configured
+
+        settings = Settings(kafka_bootstrap=broker.bootstrap, group_id=worker.settings["group_id"], partitions=4,
+                            handoff_topic=topic)
+        service = await start_alerts(settings, slack_webhook_url=None, webhook_url=None, destinations=[
+            {"name": "sales-dach", "slack_webhook_url": receiver.url + "/dach", "stages": ["sql"],
+             "who": {"country": ["DE", "AT"]}},
+            {"name": "sales-us", "slack_webhook_url": receiver.url + "/us", "stages": ["sql"], "who": {"country": "US"}},
+        ])
+        await eventually(lambda: _at_least(metric(service, "leadpulse_alert_suppressed_total", destination="sales-dach",
+                                                  reason="unsubscribed"), 1), what="sam's alert suppressed")
+        await eventually(lambda: receiver.on("/dach"), what="kim's alert in the DACH channel")
+        [msg] = [orjson.loads(r.body) for r in receiver.on("/dach")]
+        assert msg["text"].startswith("▲ Kim Lee (VP Sales at Acme) is now SQL")
+        assert f"<https://crm.example.com/leads/{kim}|Kim Lee>" in msg["blocks"][0]["text"]["text"]
+        assert "looked at pricing" in orjson.dumps(msg).decode() and "Why it is hot" in orjson.dumps(msg).decode()
+        assert receiver.on("/us") == []
+
+
+async def _at_least(value: Awaitable[float], n: float) -> bool:
+    return await value >= n
