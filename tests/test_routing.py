@@ -143,7 +143,7 @@ def test_the_slack_text_reads_as_something_a_rep_can_act_on() -> None:
                   "*Country*\\nDE", "*Owner*\\nrep-7", "Why it is hot", "Open in CRM"):
         assert words in body, words
     reminder = slack_message(lead(kind="sla_overdue", who=KIM))
-    assert reminder["text"].startswith("⏰ Reminder: Kim Lee (VP Sales at Acme) is an SQL still waiting for follow-up")
+    assert reminder["text"].startswith("⏰ Reminder: Kim Lee (VP Sales at Acme) is still an unanswered SQL, past the sales SLA")
     assert reminder["blocks"][0]["text"]["text"].startswith(":alarm_clock: *Reminder:* *<https://crm.example.com")
     recycled = slack_message(lead(kind="recycled", stage="lead", outcome="lost", reason="no budget",
                                   cooldown_until="2027-03-01T00:00:00.000Z"))
@@ -227,7 +227,7 @@ async def test_sla_reminders_reach_the_owner_else_the_sales_channel(
     await eventually(lambda: _equals(committed(service), 3), what="reminders handled and committed")
     [dm] = receiver.on("/kim-dm")
     text = orjson.loads(dm.body)["text"]
-    assert text.startswith("⏰ Reminder: Kim Lee (VP Sales at Acme) is an SQL still waiting for follow-up")
+    assert text.startswith("⏰ Reminder: Kim Lee (VP Sales at Acme) is still an unanswered SQL, past the sales SLA")
     [channel] = receiver.on("/sales-dach")
     assert "Reminder: Jo Doe" in orjson.loads(channel.body)["text"]
     assert await metric(service, "leadpulse_alert_suppressed_total", destination="sales-dach", reason="unsubscribed") == 1

@@ -42,7 +42,9 @@ from ..retry import Retry, Stopped, backoff_delay
 from ..settings import Settings
 from .config import AlertSettings, routed
 from .destinations import Destination, destinations
-from .routing import REASONS, route
+from .routing import LIFECYCLE_KINDS, REASONS, route
+
+QUIET_KINDS = frozenset({"demoted", *LIFECYCLE_KINDS})
 
 log = logging.getLogger("leadpulse.alerts")
 
@@ -272,7 +274,8 @@ class AlertService:
             log.info("handoff %s (%s, lead %r): no alert to %s: %s", handoff["handoff_id"], kind, handoff["lead_id"],
                      ", ".join(n for n, _ in where.suppressed), where.suppressed[0][1])
         if not where.deliver:
-            outcome = "suppressed" if where.suppressed else "skipped" if kind == "demoted" else "unrouted"
+            # skipped: the kinds announced only on request (demotions, CRM moves); unrouted: others
+            outcome = "suppressed" if where.suppressed else "skipped" if kind in QUIET_KINDS else "unrouted"
             self.metrics.handoffs.labels(kind, outcome).inc()
             return []
         pending = [self.destinations[n] for n in where.deliver if (n, handoff["handoff_id"]) not in self.delivered]

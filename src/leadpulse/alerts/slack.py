@@ -92,8 +92,8 @@ def _happened(handoff: dict[str, Any]) -> tuple[str, str, str]:
     if kind == "demoted":
         return ":arrow_down:", f"left *{p}* for {s}", f"left {previous} for {stage}"
     if kind == "sla_overdue":
-        return (":alarm_clock:", f"is an *{s}* still waiting for follow-up: accept or reject it in the CRM",
-                f"is an {stage} still waiting for follow-up")
+        return (":alarm_clock:", f"is still an unanswered *{s}*, past the sales SLA: accept or reject it in the CRM",
+                f"is still an unanswered {stage}, past the sales SLA")
     if kind == "closed":
         return ":trophy:", f"is now a *customer* ({mrkdwn(outcome or 'won')})", "is now a customer"
     if kind == "recycled":
