@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from ..errors import ConfigError
@@ -66,6 +67,17 @@ class AlertSettings(BaseConfig):
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
         return _http_url(value, "webhook_url")
+
+    @field_validator("destinations", "owners", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        """A flag's value is text: JSON, as in the environment."""
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        return value
 
     @field_validator("slack_webhook_url")
     @classmethod
