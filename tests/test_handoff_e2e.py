@@ -18,11 +18,15 @@ from leadpulse.alerts.service import AlertService
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.settings import Settings
 
+from . import test_alerts
 from .kafkatools import WorkerProcess, consume_until, produce, running
 from .test_alerts import Receiver, eventually, metric
-from .test_alerts import receiver, start_alerts  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
+
+# the receiver standing in for Slack and webhooks, and the alerts service, as test_alerts.py has them
+receiver = test_alerts.receiver
+start_alerts = test_alerts.start_alerts
 
 KIM = {"email": "kim@acme.io", "name": "Kim Lee", "job_title": "VP Sales", "company": "Acme",
        "country": "DE", "owner": "rep-7", "seniority": "vp", "employees": 300, "industry": "software",

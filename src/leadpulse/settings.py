@@ -124,7 +124,7 @@ def load(cls: type[S], config: Path | None = None, **overrides: Any) -> S:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         # a misspelt key also makes the real one "missing": name the misspelling first
-        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         name = str(err["loc"][0]) if err["loc"] else where
         msg = str(err["msg"]).removeprefix("Value error, ")

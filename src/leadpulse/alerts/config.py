@@ -108,10 +108,12 @@ def legacy(config: AlertSettings) -> list[DestinationConfig]:
                   and (k not in LIFECYCLE_KINDS or config.alerts_lifecycle))
     out = []
     if config.slack_webhook_url is not None:
-        out.append(DestinationConfig(name="slack", slack_webhook_url=config.slack_webhook_url, kinds=kinds))
+        out.append(DestinationConfig.model_validate(
+            {"name": "slack", "slack_webhook_url": config.slack_webhook_url, "kinds": kinds}))
     if config.webhook_url is not None:
-        out.append(DestinationConfig(name="webhook", webhook_url=config.webhook_url, secret=config.webhook_secret,
-                                     kinds=kinds, suppress=False))
+        out.append(DestinationConfig.model_validate(
+            {"name": "webhook", "webhook_url": config.webhook_url, "secret": config.webhook_secret, "kinds": kinds,
+             "suppress": False}))
     return out
 
 

@@ -34,8 +34,8 @@ Grade = Literal["A", "B", "C", "D", "U"]
 #: kinds a destination takes when it names none: new sales-ready leads, and reminders about them
 DEFAULT_KINDS: tuple[Kind, ...] = ("promoted", "sla_overdue")
 #: suppression reasons, in the order they are checked (the first a destination suppresses is counted)
-REASONS = ("customer", "cooldown", "unsubscribed", "spam_reported")
 Reason = Literal["customer", "cooldown", "unsubscribed", "spam_reported"]
+REASONS: tuple[Reason, ...] = ("customer", "cooldown", "unsubscribed", "spam_reported")
 
 
 def _http(value: str, name: str) -> str:
