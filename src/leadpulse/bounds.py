@@ -36,11 +36,13 @@ class Retention:
     tombstone_ttl_ms: int = 400 * _DAY_MS
     #: traits kept besides those the fit rules read: what handoffs name (who.py), opt-outs
     who_traits: frozenset[str] = who_traits(DEFAULT_WHO)
+    #: entries of a lead's activity log (the board's lead page; lua/activity.lua); 0: none kept
+    activity_max: int = 50
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retention:
         return cls(settings.lead_ttl, settings.anon_ttl, settings.anon_max_events, settings.alias_ttl,
-                   settings.tombstone_ttl, who_traits(settings.handoff_who))
+                   settings.tombstone_ttl, who_traits(settings.handoff_who), settings.activity_max)
 
     def check(self, model: ScoringModel) -> None:
         if 0 < self.lead_ttl_ms < model.dedup_window:

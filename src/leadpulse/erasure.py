@@ -62,7 +62,8 @@ async def _erase_in(store: LeadStore, lead_id: str) -> bool:
     keys, lead = store.keys, store.keys.lead(lead_id)
     try:
         existed = await store.scripts.run(
-            scripts.ERASE, [*keys.indexes(keys.shard(lead_id)), lead.state, lead.dedup, lead.replay, lead.traits, lead.outbox],
+            scripts.ERASE, [*keys.indexes(keys.shard(lead_id)), lead.state, lead.dedup, lead.replay, lead.traits, lead.outbox,
+                           lead.activity],
             [lead_id, store.retention.tombstone_ttl_ms, layout.TOMBSTONE],
         )
         await unlink(store, {lead_id}, {})

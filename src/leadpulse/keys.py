@@ -37,6 +37,8 @@ In a space `<s>`:
   <s>:l{<lead>}:o   string  demotions the sweep decided and not yet acknowledged as published
   <s>:l{<lead>}:n   set     anonymous ids linked (or being linked) to the lead, so that erasing
                             it can remove their links (expires with the links: alias ttl)
+  <s>:l{<lead>}:h   list    the lead's activity log, newest first: its scored events and moves,
+                            capped (LEADPULSE_ACTIVITY_MAX), living like the state (lua/activity.lua)
   <s>:a{<anon>}:s   list    an anonymous visitor's scored events until it is linked to a lead
   <s>:a{<anon>}:d   zset    the visitor's dedup set
   <s>:a{<anon>}:a   string  the lead the visitor was linked to
@@ -79,6 +81,7 @@ class LeadKeys(NamedTuple):
     traits: str
     outbox: str
     visitors: str
+    activity: str
 
 
 class AnonKeys(NamedTuple):
@@ -178,7 +181,7 @@ class Keys:
 
     def lead(self, lead_id: str) -> LeadKeys:
         base = f"{self.space}:{hash_tag('l', lead_id)}"
-        return LeadKeys(base + ":v", base + ":d", base + ":x", base + ":p", base + ":o", base + ":n")
+        return LeadKeys(base + ":v", base + ":d", base + ":x", base + ":p", base + ":o", base + ":n", base + ":h")
 
     def anon(self, anonymous_id: str) -> AnonKeys:
         base = f"{self.space}:{hash_tag('a', anonymous_id)}"

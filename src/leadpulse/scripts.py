@@ -11,13 +11,17 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 _LIB = "lib.lua"
-_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua", "reeval.lua"})
+_USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua", "reeval.lua", "history.lua"})
+#: the scripts that write the activity log (activity.lua, after lib.lua)
+_WRITES_ACTIVITY = frozenset({"apply.lua", "sweep.lua"})
 
 
 class Script:
     def __init__(self, name: str) -> None:
         folder = files("leadpulse").joinpath("lua")
         body = folder.joinpath(name).read_text(encoding="utf-8")
+        if name in _WRITES_ACTIVITY:
+            body = folder.joinpath("activity.lua").read_text(encoding="utf-8") + "\n" + body
         if name in _USES_LIB:
             body = folder.joinpath(_LIB).read_text(encoding="utf-8") + "\n" + body
         self.name = name
@@ -38,7 +42,8 @@ UNLINK = Script("unlink.lua")
 ACTIVATE = Script("activate.lua")
 REEVAL = Script("reeval.lua")
 CARRY = Script("carry.lua")
-ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE, REEVAL, CARRY)
+HISTORY = Script("history.lua")
+ALL = (APPLY, SWEEP, ACK, READ, ANON, LINK, RETIRE, RULES, ERASE, UNLINK, ACTIVATE, REEVAL, CARRY, HISTORY)
 
 
 async def load_all(redis: Redis) -> None:

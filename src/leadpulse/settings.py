@@ -189,7 +189,10 @@ class Settings(BaseConfig):
         "company,domain=company_domain,country,owner (who.py)")
     crm_url_template: str | None = Field(
         None, description="a handoff's crm_url: a link to the lead in the CRM, {lead_id} replaced (URL-encoded)")
-    api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API")
+    activity_max: int = Field(50, ge=0, le=10_000, description="entries of each lead's activity log kept for the "
+                              "board's lead page (its newest scored events and moves; 0: none)")
+    api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API; also the "
+                                        "board's sign-in")
     admin_token: SecretStr | None = Field(None, description="bearer token for state-changing HTTP calls")
     protect_metrics: bool = Field(False, description="require the API token for /metrics too")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

@@ -12,10 +12,11 @@ from .engine import grade_rank
 from .model import ScoringModel
 
 
-def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0) -> bytes:
+def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0, activity_max: int = 0) -> bytes:
     """The model as the scripts need it (msgpack, rules by code, rules.lua): decay rate and
     category per rule, categories, caps, stages, grades; how long an idle lead in the first
-    stage is kept (0: forever); and the format numbers of the packed state (layout.py)."""
+    stage is kept (0: forever); the activity log's cap (0: none kept, activity.lua); and the format
+    numbers of the packed state (layout.py)."""
     cats = list(model.categories)
     size = max(codes.values(), default=0)
     # lists indexed by code - 1 (a Lua array; None for codes this model has no rule for)
@@ -49,6 +50,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
         "ttl": lead_ttl_ms,
+        "activity": activity_max,
         "format": layout.FORMAT,
         "erased": layout.ERASED,
     }

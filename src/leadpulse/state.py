@@ -180,7 +180,7 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms)
+        self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self._reloads = self.scripts.reloads
 
     def _alias(self, anonymous_id: str, lead_id: str) -> None:
@@ -350,7 +350,7 @@ class LeadStore:
                 args: list[Any] = [self.spec, now]
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
-                    keys.extend((k.state, k.dedup, k.replay, k.traits))
+                    keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
                     args.append(msgpack.packb([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
@@ -377,9 +377,10 @@ class LeadStore:
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
-        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox and traits."""
+        """KEYS of sweep.lua and ack.lua: the lead's index shard, then its state, outbox, traits
+        and activity log (sweep.lua writes it)."""
         k = self.keys.lead(lead_id)
-        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits]
+        return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits, k.activity]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
         """The lead at the instant `at`; None when it has no state."""

@@ -30,6 +30,7 @@ from faust.app.base import BootStrategy
 from redis.exceptions import RedisClusterException, RedisError
 
 from . import api, kafka, models, redisinfo, scripts
+from .board import views as board
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
 from .errors import StateError
@@ -499,6 +500,7 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
     service = ScoringService(app, settings, model, metrics, loop=None)
     app.timer(settings.sweep_interval)(service.sweep)
     api.register(app, service.store, settings, metrics, service.readiness)
+    board.register(app.web.web_app, service.store, settings)
     return app, service
 
 

@@ -1,8 +1,8 @@
 -- apply.lua: apply scored events to one or more leads; one call per batch (or per hash slot).
 -- KEYS[1]        due index   (sorted set: lead -> when decay takes it below its stage floor)
 -- KEYS[2]        top index   (sorted set: lead -> rank of its score)
--- KEYS[4i-1..4i+2]  lead i: state (string), dedup set (event hash -> arrival ms),
---                replay log (string, JSON), traits (string, JSON)
+-- KEYS[5i-2..5i+2]  lead i: state (string), dedup set (event hash -> arrival ms),
+--                replay log (string, JSON), traits (string, JSON), activity log (list, activity.lua)
 -- ARGV[1]        model spec (msgpack, state.py builds it)
 -- ARGV[2]        wall-clock now (ms): the dedup window runs on it (duplicates are redeliveries,
 --                close in arrival time however old the event); every score decision uses event time
@@ -26,8 +26,9 @@ local function replay_log(key)
 end
 
 for i = 1, #ARGV - 2 do
-  local base = 4 * i - 1
+  local base = 5 * i - 2
   local skey, dkey, xkey, pkey = KEYS[base], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local acts = {}
   local lead_ops = cmsgpack.unpack(ARGV[2 + i])
   local lead, ops = lead_ops[1], lead_ops[2]
   local st = load(skey, pkey)
@@ -56,11 +57,12 @@ for i = 1, #ARGV - 2 do
       local first = #out + 1
       -- Decay took the lead below its floor before this event: record that first.
       if eval == 1 then catch_up(st, t, out) end
-      local matches = op[6]
+      local matches, earned = op[6], {}
       for j = 1, #matches, 2 do
         local id = matches[j]
         local a = award(st, id, matches[j + 1], t)
         if a ~= 0 then add(st, id, a, t) end
+        earned[#earned + 1], earned[#earned + 2] = id, a
       end
       if type(op[7]) == 'table' then
         -- fit is recomputed from all traits: it replaces every fit rule's points
@@ -74,6 +76,8 @@ for i = 1, #ARGV - 2 do
         moved(st)
       end
       if eval == 1 then evaluate(st, st.c, event_id, out) end
+      activity_event(acts, st, t, event_id, earned)
+      activity_moves(acts, out, first)
       statuses[#statuses + 1] = 'o'
       if #out >= first then
         local rec = {member, pos, {}}
@@ -110,6 +114,7 @@ for i = 1, #ARGV - 2 do
   -- nothing is ever a replay).
   if logged and DEDUP > 0 then redis.call('SET', xkey, cmsgpack.pack(replays), 'PX', DEDUP_S) end
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
+  activity_save(KEYS[base + 4], st, acts)
   save(st, NOW)
   results[#results + 1] = {table.concat(statuses), out, st.s, with_traits(out, pkey, traits)}
 end

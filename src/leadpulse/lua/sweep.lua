@@ -2,7 +2,7 @@
 -- it crossed. The decision is kept in the outbox until ack.lua confirms it was published, so a
 -- crash between deciding and publishing re-publishes the same handoff (same id) next sweep.
 -- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state   KEYS[4] lead outbox (lib.lua `stored`)
--- KEYS[5] lead traits (its expiry follows the state's, lib.lua)
+-- KEYS[5] lead traits (its expiry follows the state's, lib.lua)   KEYS[6] activity log (activity.lua)
 -- ARGV[1] model spec  ARGV[2] now (ms)    ARGV[3] lead id
 -- Returns [transitions (pending or new, as apply.lua reports them), the lead's traits or false]
 -- packed with cmsgpack;
@@ -23,6 +23,9 @@ end
 local out = {}
 catch_up(st, now, out)
 if #out > 0 then
+  local acts = {}
+  activity_moves(acts, out, 1)
+  activity_save(KEYS[6], st, acts)
   -- The lead stays in the due index at its old time until ack.lua re-indexes it.
   local px = outbox_px(st)
   if px then
