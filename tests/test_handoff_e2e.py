@@ -90,7 +90,7 @@ async def test_a_worker_names_the_lead_and_alerts_route_and_suppress_it(
         [msg] = [orjson.loads(r.body) for r in receiver.on("/dach")]
         assert msg["text"].startswith("▲ Kim Lee (VP Sales at Acme) is now SQL")
         assert f"<https://crm.example.com/leads/{kim}|Kim Lee>" in msg["blocks"][0]["text"]["text"]
-        assert "looked at pricing" in orjson.dumps(msg).decode() and "Why it is hot" in orjson.dumps(msg).decode()
+        assert " because " in msg["text"] and "Why it is hot" in orjson.dumps(msg).decode()  # its top signals in words
         assert receiver.on("/us") == []
 
 
