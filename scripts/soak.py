@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from leadpulse.dev.embedded import Stack  # noqa: E402
 from leadpulse.model import load_model  # noqa: E402
-from tests.kafkatools import WorkerProcess, produce  # noqa: E402
-from tests.reference import chunks, fixed_events  # noqa: E402
+from tests.support.kafkatools import WorkerProcess, produce  # noqa: E402
+from tests.support.reference import chunks, fixed_events  # noqa: E402
 from tests.test_reliability import assert_matches_reference, drained, records_for  # noqa: E402
 
 

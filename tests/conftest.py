@@ -14,8 +14,6 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.model import ScoringModel, load_model
 
-pytest_plugins = ["tests.fixtures"]
-
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

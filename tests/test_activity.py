@@ -15,7 +15,7 @@ from leadpulse.bounds import Retention
 from leadpulse.model import parse_model
 from leadpulse.state import LeadStore
 
-from .fixtures import DAY, T0, event
+from tests.support.fixtures import DAY, T0, event
 
 pytestmark = pytest.mark.integration
 

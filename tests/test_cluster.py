@@ -22,14 +22,15 @@ from leadpulse.collector.config import CollectorSettings
 from leadpulse.dev.embedded import TansuBroker
 from leadpulse.model import ScoringModel
 from leadpulse.settings import Settings
-from leadpulse.state import LeadStore, connect
+from leadpulse.redisconn import connect
+from leadpulse.state import LeadStore
 
-from .clustertools import LocalCluster
-from .fixtures import DAY, T0, event
-from .kafkatools import WorkerProcess, consume_until, produce, running, wait_for
+from tests.support.clustertools import LocalCluster
+from tests.support.fixtures import DAY, T0, event
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, running, wait_for
 from .test_worker import journey
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from leadpulse.model import ScoringModel
 from leadpulse.bounds import Retention
 from leadpulse.state import ANONYMOUS, ERASED, SCORED, LeadStore
 
-from .fixtures import DAY, T0, event
-from .kafkatools import WorkerProcess, produce, running, wait_for
+from tests.support.fixtures import DAY, T0, event
+from tests.support.kafkatools import WorkerProcess, produce, running, wait_for
 
 ADMIN = "erase-admin-token"
 
@@ -93,6 +93,7 @@ async def test_erasing_a_lead_not_seen_yet_refuses_its_events_to_come(redis: Red
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_erased_leads_stay_erased_through_a_linked_cookie_and_a_rescore(
         broker: TansuBroker, tmp_path: Path, model: ScoringModel) -> None:
     (tmp_path / "redis").mkdir()

@@ -34,9 +34,9 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.handoff import iso
 
-from .kafkatools import WorkerProcess, consume_until, running, wait_for
+from tests.support.kafkatools import WorkerProcess, consume_until, running, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SOURCES = ("web", "email", "webinar", "profile", "crm")
 PARTITIONS = 4

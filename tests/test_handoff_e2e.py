@@ -19,13 +19,13 @@ from leadpulse.alerts.service import AlertService
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.settings import Settings
 
-from . import test_alerts
-from .kafkatools import WorkerProcess, consume_until, produce, running
-from .test_alerts import Receiver, eventually, metric
+from tests.alerts import test_service as test_alerts
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, running
+from tests.alerts.test_service import Receiver, eventually, metric
 
 pytestmark = pytest.mark.integration
 
-# the receiver standing in for Slack and webhooks, and the alerts service, as test_alerts.py has them
+# the receiver standing in for Slack and webhooks, and the alerts service, as tests/alerts/test_service.py has them
 receiver = test_alerts.receiver
 start_alerts = test_alerts.start_alerts
 

@@ -29,10 +29,10 @@ from leadpulse.model import ScoringModel
 from leadpulse.settings import Settings
 from leadpulse.state import LeadStore
 
-from .fixtures import event as fixture_event
-from .kafkatools import WorkerProcess, committed_all, consume_until, produce, running, wait_for
+from tests.support.fixtures import event as fixture_event
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, produce, running, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SKEW = 300_000
 MAX_AGE = 30 * 86_400_000  # the default model's max_event_age
 

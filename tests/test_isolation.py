@@ -22,7 +22,8 @@ from leadpulse.isolate import bisect
 from leadpulse.metrics import Metrics
 from leadpulse.model import ScoringModel
 from leadpulse.pipeline import Processor, Topics
-from leadpulse.state import SCORED, BatchResult, Transition, unavailable
+from leadpulse.redisconn import unavailable
+from leadpulse.state import SCORED, BatchResult, Transition
 
 NOW = 1_790_000_000_000
 

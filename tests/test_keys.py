@@ -12,7 +12,7 @@ from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel
 from leadpulse.state import ANONYMOUS, SCORED, LeadStore
 
-from .fixtures import DAY, T0, event
+from tests.support.fixtures import DAY, T0, event
 
 BRACES = ["}x", "{x}", "a{b}c", "}", "{", "{}", "}{", "x}", "{{}}"]
 IDS = st.text(st.sampled_from("{}ab:é😀 "), min_size=1, max_size=12)

@@ -17,9 +17,9 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.keys import Keys
 from leadpulse.metrics import SWEEP_GRACE_INTERVALS
 
-from .kafkatools import WorkerProcess
+from tests.support.kafkatools import WorkerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP_INTERVAL = 0.5
 
@@ -87,7 +87,11 @@ def sweep_errors(s: Samples) -> float:
     return value(s, "leadpulse_redis_errors_total", op="sweep")
 
 
-async def test_the_sweep_reports_each_pass_and_a_due_entry_it_cannot_clear(worker: WorkerProcess, redis: Redis) -> None:
+def skipped(s: Samples) -> float:
+    return value(s, "leadpulse_sweep_skipped_leads_total", reason="script_error")
+
+
+async def test_the_sweep_reports_each_pass_and_a_due_entry_it_skips(worker: WorkerProcess, redis: Redis) -> None:
     started = time.time()
     s = await scrape_until(worker, lambda s: value(s, SUCCESS) > 0 and value(s, "leadpulse_caught_up") == 1,
                            "a caught-up worker completing a sweep pass")
@@ -95,21 +99,23 @@ async def test_the_sweep_reports_each_pass_and_a_due_entry_it_cannot_clear(worke
     assert value(s, OVERDUE) == 0 and value(s, LAG) == 0  # nothing is due in an empty Redis
 
     # A lead whose state the sweep cannot read (Lua: unknown format), due a minute ago: every
-    # pass reads it and fails, so no pass completes and the entry stays overdue.
+    # pass reads it and skips it (counted), the passes complete, and the entry stays overdue.
     assert SWEEP_GRACE_INTERVALS * SWEEP_INTERVAL < 60
     keys = Keys()
     poisoned = keys.lead("poisoned")
     await redis.set(poisoned.state, msgpack.packb([99]))
     await redis.zadd(keys.due, {"poisoned": int(time.time() * 1000) - 60_000})
-    before = sweep_errors(s)
-    s = await scrape_until(worker, lambda s: sweep_errors(s) >= before + 2, "two failed sweep passes")
-    stuck_since = value(s, SUCCESS)
-    assert stuck_since >= started
-    s = await scrape_until(worker, lambda s: sweep_errors(s) >= before + 4, "two more failed sweep passes")
-    assert value(s, SUCCESS) == stuck_since, "a pass completed although the due entry cannot be swept"
+    before, errors = skipped(s), sweep_errors(s)
+    s = await scrape_until(worker, lambda s: skipped(s) >= before + 2, "two sweep passes skipping the lead")
+    since = value(s, SUCCESS)
+    assert since >= started
+    s = await scrape_until(worker, lambda s: skipped(s) >= before + 4 and value(s, SUCCESS) > since,
+                           "two more passes skipping it, completed")
+    assert sweep_errors(s) == errors  # the passes did not fail: only the lead was skipped
     assert value(s, OVERDUE) == 1  # due 60 s ago: past the grace
     assert value(s, LAG) >= 60
-    assert value(s, "leadpulse_caught_up") == 1  # not paused: broken, which is what the alerts tell apart
+    assert value(s, "leadpulse_caught_up") == 1
+    stuck_since = value(s, SUCCESS)
 
     # Without the unreadable state the next pass clears the entry and completes.
     await redis.delete(poisoned.state)

@@ -24,9 +24,9 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.handoff import iso
 from leadpulse.keys import Keys
 
-from .kafkatools import WorkerProcess, consume_until, produce, read_all, wait_for
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, read_all, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN = "model-admin"
 DEFAULT = Path(__file__).parent.parent / "src/leadpulse/default_model.yaml"
 

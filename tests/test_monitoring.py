@@ -29,7 +29,7 @@ from leadpulse.alerts.service import AlertMetrics
 from leadpulse.collector.app import CollectorMetrics
 from leadpulse.dev.embedded import RedisServer, Service, TansuBroker, free_port
 
-from .kafkatools import WorkerProcess, event_bytes, produce
+from tests.support.kafkatools import WorkerProcess, event_bytes, produce
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -148,6 +148,7 @@ def test_the_alert_rules_pass_promtool_check() -> None:
     assert f"SUCCESS: {len(rule_expressions())} rules found" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_alert_has_a_firing_and_a_quiet_unit_test_and_they_pass() -> None:
     promtool = tool("promtool", "prometheus")
     assert RULE_TESTS, "no promtool unit tests in deploy/prometheus/tests/"
@@ -298,6 +299,7 @@ async def scored(worker: WorkerProcess, prometheus: PrometheusServer, broker: Ta
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("scored")
+@pytest.mark.slow
 async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: WorkerProcess, prometheus: PrometheusServer) -> None:
     up = await prometheus.query('up{job="leadpulse-worker"}')
     assert [(s["metric"]["instance"], s["value"][1]) for s in up] == [(f"127.0.0.1:{worker.port}", "1")]
@@ -330,6 +332,7 @@ async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: W
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("scored")
+@pytest.mark.slow
 async def test_every_dashboard_query_runs_in_prometheus(prometheus: PrometheusServer) -> None:
     targets = dashboard_targets()
     assert targets

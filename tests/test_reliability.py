@@ -33,11 +33,11 @@ from leadpulse.dev.simulate import key_for
 from leadpulse.keys import Keys
 from leadpulse.state import LeadStore
 
-from .kafkatools import WorkerProcess, committed_all, committed_offsets, produce, read_all, wait_for
-from .netproxy import Proxy
-from .reference import Reference, chunks, fixed_events, reference
+from tests.support.kafkatools import WorkerProcess, committed_all, committed_offsets, produce, read_all, wait_for
+from tests.support.netproxy import Proxy
+from tests.support.reference import Reference, chunks, fixed_events, reference
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OUTAGE_S = float(os.environ.get("LEADPULSE_TEST_OUTAGE_S", "30"))
 
 

@@ -24,10 +24,10 @@ from leadpulse.model import ScoringModel, load_model
 from leadpulse.settings import load_settings
 from leadpulse.state import LeadStore
 
-from .kafkatools import WorkerProcess, committed_all, produce, read_all, running, wait_for
-from .reference import fixed_events, reference
+from tests.support.kafkatools import WorkerProcess, committed_all, produce, read_all, running, wait_for
+from tests.support.reference import fixed_events, reference
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN = "rescore-admin"
 
 
@@ -131,7 +131,7 @@ async def test_tombstones_carry_over_erasures_during_the_rebuild_count_and_unret
 
     from leadpulse.state import ERASED
 
-    from .fixtures import event
+    from tests.support.fixtures import event
 
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", appendonly=False)

@@ -19,8 +19,8 @@ from leadpulse.model import ScoringModel
 from leadpulse.bounds import Retention
 from leadpulse.state import DUPLICATE, SCORED, LeadStore
 
-from .fixtures import DAY, T0, event
-from .kafkatools import WorkerProcess, produce, running, wait_for
+from tests.support.fixtures import DAY, T0, event
+from tests.support.kafkatools import WorkerProcess, produce, running, wait_for
 from .test_worker import metric_value
 
 TTL = 400 * DAY
@@ -150,6 +150,7 @@ def test_a_lead_ttl_shorter_than_the_dedup_window_is_refused(model: ScoringModel
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_refused_writes_say_not_ready_with_the_reason_and_scoring_resumes(
         broker: TansuBroker, tmp_path: Path) -> None:
     (tmp_path / "redis").mkdir()

@@ -20,8 +20,8 @@ from leadpulse.errors import StateError
 from leadpulse.model import ScoringModel
 from leadpulse.state import LeadStore
 
-from .fixtures import T0, event
-from .kafkatools import WorkerProcess, produce, running, wait_for
+from tests.support.fixtures import T0, event
+from tests.support.kafkatools import WorkerProcess, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 PASSWORD = "redis-s3cret-7Hq"
@@ -124,6 +124,7 @@ async def test_http_input_is_bounded(worker: WorkerProcess) -> None:
             assert resp.status in (400, 431)
 
 
+@pytest.mark.slow
 async def test_a_worker_with_the_wrong_redis_password_waits_and_says_why(
     broker: TansuBroker, locked_redis: RedisServer, tmp_path: Path,
 ) -> None:
@@ -144,6 +145,7 @@ async def test_a_worker_with_the_wrong_redis_password_waits_and_says_why(
         proc.stop()
 
 
+@pytest.mark.slow
 async def test_metrics_can_be_locked_too(broker: TansuBroker, locked_redis: RedisServer, tmp_path: Path) -> None:
     worker = WorkerProcess(broker.bootstrap, url(locked_redis, PASSWORD), tmp_path,
                            api_token=API_TOKEN, protect_metrics="true")

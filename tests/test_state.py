@@ -27,8 +27,8 @@ from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, parse_model
 from leadpulse.state import DUPLICATE, SCORED, LeadStore, Transition
 
-from .fixtures import DAY, T0, event
-from .reference import reference_score
+from tests.support.fixtures import DAY, T0, event
+from tests.support.reference import reference_score
 
 MODEL = """
 version: test-1
@@ -578,7 +578,7 @@ def test_reads_and_handoffs_never_disagree(redis_server: RedisServer, tmodel: Sc
         # and the score reported is the one decided on
         if t.kind == "promoted":
             assert t.score >= t.threshold
-        else:
+        elif t.kind == "demoted":  # not sla_overdue (the default model's sales SLA): no score crossed
             assert t.score < t.threshold or t.explanation.fit_grade > (used.stages[t.from_stage].min_grade or "D")
 
 

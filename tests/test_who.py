@@ -20,7 +20,7 @@ from leadpulse.settings import Settings
 from leadpulse.state import LeadStore
 from leadpulse.who import DEFAULT_WHO, Who, parse_who, who_traits
 
-from .fixtures import DAY, T0, event
+from tests.support.fixtures import DAY, T0, event
 
 MODEL = """
 version: who-1

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.events import load_schema
 
-from .kafkatools import WorkerProcess, running, consume_until, event_bytes, produce, wait_for
+from tests.support.kafkatools import WorkerProcess, running, consume_until, event_bytes, produce, wait_for
 
 pytestmark = pytest.mark.integration
 

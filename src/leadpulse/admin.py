@@ -19,7 +19,8 @@ from .model import ScoringModel
 from .pipeline import Batch, Processor, Topics
 from .retained import Retained
 from .settings import Settings
-from .state import SCORED, LeadStore, connect
+from .redisconn import connect
+from .state import SCORED, LeadStore
 
 log = logging.getLogger("leadpulse.rescore")
 

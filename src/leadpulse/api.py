@@ -70,6 +70,8 @@ def lead_json(view: LeadView) -> dict[str, Any]:
         "last_event_at": iso(view.last_event_at),
         "as_of": iso(view.at),
         "model_version": view.model_version,
+        # a recycled lead (docs/scoring.md §10): its score cannot promote it before this
+        "cooldown_until": iso(view.cooldown_until) if view.cooldown_until is not None else None,
     }
 
 

@@ -66,19 +66,29 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="worker processes in the group on this host; process i serves HTTP on --http-port + i")
 @settings_options
 @print_config_option
 @fails_cleanly
-def worker(print_config: bool, **options: Any) -> None:
+def worker(processes: int, print_config: bool, **options: Any) -> None:
     """Consume events, score leads in Redis, publish handoffs; serve the HTTP API and metrics."""
     settings = _settings(options)
     model = _model(settings)
     if print_config:
         echo_config(settings.masked())
         return
+    configure_logging(settings.log_level)
+    if processes > 1:
+        from .processes import Supervisor
+
+        try:
+            supervisor = Supervisor(settings, processes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        sys.exit(supervisor.run())
     from .worker import run_worker
 
-    configure_logging(settings.log_level)
     run_worker(settings, model)
 
 
@@ -119,7 +129,8 @@ def _view_text(view: Any) -> str:
 
     why = view.explanation
     lines = [
-        f"{view.lead_id}: score {why.score:.1f}  stage {view.stage}  fit grade {why.fit_grade} ({why.fit_score:+.0f})",
+        f"{view.lead_id}: score {why.score:.1f}  stage {view.stage}  fit grade {why.fit_grade} ({why.fit_score:+.0f})"
+        + (f"  recycled: no promotion before {iso(view.cooldown_until)}" if view.cooldown_until else ""),
         "  breakdown: " + ", ".join(f"{k} {v:+.1f}" for k, v in why.breakdown.items()),
     ]
     for c in why.contributions:
@@ -130,7 +141,8 @@ def _view_text(view: Any) -> str:
 
 def _read(settings: Settings, read: Callable[[Any, int], Any]) -> Any:
     """Run one read against the store at the current instant, closing the connection after."""
-    from .state import LeadStore, connect
+    from .redisconn import connect
+    from .state import LeadStore
 
     from . import models
     from .keys import Keys
@@ -226,7 +238,7 @@ def _active_model(settings: Settings) -> ScoringModel:
     """The model active in Redis (models.py), or the configured one when none was activated."""
     from . import models
     from .keys import Keys
-    from .state import connect
+    from .redisconn import connect
 
     async def run() -> ScoringModel:
         redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)

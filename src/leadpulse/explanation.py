@@ -48,6 +48,8 @@ class LeadView:
     last_event_at: int
     model_version: str
     explanation: Explanation
+    #: a recycled lead (docs/scoring.md §10): epoch ms until which its score cannot promote it
+    cooldown_until: int | None = None
 
 
 def _largest(c: Contribution) -> float:
@@ -57,7 +59,7 @@ def _largest(c: Contribution) -> float:
 def explained(raw: Sequence[Any], rules: Mapping[int, str], categories: Sequence[str]) -> Explanation:
     """An explanation as lib.lua `explain` returns it (unpacked). `rules`: rule code -> id
     (LeadStore.rule_names; "#<code>" for a code it lacks); `categories`: the model's, in the
-    order of the spec (lua_spec)."""
+    order of the spec (spec.lua_spec)."""
     score, fit, grade, breakdown, each = raw
     listed = [
         Contribution(rules.get(code) or f"#{code}", categories[c - 1], float(points), None if last is False else last)

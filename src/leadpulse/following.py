@@ -65,6 +65,7 @@ class Following:
         self.store.use_model(model)
         self.processor.model = model
         self.metrics.model.info({"version": model.version})
+        self.metrics.sales_sla.set((model.lifecycle.sla or 0) / 1000)
         log.info("scoring with model %s (activation %d)", model.version, activation)
 
     async def activate_file(self, why: str) -> None:

@@ -18,7 +18,10 @@ def iso(ms: int) -> str:
 
 
 def publishes(model: ScoringModel, t: Transition) -> bool:
-    """Sales hears of a lead entering a handoff stage, and of one leaving it."""
+    """Sales hears of a lead entering a handoff stage, and of one leaving it; every CRM move and
+    SLA breach is published (docs/scoring.md §10)."""
+    if t.kind not in ("promoted", "demoted"):
+        return True
     stage = model.stages[t.to_stage if t.kind == "promoted" else t.from_stage]
     return stage.handoff
 
@@ -34,8 +37,8 @@ def build(model: ScoringModel, t: Transition, who: Who | None = None) -> dict[st
         "handoff_id": t.handoff_id,
         "kind": t.kind,
         "lead_id": t.lead_id,
-        "stage": model.stages[t.to_stage].name,
-        "previous_stage": model.stages[t.from_stage].name,
+        "stage": model.stage_names[t.to_stage],
+        "previous_stage": model.stage_names[t.from_stage],
         "score": round(why.score, 6),
         "threshold": t.threshold,
         "fit_grade": why.fit_grade,
@@ -54,5 +57,8 @@ def build(model: ScoringModel, t: Transition, who: Who | None = None) -> dict[st
         "triggered_by_event_id": t.event_id,
         "model_version": model.version,
         "crossed_at": iso(t.crossed_at),
+        "outcome": t.outcome,
+        "reason": t.reason,
+        "cooldown_until": iso(t.cooldown_until) if t.cooldown_until is not None else None,
         **(who or _DEFAULT_WHO).of(t.lead_id, t.traits),
     }

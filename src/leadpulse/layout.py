@@ -2,7 +2,7 @@
 
 lua/lib.lua reads and writes the state (`load`, `save`: one msgpack array, one GET and one SET);
 nothing in Python computes from it. The format numbers reach the scripts from here (`FORMAT` and
-`ERASED` in the model spec, state.lua_spec; the tombstone as erase.lua's argument), and
+`ERASED` in the model spec, spec.lua_spec; the tombstone as erase.lua's argument), and
 tests/test_state.py unpacks a state the scripts wrote and checks every field below by name, so a
 layout changed on one side only fails there. Change `FORMAT` with the layout: `load` refuses a
 state of another format.
@@ -54,6 +54,24 @@ class PackedState(NamedTuple):
     #: wall-clock epoch s until which the traits key `…:p` lives; None while it has no expiry
     #: (absent from states written before it)
     traits_expiry: int | None = None
+    # The lifecycle (docs/scoring.md §10): absent from states written before it, and the empty
+    # fields at the end are not written. Times are offsets from `base`, like the clock.
+    #: fs - B: the lead's first event (unknown for leads older than this field)
+    first_seen_at: int | None = None
+    #: pt: per model stage (index + 1), when the lead was last promoted into it - B, or None
+    promoted_at: Any = None
+    #: lh: the last handoff published: [seq, kind code (lib.lua KINDS, 1-based), crossed_at - B]
+    last_handoff: list[Any] | None = None
+    #: lc: the lifecycle stage, 1-based in the model's lifecycle.stages; None/0: none (the score decides)
+    lifecycle: int | None = None
+    #: cd - B: a recycled lead's cool-down end: no promotion before it
+    cooldown_until: int | None = None
+    #: so - B: the SQL promotion time whose SLA was reported overdue (once per SQL)
+    sla_reported: int | None = None
+    #: lr - B: the occurred_at of the latest recycle (sql_rejected, lost)
+    last_recycle_at: int | None = None
+    #: la: per lifecycle stage (1-based), the occurred_at of its latest advance - B, or None
+    advanced_at: Any = None
 
 
 def _by_code(table: Any) -> dict[int, Any]:

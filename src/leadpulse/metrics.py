@@ -11,6 +11,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 #: a due-index entry is overdue once it has been due this many sweep intervals: a healthy sweep
 #: takes it within one, and a busy worker's timer may slip by another
 SWEEP_GRACE_INTERVALS = 3
+#: why a sweep pass skipped a lead (LeadStore.sweep)
+SWEEP_SKIP_REASONS = ("script_error", "bad_reply")
 
 
 class Metrics:
@@ -35,6 +37,16 @@ class Metrics:
         self.handoffs = Counter(
             "leadpulse_handoffs", "Handoffs published, by stage and kind.", ["stage", "kind"], registry=r
         )
+        # The lifecycle (docs/scoring.md §10): CRM outcomes applied, and sales' answer to an SQL.
+        self.outcomes = Counter("leadpulse_outcomes", "CRM outcomes applied and published on leads.outcomes, "
+                                "by outcome.", ["outcome"], registry=r)
+        self.sla_answer = Histogram(
+            "leadpulse_sla_answer_seconds", "Time from an SQL's handoff to sales' sql_accepted or sql_rejected "
+            "(event time), by outcome.", ["outcome"], registry=r,
+            buckets=(900, 3600, 4 * 3600, 8 * 3600, 86400, 2 * 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400),
+        )
+        self.sales_sla = Gauge("leadpulse_sales_sla_seconds", "The model's sales SLA (lifecycle.sla; 0: none): an SQL "
+                               "unanswered this long gets an sla_overdue handoff.", registry=r)
         self.dlq = Counter("leadpulse_dlq", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r)
         self.redis_seconds = Histogram(
             "leadpulse_redis_call_seconds", "Redis round trips, by operation.", ["op"],
@@ -68,6 +80,11 @@ class Metrics:
             "leadpulse_sweep_lag_seconds", "How long the longest-due entry had been due when this worker's "
             "last sweep pass read the due index (0: nothing due).", registry=r,
         )
+        self.sweep_skipped = Counter(
+            "leadpulse_sweep_skipped_leads", "Leads a sweep pass skipped and left in the due index, by "
+            "reason: script_error (sweep.lua failed on the lead, e.g. its state cannot be unpacked) or "
+            "bad_reply (its reply could not be read). The pass swept the others.", ["reason"], registry=r,
+        )
         self._sweep_interval = 0.0
         self._redis_nodes: set[str] = set()
         self.redis_write_refused = Gauge(
@@ -99,6 +116,8 @@ class Metrics:
             self.redis_errors.labels(op)
         for reason in ("oom", "readonly"):
             self.redis_write_refused.labels(reason).set(0)
+        for reason in SWEEP_SKIP_REASONS:
+            self.sweep_skipped.labels(reason)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
 

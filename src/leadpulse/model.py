@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from .durations import parse_ms
 from .errors import ModelError
 from .events import Source
+from .lifecycle import Lifecycle
 from .patterns import regex_matcher
 
 GRADES = ("A", "B", "C", "D")
@@ -265,12 +266,6 @@ class Fit(Frozen):
             raise ValueError("grades must satisfy A > B > C")
         return self
 
-    def grade(self, fit_points: float) -> str:
-        for letter in ("A", "B", "C"):
-            if fit_points >= self.grades[letter]:  # type: ignore[index]
-                return letter
-        return "D"
-
 
 class Stage(Frozen):
     name: Id
@@ -300,6 +295,8 @@ class ScoringModel(Frozen):
     dedup_window: DurationMs = 7 * 86_400_000
     clock_skew: DurationMs = 5 * 60_000
     max_event_age: DurationMs | None = 30 * 86_400_000  # None: no limit
+    #: what CRM outcomes do to a lead, and the sales SLA (lifecycle.py, docs/scoring.md §10)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
 
     @model_validator(mode="before")
     @classmethod
@@ -333,7 +330,15 @@ class ScoringModel(Frozen):
         for i in range(1, len(self.stages)):
             if not self.stages[i].min_score > self.stages[i - 1].min_score:
                 raise ValueError(f"stages[{i}].min_score: must be above the previous stage's")
+        for i, s in enumerate(self.lifecycle.stages):
+            if s.name in names:
+                raise ValueError(f"lifecycle.stages[{i}].name: {s.name!r} is a model stage already")
         return self
+
+    @cached_property
+    def stage_names(self) -> tuple[str, ...]:
+        """Stage names by the index the scripts report: the model's stages, then the lifecycle's."""
+        return (*(s.name for s in self.stages), *(s.name for s in self.lifecycle.stages))
 
     def half_life_ms(self, rule: Rule) -> float | None:
         if rule.half_life is not None:
@@ -392,8 +397,9 @@ def parse_model(text: str, origin: str = "model") -> ScoringModel:
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
         where = _path(tuple(err["loc"]))
-        if where == "(top level)" and re.match(r"^[\w.\[\]]+: ", msg):
-            where, msg = msg.split(": ", 1)  # cross-field checks name their own path
+        if re.match(r"^[\w.\[\]]+: ", msg):  # cross-field checks name their own path, within `where`
+            sub, msg = msg.split(": ", 1)
+            where = sub if where == "(top level)" else f"{where}.{sub}"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ModelError(f"{origin}: {where}: {msg}{more}") from None
 

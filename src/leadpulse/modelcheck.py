@@ -130,7 +130,8 @@ def max_score(model: ScoringModel) -> float:
 def _stages(model: ScoringModel) -> Iterator[Finding]:
     most = max_score(model)
     best_fit = sum(r.points for r in model.fit.rules if r.points > 0)
-    best_grade = model.fit.grade(best_fit)
+    # A bound of the model, not a lead's grade (lib.lua grades leads): the letter the best fit reaches.
+    best_grade = next((g for g, need in sorted(model.fit.grades.items(), key=lambda x: -x[1]) if best_fit >= need), "D")
     needs: dict[str, float] = {letter: points for letter, points in model.fit.grades.items()}
     for i, stage in enumerate(model.stages[1:], 1):
         if stage.min_score > most:

@@ -27,7 +27,7 @@ def _who() -> str:
 
 def _with_redis(settings: Settings, work: Callable[[Any, Any], Awaitable[T]]) -> T:
     from .keys import Keys
-    from .state import connect
+    from .redisconn import connect
 
     async def run() -> T:
         redis = connect(settings.redis_url.get_secret_value(), settings.redis_cluster)

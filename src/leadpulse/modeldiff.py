@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .durations import format_ms
+from .lifecycle import OUTCOMES, Lifecycle, OutcomeAction
 from .model import Cap, Category, FitRule, Predicate, Rule, ScoringModel, Stage, When
 
 
@@ -185,6 +186,23 @@ def _stages(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
                      [s.name for s in old.stages], [s.name for s in new.stages])
 
 
+def _action(a: OutcomeAction | None) -> str:
+    if a is None or a.ignore:
+        return "moves nothing"
+    if a.stage is not None:
+        return f"→ {a.stage}"
+    return f"recycled, cool-down {_duration(a.recycle)}"
+
+
+def _lifecycle(old: Lifecycle, new: Lifecycle) -> Iterator[Change]:
+    yield from _field("lifecycle.stages", "lifecycle stages", [s.name for s in old.stages],
+                      [s.name for s in new.stages], lambda v: " → ".join(v) or "none")
+    for outcome in OUTCOMES:
+        a, b = _action(old.outcomes.get(outcome)), _action(new.outcomes.get(outcome))  # type: ignore[call-overload]
+        yield from _field(f"lifecycle.outcomes.{outcome}", f"outcome {outcome}", a, b, str)
+    yield from _field("lifecycle.sla", "sales SLA", old.sla, new.sla, _duration)
+
+
 def changes(old: ScoringModel, new: ScoringModel) -> list[Change]:
     """Every difference that changes how leads are scored or staged, in the model's order."""
     out: list[Change] = []
@@ -196,4 +214,5 @@ def changes(old: ScoringModel, new: ScoringModel) -> list[Change]:
     out += _field("hysteresis", "hysteresis", old.hysteresis, new.hysteresis)
     for name in ("dedup_window", "clock_skew", "max_event_age"):
         out += _field(name, name, getattr(old, name), getattr(new, name), _duration)
+    out += _lifecycle(old.lifecycle, new.lifecycle)
     return out

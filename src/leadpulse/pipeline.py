@@ -37,7 +37,8 @@ from .handoff import build, iso, publishes
 from .isolate import bisect, retriable
 from .metrics import Metrics
 from .model import ScoringModel
-from .state import ANONYMOUS, BatchResult, LeadStore, Transition
+from .outcome import build as build_outcome, sla_seconds
+from .state import ANONYMOUS, BatchResult, LeadStore, OutcomeSnapshot, Transition
 from .who import Who
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Producer(Protocol):
 class Topics:
     handoff: str
     dlq: str
+    outcomes: str = "leads.outcomes"
 
 
 def _header(text: str) -> bytes:
@@ -136,6 +138,8 @@ class Batch:
     result: BatchResult | None = None
     #: built at the first publish, kept for its retries
     handoffs: list[Handoff] | None = None
+    #: the CRM outcomes' records (leads.outcomes), serialised at the first publish
+    outcomes: list[tuple[OutcomeSnapshot, bytes]] | None = None
     counted: bool = False
 
 
@@ -157,6 +161,9 @@ class Processor:
         # of a partition (a few batches) and a start re-reads the topic's tail (worker.HANDOFF_TAIL
         # per partition): the capacity covers those, and bounds memory however long the worker runs.
         self.published: RecentIds[str] = published if published is not None else RecentIds(50_000)
+        metrics.sales_sla.set((self.model.lifecycle.sla or 0) / 1000)
+        if self.model.lifecycle.sla:  # from the start: the alert's increase() sees the first one
+            metrics.handoffs.labels(self.model.stages[-1].name, "sla_overdue")
 
     def prepare(self, records: Sequence[Record]) -> Batch:
         """The CPU half of a batch, which needs no I/O: runs while Redis applies the batch before."""
@@ -205,10 +212,12 @@ class Processor:
         # retries the whole batch, which is then a replay.
         outcomes = [""] * len(valid)
         transitions: list[Transition] = []
+        crm: list[OutcomeSnapshot] = []
         for start, end, result in split.parts:
             outcomes[start:end] = result.outcomes
             transitions.extend(result.transitions)
-        batch.result = BatchResult(outcomes, transitions)
+            crm.extend(result.crm)
+        batch.result = BatchResult(outcomes, transitions, crm)
         _drop(batch, split.culprits)
 
     async def publish(self, batch: Batch) -> None:
@@ -217,9 +226,13 @@ class Processor:
         Safe to repeat: handoffs already acknowledged are not sent again."""
         if batch.handoffs is None:
             batch.handoffs = self._batch_handoffs(batch)
+        if batch.outcomes is None:
+            batch.outcomes = self._outcome_records(batch)
         result = batch.result
         sends = [self._dead_letter(record, error, batch.now_ms) for record, error in batch.invalid]
         sends.extend(self._send_handoff(h) for h in batch.handoffs if h.transition.handoff_id not in self.published)
+        # Outcome records go out like handoffs: acknowledged before the commit, deterministic ids.
+        sends.extend(self._send_outcome(o, value) for o, value in batch.outcomes if o.outcome_id not in self.published)
         if sends:
             # Every send is awaited to its broker acknowledgement before the caller commits.
             await asyncio.gather(*[await s for s in sends])
@@ -228,10 +241,11 @@ class Processor:
             self._count(batch.valid, batch.invalid, result.outcomes if result else [])
             self.metrics.batch_done()
 
-    async def sweep(self, now_ms: int, due_at: list[float] | None = None) -> int:
+    async def sweep(self, now_ms: int, due_at: list[float] | None = None,
+                    skipped: list[tuple[str, str, Exception]] | None = None) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis. `due_at`
-        receives the due times the pass read (LeadStore.sweep)."""
-        return await self.settle(await self.store.sweep(now_ms, due_at=due_at))
+        receives the due times the pass read, `skipped` the leads it could not sweep (LeadStore.sweep)."""
+        return await self.settle(await self.store.sweep(now_ms, due_at=due_at, skipped=skipped))
 
     async def settle(self, transitions: list[Transition]) -> int:
         """Publish transitions no event caused (the sweep's, a model change's: reeval.py), then
@@ -282,6 +296,34 @@ class Processor:
                     culprits.setdefault(culprit, exc)
             _drop(batch, culprits)
         return handoffs
+
+    def _outcome_records(self, batch: Batch) -> list[tuple[OutcomeSnapshot, bytes]]:
+        """Each applied CRM outcome's record; one that cannot be built is logged and skipped
+        (the outcome itself stays applied, and its handoff, if any, is published)."""
+        out = []
+        for o in batch.result.crm if batch.result else ():
+            try:
+                out.append((o, orjson.dumps(build_outcome(self.model, o))))
+            except Exception as exc:  # noqa: BLE001 - this record only
+                log.error("outcome record %s of lead %r could not be built (%s: %s at %s); it is not published",
+                          o.outcome_id, o.lead_id, type(exc).__name__, exc, _where(exc))
+        return out
+
+    async def _send_outcome(self, o: OutcomeSnapshot, value: bytes) -> Any:
+        fut = await self.producer.send(self.topics.outcomes, value, key=o.lead_id.encode(),
+                                       headers=[("leadpulse.outcome_id", o.outcome_id.encode())])
+
+        async def acknowledged() -> None:
+            await fut
+            if o.outcome_id in self.published:  # a retry of the batch: measured once
+                return
+            self.published.add(o.outcome_id)
+            self.metrics.outcomes.labels(o.outcome).inc()
+            answered = sla_seconds(self.model, o)
+            if answered is not None:
+                self.metrics.sla_answer.labels(o.outcome).observe(answered)
+
+        return acknowledged()
 
     async def _send_handoff(self, h: Handoff) -> Any:
         t = h.transition

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import models, scripts
+from .engine import grade_rank
 from .errors import StateError
 from .model import ScoringModel
 from .state import LeadStore, Transition
@@ -47,6 +48,7 @@ def may_demote_or_promote(old: ScoringModel, new: ScoringModel) -> bool:
             {k: (c.weight, c.cap, c.half_life_ms) for k, c in m.categories.items()},
             {r.id: (r.category, m.half_life_ms(r)) for r in m.rules},
             {r.id: r.category for r in m.fit.rules},
+            m.lifecycle.sla,  # SQLs' SLA deadlines are in the due index (re-indexed)
         )
 
     return bool(read_with(old) != read_with(new))
@@ -60,7 +62,7 @@ def may_promote(old: ScoringModel, new: ScoringModel) -> bool:
     if len(old.stages) < 2:
         return True
     o, n = old.stages[1], new.stages[1]
-    if n.min_score < o.min_score or _grade_rank(n.min_grade) < _grade_rank(o.min_grade):
+    if n.min_score < o.min_score or grade_rank(n.min_grade) < grade_rank(o.min_grade):
         return True
     if any(new.fit.grades[g] < old.fit.grades[g] for g in ("A", "B", "C")):
         return True
@@ -74,10 +76,6 @@ def may_promote(old: ScoringModel, new: ScoringModel) -> bool:
             return True
     olds = {r.id: (r.category, old.half_life_ms(r)) for r in old.rules}
     return any(olds.get(r.id, (r.category, new.half_life_ms(r))) != (r.category, new.half_life_ms(r)) for r in new.rules)
-
-
-def _grade_rank(grade: str | None) -> int:
-    return {"A": 0, "B": 1, "C": 2, "D": 3, None: 4}[grade]
 
 
 async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition]:

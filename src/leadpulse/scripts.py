@@ -71,8 +71,14 @@ class Scripts:
             await self.redis.script_load(script.source)
             return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def pipelined(self, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run many script calls in one round trip; reload and retry the ones that hit NOSCRIPT."""
+    async def pipelined(self, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]],
+                        raise_on_error: bool = True) -> list[Any]:
+        """Run many script calls in one round trip; reload and retry the ones that hit NOSCRIPT.
+
+        A call Redis refused raises its error, unless `raise_on_error` is false: then its error
+        stands in its place among the replies, for a caller that can go on without that call
+        (the sweep, where one lead's bad state must not hold back every other lead's demotion).
+        """
         if not calls:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -91,7 +97,8 @@ class Scripts:
                 retry.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             for i, r in zip(missing, await retry.execute(raise_on_error=False)):
                 results[i] = r
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
+        if raise_on_error:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
         return results

@@ -1,4 +1,7 @@
-"""The model as the Lua scripts need it: the spec every script call carries (ARGV[1])."""
+"""The scoring model as the Lua scripts read it: one msgpack "spec" passed to every script that
+scores (ARGV[1]), with rules named by their codes (rules.lua) and the packed state's format
+numbers (layout.py). Python builds it; lib.lua computes with it.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +40,7 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "hmin": min(half_lives, default=1e15),
         "hmax": max(half_lives, default=1e15),
         "cat": cat,
-        "cats": [
-            [c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()
-        ],
+        "cats": [[c.weight, -1 if c.cap is None else c.cap] for c in model.categories.values()],
         "caps": {
             codes[r.id]: [cap.points, cap.window or 0]
             for r in model.rules
@@ -53,5 +54,6 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "activity": activity_max,
         "format": layout.FORMAT,
         "erased": layout.ERASED,
+        "lc": {**model.lifecycle.spec(), "ho": [s.handoff for s in model.stages]},
     }
     return bytes(msgpack.packb(spec))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,84 +17,33 @@ from typing import Any
 import msgpack
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from . import erasure, scripts
+from .bounded import Recent
 from .bounds import Retention
 from .engine import Scorer
 from .errors import StateError
 from .events import Event
-from .explanation import Explanation, LeadView, explained
+from .explanation import LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
-from .redisconn import connect, failure as _failure, unavailable
+from .redisconn import failure as _failure
 from .spec import lua_spec
+from .transition import OutcomeSnapshot, Transition
 from .who import OPT_OUT_EVENTS, decode_traits
 
-__all__ = ["LeadStore", "Transition", "BatchResult", "connect", "unavailable", "lua_spec", "dedup_member"]
+__all__ = ["LeadStore", "Transition", "OutcomeSnapshot", "BatchResult", "dedup_member"]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
-_HANDOFF_NS = uuid.UUID("6b0c5d0e-2f7a-4a51-9a52-3c1f1e0a7d11")
 
 
 def dedup_member(event_id: str) -> str:
     # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
     return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    lead_id: str
-    seq: int
-    kind: str  # promoted | demoted
-    from_stage: int
-    to_stage: int
-    crossed_at: int
-    event_id: str | None
-    threshold: float
-    #: the lead at crossed_at, as the script that decided computed it (lib.lua `explain`)
-    explanation: Explanation
-    #: the lead's kept traits when the transition was decided (handed back by the same script)
-    traits: Mapping[str, Any] | None = None
-
-    #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
-    _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def score(self) -> float:
-        """The score the stage was decided on."""
-        return self.explanation.score
-
-    @property
-    def handoff_id(self) -> str:
-        # Deterministic: a replay, a re-sweep or a rescore from retention yields the same id.
-        if self._handoff_id is None:
-            value = str(uuid.uuid5(_HANDOFF_NS, f"{self.lead_id}\x00{self.seq}\x00{self.kind}\x00{self.crossed_at}"))
-            object.__setattr__(self, "_handoff_id", value)
-            return value
-        return self._handoff_id
-
-    @classmethod
-    def from_reply(cls, lead_id: str, raw: Sequence[Any], rules: Mapping[int, str],
-                   categories: Sequence[str], traits: Mapping[str, Any] | None = None) -> Transition:
-        """A transition as the scripts report it (unpacked); `rules` and `categories` name the
-        codes of its explanation (explanation.explained)."""
-        seq, kind, frm, to, at, event_id, threshold, explanation = raw
-        return cls(
-            lead_id=lead_id,
-            seq=seq,
-            kind=kind,
-            from_stage=frm,
-            to_stage=to,
-            crossed_at=at,
-            event_id=event_id or None,
-            threshold=float(threshold),
-            explanation=explained(explanation, rules, categories),
-            traits=traits,
-        )
 
 
 def _text(value: Any) -> str:
@@ -116,6 +64,8 @@ _STATUS = {"o": SCORED, "d": DUPLICATE, "e": ERASED}
 class BatchResult:
     outcomes: list[str]
     transitions: list[Transition] = field(default_factory=list)
+    #: the CRM outcomes applied (or replayed): each becomes a record on leads.outcomes
+    crm: list[OutcomeSnapshot] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -135,7 +85,8 @@ class LeadStore:
         self.retention = retention or Retention()
         self.scripts = scripts.Scripts(redis)
         self.use_model(model)
-        self._aliases: dict[str, str] = {}  # anonymous_id -> lead_id; a link never changes
+        #: anonymous_id -> lead_id, the ALIAS_CACHE newest (Redis keeps every link: a miss looks it up)
+        self._aliases: Recent[str, str] = Recent(ALIAS_CACHE)
 
     def use_model(self, model: ScoringModel) -> None:
         """Score with `model` from the next call on (a hot reload: models.py). Rule codes are
@@ -182,13 +133,6 @@ class LeadStore:
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self._reloads = self.scripts.reloads
-
-    def _alias(self, anonymous_id: str, lead_id: str) -> None:
-        """Remember a link; past ALIAS_CACHE the oldest is forgotten (Redis keeps every link and
-        a visitor missing here is looked up there), so the worker's memory stays bounded."""
-        self._aliases[anonymous_id] = lead_id
-        if len(self._aliases) > ALIAS_CACHE:
-            del self._aliases[next(iter(self._aliases))]
 
     async def apply(self, batch: Sequence[tuple[Event, str]], now: int | None = None) -> BatchResult:
         """Apply validated events (each with its source position, e.g. "events.web:3:1207").
@@ -247,7 +191,7 @@ class LeadStore:
             kind, value = _text(reply[0]), reply[1]
             if kind == "lead":  # linked by another worker meanwhile: score into the lead
                 lead_id = _text(value)
-                self._alias(anon_id, lead_id)
+                self._aliases[anon_id] = lead_id
                 routed.setdefault(lead_id, set()).add(anon_id)
                 slot = redirected.setdefault(lead_id, _LeadOps())
                 for i, op in items:
@@ -279,7 +223,11 @@ class LeadStore:
         elif (opt_out := OPT_OUT_EVENTS.get((event.source, event.type))) and event.lead_id is not None:
             traits_now[event.lead_id] = {**traits_now.get(event.lead_id, {}), opt_out: event.occurred_at}
             traits = orjson.dumps(traits_now[event.lead_id]).decode()  # who.py: no sales alert after it
-        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits]
+        outcome: list[Any] = [False, False]
+        if event.source == "crm":  # lib.lua `outcome`: the lifecycle section decides what it does
+            reason = event.properties.get("reason")
+            outcome = [event.type, str(reason)[:256] if reason is not None else False]
+        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits, *outcome]
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""
@@ -301,7 +249,7 @@ class LeadStore:
         replies = await pipe.execute()
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
-                self._alias(a, _text(lead))
+                self._aliases[a] = _text(lead)
         traits = replies[len(anon_ids) :]
         # Traits may outlive an expired state by up to lead_ttl/8 (lib.lua): a lead that comes
         # back after expiring starts afresh, without them.
@@ -316,7 +264,7 @@ class LeadStore:
         for (anon_id, _), reply in zip(links, await self.scripts.pipelined(calls)):
             owner = _text(reply[0])
             owners.append((anon_id, owner))
-            self._alias(anon_id, owner)
+            self._aliases[anon_id] = owner
             logged = [orjson.loads(op) for op in reply[1:]]
             if not logged:
                 continue
@@ -366,7 +314,7 @@ class LeadStore:
         for reply in replies:
             for lead_reply in _unpack(reply):  # apply.lua answers one packed string per call
                 lead_id, slot = next(items)
-                statuses, transitions, traits = _text(lead_reply[0]), lead_reply[1], decode_traits(lead_reply[3])
+                statuses, transitions, traits = _text(lead_reply[0]), lead_reply[1], decode_traits(lead_reply[4])
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
@@ -374,6 +322,8 @@ class LeadStore:
                     erased.add(lead_id)
                 result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories, traits)
                                           for t in transitions)
+                result.crm.extend(OutcomeSnapshot.from_reply(lead_id, o, self.rule_names, self.categories)
+                                  for o in lead_reply[3])
         return erased
 
     def _lead_keys(self, lead_id: str) -> list[str]:
@@ -423,14 +373,17 @@ class LeadStore:
         for part, reply in zip(parts, replies):
             for i, found in zip(part, _unpack(reply)):
                 if found:  # [stage, clock, explanation]; false: no state (or erased)
-                    stage, clock, why = found
-                    views[i] = LeadView(*leads[i], self.model.stages[stage].name, clock, self.model.version,
-                                        explained(why, self.rule_names, self.categories))
+                    stage, clock, why, cooldown = found
+                    views[i] = LeadView(*leads[i], self.model.stage_names[stage], clock, self.model.version,
+                                        explained(why, self.rule_names, self.categories), cooldown or None)
         return views
 
-    async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None) -> list[Transition]:
+    async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None,
+                    skipped: list[tuple[str, str, Exception]] | None = None) -> list[Transition]:
         """Demote the leads decayed below their stage's floor by `now`; `ack` the transitions returned
-        once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard."""
+        once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard.
+        With `skipped`, a lead whose sweep.lua call fails (e.g. a state it cannot unpack) or whose reply
+        cannot be read goes there as (lead, reason, error) and the others are swept."""
         try:
             await self.ready()
             pipe = self.redis.pipeline(transaction=False)
@@ -441,14 +394,23 @@ class LeadStore:
                 due_at.extend(at for _, at in rows)
             due = [_text(m) for m, _ in rows[:limit]]
             calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
-            replies = await self.scripts.pipelined(calls)
+            replies = await self.scripts.pipelined(calls, raise_on_error=skipped is None)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         out: list[Transition] = []
         for lead, reply in zip(due, replies):
-            transitions, traits = _unpack(reply)  # sweep.lua: the lead's traits beside them
-            out.extend(Transition.from_reply(lead, t, self.rule_names, self.categories, decode_traits(traits))
-                       for t in transitions)
+            if isinstance(reply, Exception) and type(reply) is not ResponseError:  # OOM, READONLY…
+                raise StateError(f"redis: {reply}") from reply  # Redis's own errors, not the lead's
+            try:
+                if isinstance(reply, ResponseError):  # only with `skipped`: the script failed on this lead
+                    raise reply
+                transitions, traits = _unpack(reply)  # sweep.lua: the lead's traits beside them
+                out.extend([Transition.from_reply(lead, t, self.rule_names, self.categories, decode_traits(traits))
+                            for t in transitions])
+            except (ResponseError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+                if skipped is None:
+                    raise
+                skipped.append((lead, "script_error" if isinstance(exc, ResponseError) else "bad_reply", exc))
         return out
 
     async def ack(self, transitions: Sequence[Transition]) -> None:

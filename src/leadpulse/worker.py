@@ -1,11 +1,12 @@
 """The streaming worker: Faust runs the process, our batch consumer runs the hot path.
 
 Faust (faust-streaming) is the application framework: worker lifecycle and signals, the web
-server for the HTTP API, and the timer for the decay sweep. Events are consumed beside it by
-an aiokafka consumer that hands whole batches to the pipeline and commits explicitly, because
-Faust's per-event stream path tops out near 6–7 k events/s on our machines; handoffs and dead
-letters go out through our own producer, which (unlike Faust's) waits out a broker that is
-down at start instead of crashing the worker. docs/architecture.md explains the choices.
+server for the HTTP API, and the timer for the decay sweep (sweeper.py). Events are consumed
+beside it by an aiokafka consumer that hands whole batches to the pipeline and commits
+explicitly, because Faust's per-event stream path tops out near 6–7 k events/s on our machines;
+handoffs and dead letters go out through our own producer, which (unlike Faust's) waits out a
+broker that is down at start instead of crashing the worker. docs/architecture.md explains the
+choices.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from .pipeline import Batch, Processor, Topics
 from .rebalance import Partitions
 from .retry import Retry, Stopped
 from .settings import Settings
-from .state import LeadStore, connect
+from .redisconn import connect
+from .state import LeadStore
+from .sweeper import Sweeper
 from .who import Who
 
 log = logging.getLogger("leadpulse.worker")
@@ -76,7 +79,7 @@ class ScoringService(mode.Service):
         self.store = LeadStore(self.redis, model, retention=Retention.from_settings(settings))
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
-            self.store, self, Topics(settings.handoff_topic, settings.dlq_topic), metrics,
+            self.store, self, Topics(settings.handoff_topic, settings.dlq_topic, settings.outcomes_topic), metrics,
             max_event_bytes=settings.max_event_bytes, who=Who.from_settings(settings),
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
@@ -100,6 +103,9 @@ class ScoringService(mode.Service):
         self._stopping = asyncio.Event()
         #: every outage is waited out, never a crash loop
         self.retry = Retry((StateError, RedisError, OSError, KafkaError), self._failed, stopping=self._stopping)
+        self.sweeper = Sweeper(self.redis, self.processor, self.following, metrics, settings.sweep_interval,
+                               may_sweep=lambda: self.prepared.is_set() and self.caught_up,
+                               refused=self._write_refused, changed=self._update_ready)
 
     async def on_start(self) -> None:  # SIGHUP: the model file again (mode has INT, TERM, USR1, USR2)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.following.on_sighup)
@@ -151,7 +157,7 @@ class ScoringService(mode.Service):
                          "model")
         await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         await self.retry(self._start_producer, "producer_start")
-        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic]
+        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic, self.settings.outcomes_topic]
         await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
         await self._read_published()
         log.info("ready to consume %s (%d handoffs already published)",
@@ -356,7 +362,7 @@ class ScoringService(mode.Service):
     @property
     def ready(self) -> bool:
         return (self.prepared.is_set() and self.redis_ok and self.write_refused is None and self.kafka_ok
-                and bool(self.partitions.assigned))
+                and bool(self.partitions.assigned) and self.sweeper.not_ready_because is None)
 
     @property
     def not_ready_because(self) -> str | None:
@@ -373,7 +379,7 @@ class ScoringService(mode.Service):
             return "kafka unreachable"
         if not self.partitions.assigned:
             return "no partitions assigned"
-        return None
+        return self.sweeper.not_ready_because
 
     async def readiness(self) -> dict[str, Any]:
         """/readyz: Redis is asked now (an idle worker has nothing else telling it Redis went away)."""
@@ -391,56 +397,6 @@ class ScoringService(mode.Service):
             "partitions_assigned": len(self.partitions.assigned),
             "started": self.prepared.is_set(),
         }
-
-    # --- decay sweep ---------------------------------------------------------------------
-
-    async def sweep(self, _app: object = None) -> None:
-        """Publish demotions caused by decay alone. One worker at a time holds the sweep lock.
-
-        Only a worker that has caught up with its partitions sweeps: while a backlog (a
-        backfill, a restart after an outage) is being consumed, a lead's older events may still
-        be on their way, and demoting it on the wall clock first would decide ahead of them.
-        Events arriving after a due time apply that demotion themselves, at its instant.
-        """
-        if not self.prepared.is_set() or not self.caught_up or self.gate.quiet.locked():
-            return
-        try:
-            lock = self.redis.lock(self.store.keys.sweep_lock, timeout=max(30.0, 3 * self.settings.sweep_interval),
-                                   blocking=False)
-            if not await lock.acquire():
-                return
-            try:
-                async with self.gate.quiet:  # never while holding for a switch (handover.py)
-                    while await self._sweep_pass() >= 500:
-                        pass
-                    await self.following.reevaluate()
-            finally:
-                await lock.release()
-        except (StateError, RedisError) as exc:
-            refused = write_refusal(exc)
-            if refused:
-                self._write_refused(refused)
-            else:
-                self.redis_ok = False
-            self.metrics.redis_errors.labels("sweep").inc()
-            log.warning("sweep failed: %s", exc)
-        except KafkaError as exc:
-            self.metrics.kafka_errors.labels("sweep").inc()
-            log.warning("sweep could not publish: %s", exc)
-
-    async def _sweep_pass(self) -> int:
-        """One pass over up to 500 due leads; its metrics say what it found and that it completed."""
-        now = int(time.time() * 1000)
-        due_at: list[float] = []
-        try:
-            swept = await self.processor.sweep(now, due_at)
-        except BaseException:
-            if due_at:  # read, then failed: what it read is still the backlog
-                self.metrics.sweep_read(now, due_at)
-            raise
-        self.metrics.sweep_read(now, due_at)
-        self.metrics.sweep_success.set(time.time())
-        return swept
 
     async def on_shutdown(self) -> None:
         await self.following.leave()
@@ -498,7 +454,7 @@ def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None 
     app.producer_only = True
     app.boot_strategy = BootStrategy(app, enable_kafka_producer=False)
     service = ScoringService(app, settings, model, metrics, loop=None)
-    app.timer(settings.sweep_interval)(service.sweep)
+    app.timer(settings.sweep_interval)(service.sweeper.run)
     api.register(app, service.store, settings, metrics, service.readiness)
     board.register(app.web.web_app, service.store, settings)
     return app, service

@@ -18,7 +18,7 @@ from ..keys import Keys
 from ..model import ScoringModel, load_model
 from ..retained import Retained
 from ..settings import Settings
-from ..state import connect
+from ..redisconn import connect
 from . import backtest as figures
 from . import outcomes as records_in
 from .render import _pct, decile_chart

@@ -191,7 +191,7 @@ def calibrate(events_path: Path, outcomes_path: Path, current: ScoringModel, opt
     traits = features.trait_kinds(current, train, support)
     probe = features.probe(current, kinds, traits)
     hits = features.matches(probe, train)
-    feats = features.design(kinds, traits, hits, train, support)
+    feats = features.design(kinds, traits, hits, support)
     x = features.columns(feats, hits, train)
     feats, x = features.distinct_columns(feats, x)
     y = np.array([h.label for h in train], dtype=int)

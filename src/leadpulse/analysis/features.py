@@ -283,13 +283,6 @@ def probe(model: ScoringModel, kinds: Sequence[Kind], traits: Sequence[Trait]) -
                                stages=(Stage(name="lead", min_score=0), Stage(name="top", min_score=1))))
 
 
-@dataclass
-class Matrix:
-    features: list[Feature]
-    x: np.ndarray  # leads x features
-    leads: list[str]
-
-
 def _weights(times: Sequence[int], at: int, half_life: float | None) -> np.ndarray:
     t = np.asarray(times, dtype=float)
     return np.ones(len(t)) if half_life is None else np.exp2(-(at - t) / half_life)
@@ -308,7 +301,7 @@ def matches(scorer: Scorer, leads: Sequence[History]) -> list[tuple[dict[str, li
 
 
 def design(kinds: Sequence[Kind], traits: Sequence[Trait], train: Sequence[tuple[dict[str, list[int]], set[str]]],
-           train_leads: Sequence[History], min_support: int) -> list[Feature]:
+           min_support: int) -> list[Feature]:
     """The columns worth fitting, decided on the training leads only."""
     features: list[Feature] = []
     for k in kinds:

@@ -28,7 +28,6 @@ BATCH = 2000
 class Scored:
     score: float  # at the outcome, from the events before it
     fit_score: float
-    grade: str
     reached: int  # the highest stage the lead was promoted into before its outcome (0: none)
 
 
@@ -73,10 +72,10 @@ async def score(redis: Redis, model: ScoringModel, leads: Sequence[History]) -> 
             part = leads[start : start + 1000]
             for h, view in zip(part, await store.read([(h.lead_id, h.at) for h in part])):  # as LeadStore.view reads
                 if view is None:  # no event before its outcome: nothing scored
-                    out[h.lead_id] = Scored(0.0, 0.0, model.fit.grade(0.0), 0)
+                    out[h.lead_id] = Scored(0.0, 0.0, 0)
                     continue
                 why = view.explanation
-                out[h.lead_id] = Scored(why.score, why.fit_score, why.fit_grade, reached.get(h.lead_id, 0))
+                out[h.lead_id] = Scored(why.score, why.fit_score, reached.get(h.lead_id, 0))
         return out
     finally:
         await _forget(redis, keys.prefix)

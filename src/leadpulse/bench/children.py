@@ -65,14 +65,17 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 class Worker(Child):
     """`leadpulse worker` configured by LEADPULSE_* variables, as in production."""
 
-    def __init__(self, workdir: Path, name: str, **settings: Any) -> None:
+    def __init__(self, workdir: Path, name: str, processes: int = 1, **settings: Any) -> None:
         self.port = free_port()
+        #: one HTTP port per worker process (`--processes N`: process i on port + i)
+        self.ports = [self.port + i for i in range(processes)]
         self.settings = {"http_port": self.port, "log_level": "info", **settings}
         env = child_env({f"LEADPULSE_{k.upper()}": str(v) for k, v in self.settings.items()})
-        super().__init__([sys.executable, "-m", "leadpulse", "worker"], env, workdir / f"{name}.log")
+        argv = [sys.executable, "-m", "leadpulse", "worker"] + (["--processes", str(processes)] if processes > 1 else [])
+        super().__init__(argv, env, workdir / f"{name}.log")
 
-    async def get(self, path: str) -> tuple[int, str]:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 5)
+    async def get(self, path: str, port: int | None = None) -> tuple[int, str]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port or self.port), 5)
         try:
             writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
             await writer.drain()
@@ -83,10 +86,14 @@ class Worker(Child):
         return int(head.split(b" ", 2)[1]), body.decode(errors="replace")
 
     async def ready(self) -> bool:
-        with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
-            status, _ = await self.get("/readyz")
-            return status == 200
-        return False
+        """Every worker process answers /readyz with 200."""
+        for port in self.ports:
+            status = 0
+            with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
+                status, _ = await self.get("/readyz", port)
+            if status != 200:
+                return False
+        return True
 
     async def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -99,14 +106,25 @@ class Worker(Child):
         raise click.ClickException(f"the worker was not ready within {timeout:.0f} s:\n{self.tail()}")
 
     async def metrics(self) -> list[Any] | None:
-        """The samples of its /metrics (prometheus_client's parser), or None if it did not answer."""
+        """The samples of its /metrics (prometheus_client's parser), every process's together, or
+        None if one did not answer."""
+        samples = await self.metrics_each()
+        return None if samples is None else [s for each in samples for s in each]
+
+    async def metrics_each(self) -> list[list[Any]] | None:
+        """The samples of each worker process's /metrics, or None if one did not answer."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
-            status, text = await self.get("/metrics")
-            if status == 200:
-                return [s for family in text_string_to_metric_families(text) for s in family.samples]
-        return None
+        out = []
+        for port in self.ports:
+            text = None
+            with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
+                status, body = await self.get("/metrics", port)
+                text = body if status == 200 else None
+            if text is None:
+                return None
+            out.append([s for family in text_string_to_metric_families(text) for s in family.samples])
+        return out
 
     async def counts(self) -> tuple[int, int]:
         """(events finished, every outcome; handoffs published), or (-1, -1) if /metrics did not answer."""
@@ -124,20 +142,31 @@ class Worker(Child):
         """The worker's own account of its work (leadpulse_work_seconds, leadpulse_events_total),
         read in one scrape, so the count and the span's end belong to the same batch."""
         deadline = time.monotonic() + timeout
-        while (samples := await self.metrics()) is None:
+        while (each := await self.metrics_each()) is None:
             if time.monotonic() > deadline or not self.alive():
                 raise click.ClickException(f"{self.log.name}: /metrics did not answer:\n{self.tail()}")
             await asyncio.sleep(0.2)
-        marks = {(s.labels["at"], s.labels["clock"]): s.value for s in samples if s.name == "leadpulse_work_seconds"}
-        return Work(int(sum(s.value for s in samples if s.name == "leadpulse_events_total")),
-                    marks.get(("start", "unix"), 0.0), marks.get(("end", "unix"), 0.0),
-                    marks.get(("start", "cpu"), 0.0), marks.get(("end", "cpu"), 0.0))
+        works = [_work(samples) for samples in each]
+        if len(works) == 1:
+            return works[0]
+        # several processes: their events and CPU added, the span from the first start to the last end
+        busy = [w for w in works if w.events]
+        return Work(sum(w.events for w in works), min((w.start for w in busy), default=0.0),
+                    max((w.end for w in busy), default=0.0), 0.0, sum(w.cpu for w in busy))
 
     def assignments(self) -> list[int]:
         """The partition counts this worker was assigned, in order (from its info log)."""
         with contextlib.suppress(OSError):
             return [int(n) for n in re.findall(r"assigned (\d+) partitions", self.log.read_text(errors="replace"))]
         return []
+
+
+def _work(samples: list[Any]) -> Work:
+    """One worker process's account of its work, from one scrape."""
+    marks = {(s.labels["at"], s.labels["clock"]): s.value for s in samples if s.name == "leadpulse_work_seconds"}
+    return Work(int(sum(s.value for s in samples if s.name == "leadpulse_events_total")),
+                marks.get(("start", "unix"), 0.0), marks.get(("end", "unix"), 0.0),
+                marks.get(("start", "cpu"), 0.0), marks.get(("end", "cpu"), 0.0))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .measure import loadavg, machine
 from .report import Report, render
 from .runner import run
 
-STAGES = ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency", "rss")
+STAGES = ("ceilings", "baseline", "leadpulse", "processes", "memory", "rebalance", "latency", "rss")
 
 
 @click.command()
@@ -26,6 +26,9 @@ STAGES = ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency",
 @click.option("--rate", default=5000.0, show_default=True, help="offered events/s for the latency measurement")
 @click.option("--latency-seconds", default=20.0, show_default=True, help="how long to offer that load")
 @click.option("--baseline-seconds", default=30.0, show_default=True, help="time box of the naive baseline")
+@click.option("--baseline-runs", default=3, show_default=True, help="runs of the naive baseline (its row is the median)")
+@click.option("--baseline-variant/--no-baseline-variant", default=True, show_default=True,
+              help="also run the earlier baseline variant (stream.events(), log WARNING) as a second row")
 @click.option("--memory-leads", default=1_000_000, show_default=True, help="leads to measure Redis memory at")
 @click.option("--partitions", default=8, show_default=True, help="partitions per input topic")
 @click.option("--batch-max", type=int, default=None, help="LEADPULSE_BATCH_MAX of the LeadPulse workers (default: theirs)")
@@ -38,7 +41,7 @@ STAGES = ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency",
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="keep logs and data here")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: float, baseline_seconds: float,
-          memory_leads: int, partitions: int, batch_max: int | None, rss_events: int, rss_max_leads: int,
+          baseline_runs: int, baseline_variant: bool, memory_leads: int, partitions: int, batch_max: int | None, rss_events: int, rss_max_leads: int,
           skip: tuple[str, ...], data_dir: Path | None,
           as_json: bool) -> None:
     """Throughput, latency and memory: LeadPulse beside a naive Faust worker and the ceilings."""
@@ -64,7 +67,8 @@ def bench(events: int, leads: int, seed: int, rate: float, latency_seconds: floa
             ctx = Context(stack=stack, events=events, leads=leads, seed=seed, rate=rate, latency_seconds=latency_seconds,
                           baseline_seconds=baseline_seconds, memory_leads=memory_leads, partitions=partitions,
                           workdir=workdir, stages=set(STAGES) - set(skip), progress=progress, batch_max=batch_max,
-                          rss_events=rss_events, rss_max_leads=rss_max_leads)
+                          rss_events=rss_events, rss_max_leads=rss_max_leads, baseline_runs=baseline_runs,
+                          baseline_variant=baseline_variant)
             try:
                 asyncio.run(run(ctx, report))
             finally:

@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     from ..dev.embedded import Stack
 
 #: database numbers of the stages on the bench's own redis-server
-DB_RECORD, DB_REPLAY, DB_BASELINE, DB_LEADPULSE, DB_TWO, DB_LATENCY, DB_MEMORY, DB_RSS = 1, 2, 3, 4, 5, 6, 7, 8
+DB_RECORD, DB_REPLAY, DB_BASELINE, DB_LEADPULSE, DB_TWO, DB_LATENCY, DB_MEMORY, DB_RSS, DB_PROCESSES = 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
 class Context:
     def __init__(self, *, stack: Stack, events: int, leads: int, seed: int, rate: float, latency_seconds: float,
                  baseline_seconds: float, memory_leads: int, partitions: int, workdir: Path, stages: set[str],
                  progress: Any, batch_max: int | None = None, rss_events: int = 0,
-                 rss_max_leads: int = 1_000_000) -> None:
+                 rss_max_leads: int = 1_000_000, baseline_runs: int = 3, baseline_variant: bool = True) -> None:
         self.bootstrap = stack.broker.bootstrap
         self.port = stack.redis.port
         self.pids = (stack.redis.proc.pid, stack.broker.proc.pid)  # type: ignore[union-attr]
@@ -43,6 +43,7 @@ class Context:
         self.children: list[Child] = []
         self.extra = {"batch_max": batch_max} if batch_max else {}
         self.rss_events, self.rss_max_leads = rss_events, rss_max_leads
+        self.baseline_runs, self.baseline_variant = baseline_runs, baseline_variant
 
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -67,14 +68,14 @@ class Context:
                 self.progress.update(task.id, total=task.completed if task.total is None else task.total,
                                      completed=task.total if task.total is not None else task.completed)
 
-    def worker(self, name: str, redis_url: str, **extra: Any) -> Worker:
+    def worker(self, name: str, redis_url: str, processes: int = 1, **extra: Any) -> Worker:
         """A `leadpulse worker` on the run's topics, with its own group, handoff and DLQ topics."""
         settings = {
             "kafka_bootstrap": self.bootstrap, "redis_url": redis_url, "group_id": f"{self.tag}-{name}",
             "topic_prefix": self.prefix, "handoff_topic": f"{self.prefix}{name}.handoff",
             "dlq_topic": f"{self.prefix}{name}.dlq", "partitions": self.partitions, **self.extra, **extra,
         }
-        w = Worker(self.workdir, name, **settings)
+        w = Worker(self.workdir, name, processes, **settings)
         self.children.append(w)
         return w
 

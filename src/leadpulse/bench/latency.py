@@ -17,6 +17,8 @@ from ..events import SOURCES
 from .children import Worker
 from .context import DB_LATENCY, Context
 from .eventset import create_topics
+from .hop import LINGER_MS, ceiling_run, quantiles
+from .measure import runqueue_wait
 from .report import Report
 
 
@@ -38,7 +40,7 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
     latencies: list[float] = []
     consumer = AIOKafkaConsumer(handoff_topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=5)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
     await consumer.start()
     await producer.start()
     stop = asyncio.Event()
@@ -93,15 +95,9 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
         await reader
         await producer.stop()
         await consumer.stop()
-    latencies.sort()
-
-    def q(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) if latencies else None
-
     return {
         "offered_events_per_s": round(offered, 1), "events": total, "handoffs": handoffs["n"],
-        "timed_handoffs": handoffs["timed"], "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),
-        "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "timed_handoffs": handoffs["timed"], **quantiles(latencies),
     }
 
 
@@ -117,8 +113,14 @@ def _absolute(advance: Callable[[int], None]) -> Callable[[int], None]:
 
 
 async def stage(ctx: Context, report: Report) -> None:
+    from ..settings import Settings
+
     await ctx.flush(DB_LATENCY)
     prefix = f"bench{ctx.tag}lat."
+    # the ceiling first, at the same rate through the same broker, with the worker's fetch wait
+    wait_ms = int(ctx.extra.get("batch_wait_ms", Settings.model_fields["batch_wait_ms"].default))
+    ceiling = await ceiling_run(ctx.bootstrap, f"{prefix}hop", ctx.partitions, ctx.rate, ctx.latency_seconds, wait_ms,
+                                _absolute(ctx.task(f"latency ceiling at {ctx.rate:,.0f} msgs/s", int(ctx.rate * ctx.latency_seconds))))
     handoff = f"{prefix}handoff"
     await create_topics(ctx.bootstrap, [f"{prefix}{s}" for s in SOURCES] + [handoff], ctx.partitions)
     w = ctx.worker("latency", ctx.url(DB_LATENCY), group_id=f"{ctx.tag}-lat", topic_prefix=prefix,
@@ -126,8 +128,16 @@ async def stage(ctx: Context, report: Report) -> None:
     await w.wait_ready()
     await asyncio.sleep(1.0)
     total = int(ctx.rate * ctx.latency_seconds)
+    pids = {"worker": w.pid, "redis": ctx.pids[0], "broker": ctx.pids[1]}
+    waited0, t0 = {k: runqueue_wait(pid) for k, pid in pids.items()}, time.monotonic()
     report.latency = await latency_run(ctx.bootstrap, prefix, handoff, ctx.rate, ctx.latency_seconds,
                                        _absolute(ctx.task(f"latency at {ctx.rate:,.0f} events/s offered", total)), w)
+    # how long each was runnable but had no CPU (other processes on the machine had it), as a
+    # share of the run's wall time (threads added: the broker's can exceed 1)
+    span = time.monotonic() - t0
+    report.latency["runqueue_wait_share"] = {k: round((runqueue_wait(pid) - waited0[k]) / span, 3)
+                                             for k, pid in pids.items()}
+    report.latency["ceiling"] = ceiling
     work = await w.work()
     # its CPU over its own span: from the first offered batch to the last one handled
     report.latency["worker_cpu_share"] = round(work.cpu / work.seconds, 3) if work.seconds else None

@@ -27,6 +27,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the process's threads have spent runnable but waiting for a CPU (the second field
+    of /proc/<pid>/task/<tid>/schedstat, summed): how much a busy machine held it back. Threads
+    that ended are not counted; 0.0 where unknown."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1]) / 1e9
+    return total
+
+
 def memory(pid: int) -> tuple[int, int]:
     """(RSS, peak RSS) of a process in bytes."""
     rss = peak = 0

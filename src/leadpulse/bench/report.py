@@ -8,7 +8,8 @@ from typing import Any
 
 from .measure import CpuTrace, Work
 
-BASELINE = "baseline: naive Faust agent"
+BASELINE = "baseline: naive Faust agent (as Faust's docs)"
+BASELINE_VARIANT = "baseline variant: stream.events(), log WARNING"
 LEADPULSE = "LeadPulse worker"
 
 
@@ -22,6 +23,7 @@ class Throughput:
     broker_cpu: float = 0.0
     complete: bool = True  # False: stopped by its time box
     note: str = ""
+    runs: list[float] = field(default_factory=list)  # every run's events/s, when the row is a median
 
     @property
     def rate(self) -> float:
@@ -83,6 +85,10 @@ def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share * 100:.0f} %"
 
 
+def _gap(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None else f"{a - b:,.1f} ms"
+
+
 def render(report: Report) -> str:
     d = report.as_dict()
     lines = []
@@ -112,6 +118,15 @@ def render(report: Report) -> str:
         lines.append(f"latency occurred_at → handoff record at {lat['offered_events_per_s']:,.0f} events/s offered: "
                      f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (max {lat['max_ms']} ms; "
                      f"{lat['timed_handoffs']} handoffs timed; worker CPU {_pct(lat['worker_cpu_share'])} while it worked)")
+        if lat.get("runqueue_wait_share"):
+            lines.append("  runnable but waiting for a CPU, share of the run: "
+                         + ", ".join(f"{k} {_pct(v)}" for k, v in lat["runqueue_wait_share"].items()))
+        if lat.get("ceiling"):
+            c = lat["ceiling"]
+            lines.append(f"latency ceiling: raw aiokafka produce (acks=all, linger {c['linger_ms']} ms) → getmany "
+                         f"(fetch wait {c['fetch_max_wait_ms']} ms), same broker, {c['offered_per_s']:,.0f} msgs/s: "
+                         f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms (max {c['max_ms']} ms); "
+                         f"LeadPulse p99 − ceiling p99 = {_gap(lat['p99_ms'], c['p99_ms'])}")
     if report.worker_memory:
         wm = report.worker_memory
         at = [wm[k] for k in ("rss_at_10pct_mib", "rss_at_50pct_mib", "rss_at_end_mib")]

@@ -11,6 +11,7 @@ from .eventset import produce_set
 from .latency import stage as latency
 from .leadpulse import stage as leadpulse
 from .memory import stage as memory
+from .processes import stage as processes
 from .rebalance import stage as rebalance
 from .report import BASELINE, LEADPULSE, Report
 from .rss import stage as rss
@@ -56,6 +57,8 @@ async def run(ctx: Context, report: Report) -> None:
         report.checks["baseline_vs_leadpulse_leads_differing"] = len(diff)
         report.checks["baseline_vs_leadpulse_examples"] = diff[:5]
 
+    if "processes" in ctx.stages:
+        await processes(ctx, data, report, at, scores.get("leadpulse"))
     if "memory" in ctx.stages and "leadpulse" in scores:
         await memory(ctx, report)
     if "rebalance" in ctx.stages:

@@ -7,14 +7,17 @@
 -- ARGV[2]        wall-clock now (ms): the dedup window runs on it (duplicates are redeliveries,
 --                close in arrival time however old the event); every score decision uses event time
 -- ARGV[2+i]      lead i: msgpack [lead_id, [[member, t, event_id, pos, evaluate, [rule, points, ...],
---                                             [rule, fit points, ...] | false, traits_json | false] ...]]
+--                                             [rule, fit points, ...] | false, traits_json | false,
+--                                             crm outcome | false, its reason | false] ...]]
 --                (rules by code)
 -- Returns one string packed with cmsgpack (one bulk string is far cheaper to read than nested
 -- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage,
--- traits]: traits (JSON) only with transitions (lib.lua `with_traits`), else false
+-- outcomes, traits]
+--   traits: the lead's traits (JSON) only with transitions (lib.lua `with_traits`), else false
 --   statuses: one character per event: o applied, d duplicate, e refused: the lead was erased
---   transitions: [seq, kind, from, to, crossed_at, event_id | false, threshold, explanation]
---   (lib.lua `explain`, at crossed_at)
+--   transitions: [seq, kind, from, to, crossed_at, event_id | false, threshold, explanation
+--   (lib.lua `explain`, at crossed_at), and for a CRM move: outcome, reason, cool-down end]
+--   outcomes: per CRM outcome applied (or replayed), the lead as it stood (lib.lua `outcome`)
 local NOW = tonumber(ARGV[2])
 -- Numbers handed to redis.call go through %.17g: pass integers as strings made once.
 local NOW_S, DEDUP_S = ARGV[2], string.format('%d', DEDUP)
@@ -32,7 +35,7 @@ for i = 1, #ARGV - 2 do
   local lead_ops = cmsgpack.unpack(ARGV[2 + i])
   local lead, ops = lead_ops[1], lead_ops[2]
   local st = load(skey, pkey)
-  local statuses, out = {}, {}
+  local statuses, out, outcomes = {}, {}, {}
   if st.erased then
     -- The lead's tombstone (erase.lua): refuse every event and write nothing.
     for _ = 1, #ops do statuses[#statuses + 1] = 'e' end
@@ -50,6 +53,7 @@ for i = 1, #ARGV - 2 do
       for _, rec in ipairs(replays) do
         if rec[1] == member and rec[2] == pos then
           for _, tr in ipairs(rec[3]) do out[#out + 1] = current(tr) end
+          if rec[4] then outcomes[#outcomes + 1] = rec[4] end
         end
       end
     else
@@ -57,6 +61,12 @@ for i = 1, #ARGV - 2 do
       local first = #out + 1
       -- Decay took the lead below its floor before this event: record that first.
       if eval == 1 then catch_up(st, t, out) end
+      if st.new or st.fs then
+        if not st.fs or t < st.fs then st.fs = t end
+      end
+      -- A CRM outcome: the lead as it stood before it is taken first (its record), then it moves.
+      local snap = nil
+      if type(op[9]) == 'string' then snap = outcome(st, t, op[9], op[10], event_id ~= '' and event_id or false, out) end
       local matches, earned = op[6], {}
       for j = 1, #matches, 2 do
         local id = matches[j]
@@ -79,8 +89,9 @@ for i = 1, #ARGV - 2 do
       activity_event(acts, st, t, event_id, earned)
       activity_moves(acts, out, first)
       statuses[#statuses + 1] = 'o'
-      if #out >= first then
-        local rec = {member, pos, {}}
+      if snap then outcomes[#outcomes + 1] = snap end
+      if #out >= first or snap then
+        local rec = {member, pos, {}, snap or false}
         for j = first, #out do rec[3][#rec[3] + 1] = out[j] end
         replays = replays or replay_log(xkey)
         replays[#replays + 1] = rec
@@ -109,13 +120,13 @@ for i = 1, #ARGV - 2 do
     st.traits_set = true
   end
   -- An expiring lead is kept `ttl` after its last event: rewrite the state (with PX) on each.
-  if added and TTL > 0 and st.s == 0 then st.dirty = true end
+  if added and TTL > 0 and st.s == 0 and st.lc == 0 then st.dirty = true end
   -- A replay comes within the dedup window, or the event counts as new anyway (with no window,
   -- nothing is ever a replay).
   if logged and DEDUP > 0 then redis.call('SET', xkey, cmsgpack.pack(replays), 'PX', DEDUP_S) end
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
   activity_save(KEYS[base + 4], st, acts)
   save(st, NOW)
-  results[#results + 1] = {table.concat(statuses), out, st.s, with_traits(out, pkey, traits)}
+  results[#results + 1] = {table.concat(statuses), out, st.s, outcomes, with_traits(out, pkey, traits)}
 end
 return cmsgpack.pack(results)

@@ -35,6 +35,15 @@ local FORMAT, ERASED = SPEC.format, SPEC.erased
 local IN_DUE, IN_TOP, STALE = 1, 2, 4
 local REBASE = 4294967296
 local TTL = SPEC.ttl or 0
+-- The model's lifecycle section (lifecycle.py `spec`): lifecycle stages, each CRM outcome's
+-- action, the sales SLA (ms; 0: none) and which model stages hand off.
+local LC = SPEC.lc or {n = 0, closed = {}, outcomes = {}, sla = 0, ho = {}}
+-- the SQL stage, whose handoff starts the sales SLA: the top model stage
+local SQL = NSTAGE - 1
+-- transition kinds as the state stores the last handoff's (a code, not the name)
+local KINDS = {'promoted', 'demoted', 'advanced', 'closed', 'recycled', 'sla_overdue'}
+local KIND_CODE = {}
+for i, kind in ipairs(KINDS) do KIND_CODE[kind] = i end
 local TTL_S, SLACK_S = math.floor(TTL / 1000), math.floor(TTL / 8000)
 -- the lead whose rules are in code order in R_CODES/R_SUMS and F_CODES/F_POINTS (`codes`)
 local R_CODES, R_SUMS, F_CODES, F_POINTS, NR, NF, ORDERED = {}, {}, {}, {}, 0, 0, nil
@@ -52,8 +61,35 @@ local function load(key, pkey)
     st = {key = key, pkey = pkey, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6],
           u = v[7] and c + v[7] or nil, m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11],
           k = v[12], e = v[13] or nil}
+    -- The lifecycle (absent from states written before it, and empty fields at the end are left
+    -- out; times are offsets from B, absolute here): the first event, the promotion time per
+    -- model stage, the last handoff {seq, kind, at}, the lifecycle stage (0: none, the score
+    -- decides), the cool-down's end, the SQL start whose SLA was reported overdue, the latest
+    -- recycle, the latest advance per lifecycle stage.
+    st.fs = v[14] and B + v[14] or nil
+    st.pt = {}
+    if v[15] then
+      for i, x in pairs(v[15]) do
+        if x then st.pt[i] = B + x end
+      end
+    end
+    st.lh = v[16] and {v[16][1], KINDS[v[16][2]], B + v[16][3]} or nil
+    st.lc = v[17] or 0
+    st.cd = v[18] and B + v[18] or nil
+    st.so = v[19] and B + v[19] or nil
+    st.lr = v[20] and B + v[20] or nil
+    st.la = {}
+    if v[21] then
+      for j, x in pairs(v[21]) do
+        if x then st.la[j] = B + x end
+      end
+    end
   else
-    st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}}
+    st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}, lc = 0, pt = {}, la = {}, new = true}
+  end
+  if st.lc > LC.n then
+    st.lc = LC.n
+    st.dirty, st.moved = true, true
   end
   -- A model with fewer stages than the lead was in: the lead is in the top stage left.
   if st.s > NSTAGE - 1 then
@@ -92,7 +128,7 @@ local function save(st, now)
     B = c
     st.B = B
   end
-  local expire = TTL > 0 and st.s == 0
+  local expire = TTL > 0 and st.s == 0 and st.lc == 0
   if expire then
     local now_s = math.floor(now / 1000)
     -- `traits_set`: apply.lua wrote the traits in this call (a SET clears their expiry)
@@ -104,9 +140,28 @@ local function save(st, now)
     redis.call('PERSIST', st.pkey)
     st.e = nil
   end
-  local packed = cmsgpack.pack({FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
+  local state = {FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
     st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k,
-    st.e or false})
+    st.e or false}
+  if B then  -- the lifecycle (load): every lead with a clock has a base
+    local pt = false
+    if next(st.pt) then
+      pt = {}
+      for i = 1, NSTAGE do pt[i] = st.pt[i] and st.pt[i] - B or false end
+    end
+    local lh = st.lh and {st.lh[1], KIND_CODE[st.lh[2]], st.lh[3] - B} or false
+    local la = false
+    if next(st.la) then
+      la = {}
+      for j = 1, LC.n do la[j] = st.la[j] and st.la[j] - B or false end
+    end
+    local rest = {st.fs and st.fs - B or false, pt, lh, st.lc > 0 and st.lc or false, st.cd and st.cd - B or false,
+                  st.so and st.so - B or false, st.lr and st.lr - B or false, la}
+    local n = #rest
+    while n > 0 and rest[n] == false do n = n - 1 end
+    for i = 1, n do state[13 + i] = rest[i] end
+  end
+  local packed = cmsgpack.pack(state)
   if expire then
     redis.call('SET', st.key, packed, 'PX', TTL)
   else
@@ -117,7 +172,7 @@ end
 
 -- How long the outbox (sweep.lua) may live: as long as the state; nil when that is forever.
 local function outbox_px(st)
-  if TTL > 0 and st.s == 0 then return TTL end
+  if TTL > 0 and st.s == 0 and st.lc == 0 then return TTL end
   return nil
 end
 
@@ -392,9 +447,26 @@ local function stored(raw)
   return cmsgpack.unpack(raw)
 end
 
+-- The stage index reads and transitions show: a lifecycle stage counts after the model's.
+local function shown(st)
+  if st.lc > 0 then return NSTAGE + st.lc - 1 end
+  return st.s
+end
+
+-- A transition was decided: remember the last one published on leads.handoff (outcome records
+-- name it). Score moves publish when the stage entered (promoted) or left (demoted) hands off;
+-- lifecycle and SLA moves always do.
+local function noted(st, tr)
+  local kind, ho = tr[2], true
+  if kind == 'promoted' then ho = LC.ho[tr[4] + 1] elseif kind == 'demoted' then ho = LC.ho[tr[3] + 1] end
+  if ho then st.lh = {tr[1], kind, tr[5]} end
+end
+
 -- Decide the stage at t. Promotion: the highest stage whose min_score and min_grade hold.
 -- Demotion: leave every stage whose floor (min_score - hysteresis) or min_grade fails.
+-- Neither while the CRM holds the lead (a lifecycle stage) or a recycle's cool-down lasts.
 local function evaluate(st, t, trigger, out)
+  if st.lc > 0 or (st.cd and t < st.cd) then return end
   local score = score_at(st, t)
   local g = grade(fit_points(st))
   local cur, best, kind = st.s, st.s, nil
@@ -420,8 +492,13 @@ local function evaluate(st, t, trigger, out)
   st.q = st.q + 1
   st.s = best
   moved(st)
+  if kind == 'promoted' then
+    for i = cur + 1, best do st.pt[i + 1] = t end
+  end
   -- the explanation's score is `score`, computed the same way
-  out[#out + 1] = {st.q, kind, cur, best, t, trigger, threshold, explain(st, t)}
+  local tr = {st.q, kind, cur, best, t, trigger, threshold, explain(st, t)}
+  out[#out + 1] = tr
+  noted(st, tr)
 end
 
 -- The first t after t0 with f(t) < floor, on a doubling grid refined by bisection to the
@@ -616,7 +693,7 @@ end
 -- millisecond with score_at exactly as the search confirms its own (the score only falls, so
 -- that millisecond is the search's too); searched for otherwise.
 local function next_due(st, search)
-  if st.s == 0 or not st.c then return nil end
+  if st.s == 0 or not st.c or st.lc > 0 then return nil end
   local floor = STAGES[st.s + 1][1] - HYST
   local t0 = st.c
   local decaying = false
@@ -653,17 +730,43 @@ local function next_due(st, search)
   return search_due(st, floor, fast)
 end
 
--- Apply every decay-driven demotion due by `t`, each at the instant it happens: the same
--- transitions whether the sweep found them in time or a later event arrived first.
+-- The sales SLA: when the lead's SQL, neither accepted nor rejected, is overdue (once per SQL:
+-- a new promotion into SQL starts a new one); nil when there is none.
+local function sla_due(st)
+  if LC.sla <= 0 or SQL == 0 or st.lc > 0 or st.s ~= SQL then return nil end
+  local since = st.pt[SQL + 1]
+  if not since or st.so == since then return nil end
+  return since + LC.sla
+end
+
+-- The due index holds the earlier of the decay demotion and the SLA deadline.
+local function due_at(st)
+  local u, d = next_due(st), sla_due(st)
+  if d and (not u or d < u) then return d end
+  return u
+end
+
+-- The SQL's SLA passed at u unanswered: one `sla_overdue` transition (the stage stays).
+local function overdue(st, u, out)
+  st.so = st.pt[SQL + 1]
+  st.q = st.q + 1
+  moved(st)
+  local tr = {st.q, 'sla_overdue', st.s, st.s, u, false, STAGES[st.s + 1][1], explain(st, u), false, false, false}
+  out[#out + 1] = tr
+  noted(st, tr)
+end
+
+-- Apply every decay-driven demotion (and SLA deadline) due by `t`, each at the instant it
+-- happens: the same transitions whether the sweep found them in time or a later event arrived first.
 local function catch_up(st, t, out)
   local rounds = 0
-  while st.s > 0 and st.u and st.u <= t and rounds < NSTAGE do
+  while st.s > 0 and st.u and st.u <= t and rounds <= NSTAGE do
     rounds = rounds + 1
     local u = st.u
     if not st.c or u > st.c then st.c = u end
     moved(st)
-    evaluate(st, u, false, out)
-    st.u = next_due(st)
+    if sla_due(st) == u then overdue(st, u, out) else evaluate(st, u, false, out) end
+    st.u = due_at(st)
     -- The due index still holds the time just passed: re-index even if nothing else moves.
     st.ix = bit.bor(st.ix, STALE)
     moved(st)
@@ -677,7 +780,7 @@ end
 local function reindex(st, due_key, top_key, lead, force)
   local stale = force or bit.band(st.ix, STALE) ~= 0
   if not (st.moved or stale) then return end
-  local u = next_due(st)
+  local u = due_at(st)
   if u then
     if stale or bit.band(st.ix, IN_DUE) == 0 or u ~= st.u then
       redis.call('ZADD', due_key, string.format('%d', u), lead)
@@ -686,7 +789,8 @@ local function reindex(st, due_key, top_key, lead, force)
     redis.call('ZREM', due_key, lead)
   end
   local score = st.c and score_at(st, st.c) or 0
-  local top = st.s > 0 and score > 0
+  -- /leads/top: leads the score put above the first stage; not those the CRM holds
+  local top = st.s > 0 and score > 0 and st.lc == 0
   if top then
     -- log2(score) plus the clock in half-lives of the slowest decay: ordering by this value
     -- ranks leads by their score at any common later instant (exact for one half-life).
@@ -707,4 +811,65 @@ end
 local function with_traits(out, pkey, written)
   if #out == 0 then return false end
   return written or redis.call('GET', pkey)
+end
+
+-- The lifecycle stage the outcomes so far decide, in whatever order they arrived: the furthest
+-- stage advanced to at or after the latest recycle (any, when there was none). Outcomes of one
+-- lead arrive from a CRM in no guaranteed order; this is the stage their time order gives.
+local function lifecycle_stage(st)
+  local best = 0
+  for j = 1, LC.n do
+    local a = st.la[j]
+    if a and (not st.lr or a >= st.lr) then best = j end
+  end
+  return best
+end
+
+-- A CRM outcome at t (lifecycle.py, docs/scoring.md §10): an advance keeps its time per
+-- lifecycle stage, a recycle is kept when it is the latest (its cool-down with it), and the
+-- lead's lifecycle stage follows (`lifecycle_stage`): a lead only moves forward, a late or
+-- repeated outcome moves nothing its time order would not. The latest recycle takes the lead
+-- back to the first stage. Returns the outcome record's part the scripts know, the lead as it
+-- stood at t before the outcome:
+--   {event_id, outcome, reason, t, stage before, stage after, explanation, promotion times
+--    per model stage, first event, last handoff {seq, kind, at}, cool-down end}
+-- A move appends its transition to `out`: [..., outcome, reason, cool-down end].
+local function outcome(st, t, name, reason, trigger, out)
+  local before = shown(st)
+  local snap = {trigger or false, name, reason or false, t, before, before, explain(st, t), {},
+                st.fs or false, st.lh or false, false}
+  for i = 1, NSTAGE do snap[8][i] = st.pt[i] or false end
+  local act = LC.outcomes[name]
+  if act then
+    local target, cool, latest = act[2], act[3], false
+    if act[1] == 'recycled' then
+      if not st.lr or t > st.lr then
+        st.lr, st.cd, latest = t, cool > 0 and t + cool or nil, true
+      elseif t == st.lr and cool > 0 and (not st.cd or t + cool > st.cd) then
+        st.cd = t + cool  -- recycles of one instant: the longest cool-down
+      end
+    elseif not st.la[target] or t > st.la[target] then
+      st.la[target] = t
+    end
+    st.dirty = true
+    local lc, kind = lifecycle_stage(st), nil
+    if lc > st.lc then
+      kind = LC.closed[lc] and 'closed' or 'advanced'
+    elseif lc < st.lc or (latest and lc == 0 and st.s > 0) then
+      kind = 'recycled'
+    end
+    if kind then
+      local threshold = STAGES[st.s + 1][1]
+      if lc == 0 then st.s = 0 end
+      st.lc = lc
+      st.q = st.q + 1
+      moved(st)
+      local tr = {st.q, kind, before, shown(st), t, trigger or false, threshold, explain(st, t), name,
+                  reason or false, lc == 0 and st.cd or false}
+      out[#out + 1] = tr
+      noted(st, tr)
+    end
+  end
+  snap[6], snap[11] = shown(st), st.lc == 0 and st.cd or false
+  return snap
 end

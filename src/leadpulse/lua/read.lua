@@ -4,7 +4,8 @@
 -- KEYS[i]     lead i's state (on a cluster, the leads of one call share a slot)
 -- ARGV[1]     model spec    ARGV[1+i]  the instant lead i is read at (epoch ms)
 -- Returns, packed with cmsgpack, per lead: false (no state, or erased) or
---   [stage, clock (epoch ms), explanation at its instant]
+--   [stage (a lifecycle stage after the model's), clock (epoch ms), explanation at its instant,
+--    cool-down end (epoch ms) while it lasts at the instant | false]
 local out = {}
 for i, key in ipairs(KEYS) do
   local st = load(key)
@@ -12,7 +13,9 @@ for i, key in ipairs(KEYS) do
   if st.erased or not st.c then
     out[i] = false
   else
-    out[i] = {st.s, st.c, explain(st, tonumber(ARGV[1 + i]))}
+    local at = tonumber(ARGV[1 + i])
+    -- a cool-down is shown while it lasts at the instant read
+    out[i] = {shown(st), st.c, explain(st, at), st.lc == 0 and st.cd and st.cd > at and st.cd or false}
   end
 end
 return cmsgpack.pack(out)

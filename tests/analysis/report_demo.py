@@ -1,5 +1,5 @@
 """A made-up but plausible history of outcome and handoff records, for the report's screenshot
-in docs/ (`python -m tests.report_demo DIR` writes DIR/outcomes.jsonl and DIR/handoffs.jsonl).
+in docs/ (`python -m tests.analysis.report_demo DIR` writes DIR/outcomes.jsonl and DIR/handoffs.jsonl).
 Deterministic; the numbers mean nothing beyond showing every part of the page."""
 
 from __future__ import annotations

@@ -38,10 +38,10 @@ from leadpulse.kafka import ensure_topics
 from leadpulse.retry import backoff_delay
 from leadpulse.settings import Settings
 
-from .kafkatools import consume_until, produce
+from tests.support.kafkatools import consume_until, produce
 
 SECRET = "whsec-test-3f9c"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
 
 
 def handoff(lead: str = "lead-42", kind: str = "promoted", handoff_id: str | None = None,
@@ -299,6 +299,7 @@ async def test_a_promotion_reaches_slack_and_the_signed_webhook_then_is_committe
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_recovers(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     receiver.script("/hook", 500, (429, {"Retry-After": "1"}), 3.0, 503, 200)  # 3.0: answers after 3 s
@@ -334,6 +335,7 @@ async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_after_n_tries_the_alert_is_dead_lettered_and_other_4xx_are_not_retried(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     receiver.default.update({"/hook": 500, "/gone": 404})
@@ -361,6 +363,7 @@ async def test_after_n_tries_the_alert_is_dead_lettered_and_other_4xx_are_not_re
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_demotions_are_off_by_default_and_a_redelivered_handoff_is_announced_once(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     first = await start_alerts()
@@ -400,6 +403,7 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_the_alerts_command_delivers_and_stops_cleanly_on_sigterm(broker: TansuBroker, receiver: Receiver,
                                                                         tmp_path: Path) -> None:
     port, tag = free_port(), uuid.uuid4().hex[:8]
@@ -437,6 +441,7 @@ async def status(port: int, path: str) -> int:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_alerts_started_while_the_broker_is_down_waits_for_it_then_delivers(receiver: Receiver,
                                                                                      tmp_path: Path) -> None:
     """`leadpulse alerts` starts with no broker: it keeps retrying (a fresh client per try, since an
@@ -490,6 +495,7 @@ async def test_alerts_started_while_the_broker_is_down_waits_for_it_then_deliver
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_goes_on(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     """Valid by the schema (its date-time format takes year 0), yet unreadable: fromisoformat
@@ -513,6 +519,7 @@ async def test_a_handoff_that_cannot_be_read_is_dead_lettered_and_the_consumer_g
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_handoffs_held_up_by_failing_destinations_show_as_lag_and_latency_counts_from_crossed_at(
         broker: TansuBroker, start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     """While the destinations fail, the batch waits in retries and its handoffs are the alerts
@@ -543,3 +550,25 @@ async def test_handoffs_held_up_by_failing_destinations_show_as_lag_and_latency_
         assert await metric(service, f"{latency}_count", destination=destination) == 3
         assert await metric(service, f"{latency}_sum", destination=destination) >= 3 * 30
         assert await metric(service, f"{latency}_bucket", destination=destination, le="10.0") == 0
+
+
+@pytest.mark.integration
+async def test_crm_moves_are_not_announced_unless_asked(
+        start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
+    """advanced/closed/recycled are sales' own doing in the CRM: not news to sales by default
+    (alerts_lifecycle turns them on). sla_overdue is a reminder and is delivered."""
+    first = await start_alerts()
+    moves = [{**handoff(lead="lead-c", kind=kind), "stage": stage, "outcome": outcome, "reason": None, "cooldown_until": None}
+             for kind, stage, outcome in (("advanced", "sal", "sql_accepted"), ("closed", "customer", "won"),
+                                          ("recycled", "lead", "sql_rejected"))]
+    overdue = {**handoff(lead="lead-s", kind="sla_overdue"), "stage": "sql", "previous_stage": "sql"}
+    await publish(first, *moves, overdue)
+    await eventually(lambda: _equals(committed(first), 4), what="all four committed")
+    assert [orjson.loads(r.body)["handoff_id"] for r in receiver.on("/hook")] == [overdue["handoff_id"]]
+    for kind in ("advanced", "closed", "recycled"):
+        assert await metric(first, "leadpulse_alert_handoffs_total", kind=kind, outcome="skipped") == 1
+    tag = uuid.uuid4().hex[:8]
+    again = await start_alerts(first.settings.model_copy(update={"group_id": f"g{tag}"}), alerts_lifecycle=True,
+                               alerts_dlq_topic=first.config.alerts_dlq_topic)
+    await eventually(lambda: _equals(committed(again), 4), what="second group committed")
+    assert {m["handoff_id"] for m in moves} <= {orjson.loads(r.body)["handoff_id"] for r in receiver.on("/hook")}

@@ -18,10 +18,10 @@ import pytest
 
 from leadpulse.collector.app import Collector
 
-from .kafkatools import wait_for
-from .test_collector import KEY, basic, metric, post, ready, records_by_topic, segment_client, start_collector
+from tests.support.kafkatools import wait_for
+from .test_app import KEY, basic, metric, post, ready, records_by_topic, segment_client, start_collector
 
-__all__ = ["start_collector"]  # the fixture, shared with test_collector.py
+__all__ = ["start_collector"]  # the fixture, shared with test_app.py
 pytestmark = pytest.mark.integration
 Start = Callable[..., Awaitable[Collector]]
 
@@ -72,6 +72,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.slow
 async def test_a_client_trickling_its_body_gets_408_and_is_closed(start_collector: Start) -> None:
     c = await ready(await start_collector(collector_body_timeout=1))
     body = orjson.dumps({"batch": [track("slow-1")]}) + b" " * 400
@@ -175,6 +176,7 @@ async def test_the_rate_limit_counts_events_per_key_and_answers_429_with_retry_a
     assert await metric(c, "leadpulse_collector_rate_limited_total", key="site") == 2
 
 
+@pytest.mark.slow
 async def test_the_segment_client_keeps_a_rate_limited_batch_and_delivers_it_later(start_collector: Start) -> None:
     # 0.2 events/s: after the burst, the next event waits ~5 s, which the client must sit out.
     c = await ready(await start_collector(write_keys=[{"key": KEY, "rate_limit": 0.2, "rate_burst": 3}]))

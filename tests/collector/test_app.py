@@ -31,7 +31,7 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.errors import ConfigError
 from leadpulse.settings import Settings
 
-from .kafkatools import WorkerProcess, committed_all, consume_until, wait_for
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, wait_for
 
 KEY = "wk_test_site"
 SOURCES = ("web", "email", "webinar", "profile", "crm")
@@ -259,6 +259,7 @@ async def test_write_keys_limits_and_malformed_requests_get_json_errors(start_co
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_503_while_the_broker_is_down_and_the_client_retries_until_it_is_up(
         start_collector: Callable[..., Awaitable[Collector]], tmp_path: Path) -> None:
     port = free_port()
@@ -293,6 +294,7 @@ async def test_503_while_the_broker_is_down_and_the_client_retries_until_it_is_u
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_end_to_end_from_the_segment_client_to_a_score(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path,
         start_collector: Callable[..., Awaitable[Collector]]) -> None:

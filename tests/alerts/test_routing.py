@@ -21,8 +21,8 @@ from leadpulse.alerts.service import AlertService
 from leadpulse.alerts.slack import slack_message
 from leadpulse.errors import ConfigError
 
-from . import test_alerts
-from .test_alerts import (
+from tests.alerts import test_service as test_alerts
+from tests.alerts.test_service import (
     SECRET,
     Receiver,
     committed,
@@ -33,7 +33,7 @@ from .test_alerts import (
     publish,
 )
 
-# the receiver standing in for Slack and webhooks, and the alerts service, as test_alerts.py has them
+# the receiver standing in for Slack and webhooks, and the alerts service, as tests/alerts/test_service.py has them
 receiver = test_alerts.receiver
 start_alerts = test_alerts.start_alerts
 

@@ -23,11 +23,11 @@ from leadpulse.kafka import high_watermarks, partitions
 from leadpulse.model import ScoringModel
 from leadpulse.state import LeadStore
 
-from .kafkatools import WorkerProcess, committed_all, produce, running, wait_for
-from .reference import fixed_events
+from tests.support.kafkatools import WorkerProcess, committed_all, produce, running, wait_for
+from tests.support.reference import fixed_events
 
-pytestmark = pytest.mark.integration
-DEFAULT = Path(__file__).parent.parent / "src/leadpulse/default_model.yaml"
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DEFAULT = Path(__file__).parents[2] / "src/leadpulse/default_model.yaml"
 
 
 async def snapshot(client: Redis) -> dict[bytes, str]:

@@ -252,7 +252,7 @@ async def test_reads_the_topics(broker: Any, made: tuple[Path, dict[str, Any]], 
 
     from leadpulse import kafka
     from leadpulse.settings import load_settings
-    from tests.kafkatools import produce
+    from tests.support.kafkatools import produce
 
     suffix = uuid.uuid4().hex[:8]
     topics = {"outcomes": f"leads.outcomes.{suffix}", "handoffs": f"leads.handoff.{suffix}"}

@@ -81,6 +81,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return out, orjson.loads(result.stdout)
 
 
+@pytest.mark.slow  # the calibrated fixture runs `leadpulse calibrate` once: ~12 s
 def test_candidate_passes_check_model(calibrated: tuple[Path, dict[str, Any]]) -> None:
     out, summary = calibrated
     result = CliRunner().invoke(main, ["check-model", "--strict", str(out)])
@@ -94,6 +95,7 @@ def test_candidate_passes_check_model(calibrated: tuple[Path, dict[str, Any]]) -
     assert [s.min_score for s in model.stages][1:] == [summary["thresholds"]["mql"], summary["thresholds"]["sql"]]
 
 
+@pytest.mark.slow  # the calibrated fixture runs `leadpulse calibrate` once: ~12 s
 def test_candidate_learned_the_signal(calibrated: tuple[Path, dict[str, Any]]) -> None:
     out, summary = calibrated
     model = load_model(out)
@@ -106,6 +108,7 @@ def test_candidate_learned_the_signal(calibrated: tuple[Path, dict[str, Any]]) -
     assert pricing or any(r.when.type == ("page_view",) for r in model.rules)
 
 
+@pytest.mark.slow  # the calibrated fixture runs `leadpulse calibrate` once: ~12 s
 def test_holdout_beats_baselines(calibrated: tuple[Path, dict[str, Any]]) -> None:
     _, summary = calibrated
     holdout = summary["holdout"]
@@ -121,6 +124,7 @@ def test_holdout_beats_baselines(calibrated: tuple[Path, dict[str, Any]]) -> Non
     assert cand["sql"]["leads"] <= cand["mql"]["leads"]
 
 
+@pytest.mark.slow  # the calibrated fixture runs `leadpulse calibrate` once: ~12 s
 def test_inputs_are_accounted_for(calibrated: tuple[Path, dict[str, Any]]) -> None:
     _, summary = calibrated
     inputs = summary["input"]
@@ -137,6 +141,7 @@ def test_bad_target_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the calibrated fixture runs `leadpulse calibrate` once: ~12 s
 async def test_given_redis_same_figures_and_left_clean(calibrated: tuple[Path, dict[str, Any]], redis: Any, redis_server: Any, tmp_path: Path) -> None:
     """With --redis-url the replay runs on that Redis under a private key prefix, gives the
     same figures as on a redis-server of its own, and deletes its keys after."""

@@ -21,10 +21,10 @@ from leadpulse.errors import ConfigError
 from leadpulse.collector.segment import Context, map_message
 from leadpulse.collector.writekeys import TokenBucket, WriteKey, parse_write_keys
 
-from .kafkatools import WorkerProcess, consume_until, produce, running, wait_for
-from .test_collector import KEY, basic, post, ready, records_by_topic, start_collector
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, running, wait_for
+from .test_app import KEY, basic, post, ready, records_by_topic, start_collector
 
-__all__ = ["start_collector"]  # the fixture, shared with test_collector.py
+__all__ = ["start_collector"]  # the fixture, shared with test_app.py
 Start = Callable[..., Awaitable[Collector]]
 BROWSER, SERVER = "wk_browser_public", "wk_server_secret"
 
@@ -117,6 +117,7 @@ async def test_a_browser_key_sends_web_events_only_unless_granted_more(start_col
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_forged_traits_times_and_ids_meet_the_worker_and_the_collector(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path, start_collector: Start) -> None:
     async with running(WorkerProcess(broker.bootstrap, redis_server.url, tmp_path)) as worker:

@@ -21,9 +21,9 @@ import pytest
 
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 
-from .kafkatools import WorkerProcess, produce, running
+from tests.support.kafkatools import WorkerProcess, produce, running
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two workers and a headless Chromium: ~17 s to start
 
 TOKEN = "board-token-Zq9"
 HOSTILE_TITLE = "<script>window.__pwned = 1</script>VP Sales"

@@ -17,12 +17,14 @@ import sys
 import orjson
 import pytest
 
+from leadpulse.bench.baseline import median_row
 from leadpulse.bench.children import Sample
 from leadpulse.bench.leadpulse import rss_at
 from leadpulse.bench.measure import CpuTrace, Work
-from leadpulse.bench.report import measured
+from leadpulse.bench.report import Throughput, measured
 
 integration = pytest.mark.integration
+pytestmark = pytest.mark.slow  # each test runs `leadpulse bench` stages: worker processes, tens of seconds
 
 EVENTS = 2000
 
@@ -33,7 +35,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     command = [
         sys.executable, "-m", "leadpulse.bench",
         "--events", str(EVENTS), "--leads", "200", "--rate", "400", "--latency-seconds", "3",
-        "--memory-leads", "2000", "--data-dir", str(workdir), "--json",
+        "--memory-leads", "2000", "--baseline-runs", "2", "--data-dir", str(workdir), "--json",
     ]
     done = subprocess.run(command, check=False, capture_output=True, timeout=280, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
@@ -45,14 +47,26 @@ def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> N
     assert report["events"] == EVENTS
     assert 0 < report["leads"] <= 200
     names = [row["name"] for row in report["rows"]]
-    assert len(names) == 4 and names[2].startswith("baseline") and names[3].startswith("LeadPulse")
+    assert len(names) == 6, names
+    assert names[2].startswith("baseline: naive Faust agent (as Faust's docs)")
+    assert names[3].startswith("baseline variant") and names[4] == "LeadPulse worker"
+    assert names[5] == "LeadPulse worker, 2 processes"
     for row in report["rows"]:
         assert row["events"] > 0 and row["events_per_s"] > 0 and row["seconds"] > 0, row
         assert row["ratio_to_baseline"] > 0, row
-    baseline, leadpulse = report["rows"][2], report["rows"][3]
-    assert baseline["cpu_s_per_million"] > 0 and leadpulse["cpu_s_per_million"] > 0
+    baseline, leadpulse, two = report["rows"][2], report["rows"][4], report["rows"][5]
+    assert baseline["cpu_s_per_million"] > 0 and leadpulse["cpu_s_per_million"] > 0 and two["cpu_s_per_million"] > 0
     assert baseline["ratio_to_baseline"] == 1.0
+    # the honest baseline is the median of its runs, and every run's rate is reported
+    assert len(baseline["runs"]) == 2 and min(baseline["runs"]) <= baseline["events_per_s"] <= max(baseline["runs"])
     assert "LeadPulse worker" in report["table"]
+
+
+@integration
+def test_two_worker_processes_processed_the_event_set_and_agree_with_one(report: dict) -> None:
+    two = next(row for row in report["rows"] if row["name"] == "LeadPulse worker, 2 processes")
+    assert two["events"] == EVENTS
+    assert report["checks"]["processes_vs_one_leads_differing"] == 0
 
 
 @integration
@@ -76,6 +90,12 @@ def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     latency = report["latency"]
     assert latency["timed_handoffs"] > 0
     assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+    ceiling = latency["ceiling"]  # raw produce → getmany at the same rate: every message read and timed
+    assert ceiling["read"] == ceiling["messages"] > 0
+    assert 0 < ceiling["p50_ms"] <= ceiling["p99_ms"] <= ceiling["max_ms"]
+    assert "latency ceiling" in report["table"]
+    waits = latency["runqueue_wait_share"]  # how much the machine held each back, from /proc
+    assert set(waits) == {"worker", "redis", "broker"} and all(v >= 0 for v in waits.values()), waits
     memory = report["redis_memory"]
     assert memory["at_leads"] >= 2000
     assert memory["state_bytes_per_lead"] > 0 and memory["dedup_bytes_per_lead"] > 0
@@ -90,7 +110,8 @@ RSS_EVENTS = 3000
 def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The rss stage alone, tiny: events generated and produced while the worker consumes them."""
     workdir = tmp_path_factory.mktemp("bench-rss")
-    others = [a for stage in ("ceilings", "baseline", "leadpulse", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    others = [a for stage in ("ceilings", "baseline", "leadpulse", "processes", "memory", "rebalance", "latency")
+              for a in ("--skip", stage)]
     command = [
         sys.executable, "-m", "leadpulse.bench",
         "--rss-events", str(RSS_EVENTS), *others, "--data-dir", str(workdir), "--json",
@@ -136,7 +157,7 @@ TINY = 150  # one batch: the worker is done within milliseconds of its first pol
 def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The LeadPulse stage alone on a handful of events."""
     workdir = tmp_path_factory.mktemp("bench-tiny")
-    others = [a for stage in ("ceilings", "baseline", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    others = [a for stage in ("ceilings", "baseline", "processes", "memory", "rebalance", "latency") for a in ("--skip", stage)]
     command = [
         sys.executable, "-m", "leadpulse.bench",
         "--events", str(TINY), "--leads", "20", *others, "--data-dir", str(workdir), "--json",
@@ -181,3 +202,12 @@ def test_rss_at_a_share_of_the_run_needs_a_poll_in_that_tenth() -> None:
     assert rss_at(polls, 0.1, 2000) is None and rss_at(polls, 0.5, 2000) is None
     polls.insert(1, Sample(0.5, 1100, 20))
     assert rss_at(polls, 0.5, 2000) == 20 and rss_at(polls, 0.1, 2000) is None
+
+
+def test_the_baseline_row_is_its_median_run_with_every_run_reported() -> None:
+    runs = [Throughput(f"run {i}", events=n, seconds=10.0, cpu=c) for i, (n, c) in enumerate([(900, 9.0), (3000, 3.0), (1500, 6.0)])]
+    row = median_row("baseline", runs)
+    assert (row.name, row.events, row.cpu) == ("baseline", 1500, 6.0)
+    assert row.runs == [90.0, 300.0, 150.0]
+    assert "median of 3 runs" in row.note and "spread 90–300" in row.note
+    assert median_row("baseline", runs[:2]).events == 900  # an even count: the lower middle

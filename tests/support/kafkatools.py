@@ -36,6 +36,7 @@ class WorkerProcess:
             "topic_prefix": f"t{tag}.",
             "handoff_topic": f"t{tag}.handoff",
             "dlq_topic": f"t{tag}.dlq",
+            "outcomes_topic": f"t{tag}.outcomes",
             "partitions": 4,
             "sweep_interval": 1.0,
             **settings,

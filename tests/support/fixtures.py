@@ -1,11 +1,9 @@
-"""Small builders shared by the tests."""
+"""Small builders shared by the tests: a fixed instant and an event factory."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
-
-import pytest
 
 from leadpulse.events import Event
 
@@ -27,8 +25,3 @@ def event(
     return Event(
         event_id or f"ev-{next(_ids)}", source, type, at, lead, anon, properties, traits or {}
     )
-
-
-@pytest.fixture
-def make_event() -> Any:
-    return event
