@@ -18,10 +18,9 @@ import pytest
 from leadpulse.alerts.service import AlertService
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.settings import Settings
-
 from tests.alerts import test_service as test_alerts
-from tests.support.kafkatools import WorkerProcess, consume_until, produce, running
 from tests.alerts.test_service import Receiver, eventually, metric
+from tests.support.kafkatools import WorkerProcess, consume_until, produce, running
 
 pytestmark = pytest.mark.integration
 

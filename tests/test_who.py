@@ -19,7 +19,6 @@ from leadpulse.model import ScoringModel, parse_model
 from leadpulse.settings import Settings
 from leadpulse.state import LeadStore
 from leadpulse.who import DEFAULT_WHO, Who, parse_who, who_traits
-
 from tests.support.fixtures import DAY, T0, event
 
 MODEL = """

@@ -20,7 +20,6 @@ from leadpulse.alerts.routing import DestinationConfig, reasons, route
 from leadpulse.alerts.service import AlertService
 from leadpulse.alerts.slack import slack_message
 from leadpulse.errors import ConfigError
-
 from tests.alerts import test_service as test_alerts
 from tests.alerts.test_service import (
     SECRET,
