@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.processes import Supervisor, child_settings
 from leadpulse.settings import Settings
-from tests.kafkatools import WorkerProcess, event_bytes, produce, wait_for
+from tests.support.kafkatools import WorkerProcess, event_bytes, produce, wait_for
 
 integration = pytest.mark.integration
 

@@ -394,6 +394,8 @@ async def test_the_packed_layout_is_the_one_layout_py_names(redis: Redis, tmodel
     assert state.fit == {code["icp"]: 15, code["gmail"]: -10}
     assert state.caps == {code["opens"]: [1, 4, 2, 4, 3, 2], code["reg"]: 5}  # awards of a window cap, a `once`
     assert state.traits_expiry is None  # staged: kept for good
+    assert state.fit_known == 2  # employees, email_domain of seniority, employees, email_domain
+    assert state.idle is None  # no idle decay in this model (tests/test_idle.py)
     idle = layout.unpack(await redis.get(store.keys.lead("idle").state))
     assert idle is not None and idle.stage == 0 and idle.traits_expiry is not None
     assert idle.traits_expiry == now // 1000 + 400 * DAY // 1000 + 400 * DAY // 8000  # ttl + ttl/8 from `now`
@@ -419,13 +421,16 @@ async def test_a_transition_carries_what_a_read_of_its_state_gives(store: LeadSt
     assert t.explanation.score == t.score >= t.threshold
 
 
-@pytest.mark.parametrize("which", ["default", "test"])
+@pytest.mark.parametrize("which", ["default", "test", "idle"])
 async def test_due_times_solved_for_equal_the_searched_ones(redis: Redis, model: ScoringModel, tmodel: ScoringModel,
                                                            which: str) -> None:
     # The default model decays every rule alike: next_due solves for the crossing (lib.lua
-    # `crossing`) instead of searching. Both must give the same millisecond, on real journeys
-    # (caps, fit, negative points) at every stage floor and from several clocks.
-    used = model if which == "default" else tmodel
+    # `crossing`) instead of searching; under idle decay alone it steps over ticks (`idle_due`).
+    # Both must give the same millisecond, on real journeys (caps, fit, negative points) at every
+    # stage floor and from several clocks.
+    idle = files("leadpulse").joinpath("default_model.yaml").read_text().replace(
+        "decay: {lose_percent: 15, after: 30d}", "decay: {lose_percent: 15, after: 30d, mode: idle}")
+    used = {"default": model, "test": tmodel, "idle": parse_model(idle, "idle")}[which]
     store = LeadStore(redis, used)
     now = T0 + 400 * DAY
     parsed = []

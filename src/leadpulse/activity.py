@@ -88,7 +88,8 @@ async def history(store: LeadStore, lead_id: str, at: int) -> list[Entry]:
     """The lead's logged activity read at `at` (epoch ms), oldest first; [] when none is kept."""
     try:
         await store.ready()
-        reply = await store.scripts.run(scripts.HISTORY, [store.keys.lead(lead_id).activity], [store.spec, at])
+        lead = store.keys.lead(lead_id)
+        reply = await store.scripts.run(scripts.HISTORY, [lead.activity, lead.state], [store.spec, at])
     except RedisError as exc:
         raise StateError(f"redis: {exc}") from exc
     return decode(store, msgpack.unpackb(reply, raw=False, strict_map_key=False))

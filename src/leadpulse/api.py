@@ -57,6 +57,7 @@ def lead_json(view: LeadView) -> dict[str, Any]:
         "stage": view.stage,
         "fit_grade": why.fit_grade,
         "fit_score": why.fit_score,
+        "completeness": round(why.completeness, 6),
         "breakdown": {k: round(v, 6) for k, v in why.breakdown.items()},
         "contributions": [
             {

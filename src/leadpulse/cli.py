@@ -130,6 +130,7 @@ def _view_text(view: Any) -> str:
     why = view.explanation
     lines = [
         f"{view.lead_id}: score {why.score:.1f}  stage {view.stage}  fit grade {why.fit_grade} ({why.fit_score:+.0f})"
+        f"  completeness {why.completeness:.0%}"
         + (f"  recycled: no promotion before {iso(view.cooldown_until)}" if view.cooldown_until else ""),
         "  breakdown: " + ", ".join(f"{k} {v:+.1f}" for k, v in why.breakdown.items()),
     ]
@@ -188,7 +189,8 @@ def top(limit: int, as_json: bool, **options: Any) -> None:
         click.echo(orjson.dumps([lead_json(v) for v in views]).decode())
         return
     for v in views:
-        click.echo(f"{v.explanation.score:8.1f}  {v.stage:<5} {v.explanation.fit_grade}  {v.lead_id}")
+        why = v.explanation
+        click.echo(f"{why.score:8.1f}  {v.stage:<5} {why.fit_grade} {why.completeness:4.0%}  {v.lead_id}")
 
 
 @main.command()

@@ -87,6 +87,10 @@ def _present(value: Any) -> bool:
     return value is not None and value != ""
 
 
+def _known(value: Any) -> bool:
+    return _present(value) and value != [] and value != {}
+
+
 def _checks(pred: Predicate) -> list[Check]:
     checks: list[Check] = []
     if pred.exists is not None:
@@ -242,6 +246,12 @@ class Scorer:
         if self._fit_parts:
             values = _with_url_parts(values, self._fit_parts)
         return {rule.id: rule.points for rule, check in self._fit if _holds(check, values)}
+
+    def known(self, traits: Mapping[str, Any]) -> int:
+        """How many of the traits the fit rules read (model.Fit.traits) hold a value: the count
+        completeness is taken from (lib.lua). Empty strings, lists and objects are not known."""
+        values = derived_traits(traits)
+        return sum(1 for name in self.model.fit.traits if _known(values.get(name)))
 
     def kept_traits(self, traits: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in traits.items() if k in self.fit_traits}

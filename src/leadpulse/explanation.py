@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .model import GRADES
+from .model import GRADES, UNKNOWN_GRADE
 
 
 class Contribution(NamedTuple):
@@ -29,11 +29,13 @@ class Explanation:
     score: float
     #: per category (in the model's order), its points weighted and capped: they sum to the score
     breakdown: dict[str, float]
-    #: the raw fit points (no weight, no cap) and their grade
+    #: the raw fit points (no weight, no cap) and their grade: A-D, or U (too little known)
     fit_score: float
     fit_grade: str
     #: largest |points| first; those of a category sum to its breakdown
     contributions: tuple[Contribution, ...]
+    #: share of the model's fit traits the lead's traits hold (0..1; docs/scoring.md §5)
+    completeness: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ def explained(raw: Sequence[Any], rules: Mapping[int, str], categories: Sequence
     """An explanation as lib.lua `explain` returns it (unpacked). `rules`: rule code -> id
     (LeadStore.rule_names; "#<code>" for a code it lacks); `categories`: the model's, in the
     order of the spec (spec.lua_spec)."""
-    score, fit, grade, breakdown, each = raw
+    score, fit, grade, breakdown, each, *more = raw  # completeness: absent from older records
     listed = [
         Contribution(rules.get(code) or f"#{code}", categories[c - 1], float(points), None if last is False else last)
         for code, c, points, last in zip(each[::4], each[1::4], each[2::4], each[3::4])
@@ -70,6 +72,8 @@ def explained(raw: Sequence[Any], rules: Mapping[int, str], categories: Sequence
         score=float(score),
         breakdown={categories[c - 1]: float(v) for c, v in zip(breakdown[::2], breakdown[1::2])},
         fit_score=float(fit),
-        fit_grade=GRADES[len(GRADES) - 1 - grade],  # a rank: 3 is A (engine.grade_rank)
+        # a rank: 3 is A (engine.grade_rank), -1 is U (lib.lua fit_grade)
+        fit_grade=UNKNOWN_GRADE if grade < 0 else GRADES[len(GRADES) - 1 - grade],
         contributions=tuple(listed),
+        completeness=float(more[0]) if more else 0.0,
     )

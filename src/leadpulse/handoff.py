@@ -43,6 +43,7 @@ def build(model: ScoringModel, t: Transition, who: Who | None = None) -> dict[st
         "threshold": t.threshold,
         "fit_grade": why.fit_grade,
         "fit_score": why.fit_score,
+        "completeness": round(why.completeness, 6),
         "breakdown": {cat: round(v, 6) for cat, v in why.breakdown.items()},
         "top_signals": [
             {

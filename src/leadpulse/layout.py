@@ -72,6 +72,13 @@ class PackedState(NamedTuple):
     last_recycle_at: int | None = None
     #: la: per lifecycle stage (1-based), the occurred_at of its latest advance - B, or None
     advanced_at: Any = None
+    # After the lifecycle's fields (fields 22-23 in lib.lua's save):
+    #: n: how many of the model's fit traits the lead's traits hold (completeness = n / fit traits,
+    #: docs/scoring.md §5); None until a profile update since it was added
+    fit_known: int | None = None
+    #: the idle clock (docs/scoring.md §4, Idle decay), epoch ms: [latest activity A, ticks K(A),
+    #: oldest activity kept, then per idle gap its activity and the next]; None without idle decay
+    idle: list[float] | None = None
 
 
 def _by_code(table: Any) -> dict[int, Any]:

@@ -23,6 +23,8 @@ from .lifecycle import Lifecycle
 from .patterns import regex_matcher
 
 GRADES = ("A", "B", "C", "D")
+#: the grade of a lead too little known to grade (docs/scoring.md, Unknown fit); not a rank
+UNKNOWN_GRADE = "U"
 Scalar = str | int | float | bool
 #: which part of a URL a predicate sees (docs/scoring.md, URL matching)
 UrlPart = Literal["path", "host", "full"]
@@ -165,12 +167,16 @@ class Rule(Frozen):
     #: True: once per lead, ever; an int: once per that many ms (the award renews after it)
     once: Annotated[bool | int, BeforeValidator(_once)] = False
     half_life: DurationMs | None = None  # overrides the category's decay
+    #: an intent signal (demo request, pricing, comparison): stages may require one (min_intent)
+    intent: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
         _finite(self.points)
         if self.points == 0:
             raise ValueError("points must not be 0")
+        if self.intent and self.points < 0:
+            raise ValueError("intent marks a buying signal: its points must be positive")
         if (self.cap or self.once) and self.points < 0:
             raise ValueError("cap and once limit awards of positive points only")
         if self.cap and self.once:
@@ -212,10 +218,12 @@ class FitRule(Frozen):
 
 
 class IdleDecay(Frozen):
-    """The field's rule of thumb "lose X % after N idle days", mapped to a half-life."""
+    """The field's rule of thumb "lose X % after N idle days". `mode: continuous` (the default)
+    maps it to a half-life; `mode: idle` does it literally (docs/scoring.md §4, Idle decay)."""
 
     lose_percent: Annotated[float, Field(gt=0, lt=100)]
     after: DurationMs
+    mode: Literal["continuous", "idle"] = "continuous"
 
     @model_validator(mode="after")
     def _check(self) -> IdleDecay:
@@ -246,9 +254,14 @@ class Category(Frozen):
 
     @property
     def half_life_ms(self) -> float | None:
+        """The continuous decay's half-life; None when the category does not decay continuously."""
         if self.decay is not None:
-            return self.decay.half_life_ms
+            return None if self.idle else self.decay.half_life_ms
         return None if self.half_life is None else float(self.half_life)
+
+    @property
+    def idle(self) -> bool:
+        return self.decay is not None and self.decay.mode == "idle"
 
 
 class Fit(Frozen):
@@ -256,6 +269,9 @@ class Fit(Frozen):
     grades: dict[Literal["A", "B", "C"], float] = Field(
         default_factory=lambda: {"A": 60.0, "B": 35.0, "C": 15.0}
     )
+    #: a lead that would grade D while less than this share of the fit traits is known, none of
+    #: it against the lead, is graded U (unknown) instead; 0: never U
+    unknown_below: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> Fit:
@@ -266,11 +282,31 @@ class Fit(Frozen):
             raise ValueError("grades must satisfy A > B > C")
         return self
 
+    @cached_property
+    def traits(self) -> tuple[str, ...]:
+        """The traits completeness counts: those any fit rule reads, in order of first use."""
+        return tuple(dict.fromkeys(name for rule in self.rules for name in rule.when))
+
+
+class MinPoints(Frozen):
+    """`min_points: {points: 20, from: [behavioral, engagement]}`: the lead's points from these
+    categories (weighted and capped, as its breakdown shows them) add up to at least `points`."""
+
+    points: Annotated[float, Field(gt=0)]
+    from_: Annotated[tuple[str, ...], BeforeValidator(_one_or_more), Field(alias="from", min_length=1)]
+
 
 class Stage(Frozen):
     name: Id
     min_score: float
+    #: a U (unknown) lead meets any min_grade: unknown is not bad fit (docs/scoring.md §5);
+    #: min_completeness asks for known fit
     min_grade: Literal["A", "B", "C", "D"] | None = None
+    #: engagement conditions: checked to enter the stage, not to stay (docs/scoring.md §5)
+    min_points: MinPoints | None = None
+    min_intent: Annotated[int, Field(ge=1)] | None = None
+    #: share of the model's fit traits known (0..1): checked to enter and to stay, like min_grade
+    min_completeness: Annotated[float, Field(gt=0, le=1)] | None = None
     handoff: bool = False
     description: str = ""
 
@@ -333,7 +369,38 @@ class ScoringModel(Frozen):
         for i, s in enumerate(self.lifecycle.stages):
             if s.name in names:
                 raise ValueError(f"lifecycle.stages[{i}].name: {s.name!r} is a model stage already")
+        self._check_conditions()
+        self._check_idle()
         return self
+
+    def _check_conditions(self) -> None:
+        intents = sum(r.intent for r in self.rules)
+        for i, stage in enumerate(self.stages):
+            for name in stage.min_points.from_ if stage.min_points else ():
+                if name not in self.categories:
+                    raise ValueError(f"stages[{i}].min_points.from: unknown category {name!r}"
+                                     f" (known: {', '.join(sorted(self.categories))})")
+            if stage.min_intent is not None and stage.min_intent > intents:
+                raise ValueError(f"stages[{i}].min_intent: the model has {intents} rule(s) with intent: true,"
+                                 f" fewer than {stage.min_intent}")
+            if i == 0 and (stage.min_points or stage.min_intent or stage.min_completeness):
+                raise ValueError("stages[0]: every lead starts in the first stage: it takes no entry conditions")
+
+    def _check_idle(self) -> None:
+        # One idle clock per lead: every idle category loses the same share at the same pace.
+        idle = {name: c.decay for name, c in self.categories.items() if c.idle}
+        if len({(d.after, d.lose_percent) for d in idle.values() if d}) > 1:
+            raise ValueError(f"categories: idle decay must be the same in every category using it"
+                             f" ({', '.join(sorted(idle))}): one idle clock per lead")
+
+    @property
+    def idle_decay(self) -> IdleDecay | None:
+        """The model's idle decay (every idle category has the same), None when none uses it."""
+        return next((c.decay for c in self.categories.values() if c.idle), None)
+
+    def is_idle(self, rule: Rule) -> bool:
+        """Whether `rule`'s awards decay by idle time (a rule's own half_life overrides it)."""
+        return rule.half_life is None and self.categories[rule.category].idle
 
     @cached_property
     def stage_names(self) -> tuple[str, ...]:

@@ -99,12 +99,17 @@ def _url_operands(where: str, name: str, pred: Predicate) -> Iterator[Finding]:
 
 
 def max_score(model: ScoringModel) -> float:
+    return sum(most_by_category(model).values())
+
+
+def most_by_category(model: ScoringModel) -> dict[str, float]:
     """The most any lead can score: every positive rule at its cap, every positive fit rule,
     then weights and category caps. Exact caps assume events arrive in time order (a late
     event is checked only against earlier awards, docs/scoring.md §6). A window cap of P points
     on a rule with half-life h holds at most P / (1 - 2^(-window/h)) at any instant (P in each
     window back, each window worth 2^(-window/h) less); without a cap, or without decay under a
-    window cap, there is no bound."""
+    window cap (idle decay: nothing decays while the lead is active), there is no bound.
+    Per category, weighted and capped."""
     raw: dict[str, float] = {}
     for rule in model.rules:
         if rule.points <= 0:
@@ -120,11 +125,11 @@ def max_score(model: ScoringModel) -> float:
     for fit_rule in model.fit.rules:
         if fit_rule.points > 0:
             raw[fit_rule.category] = raw.get(fit_rule.category, 0.0) + fit_rule.points
-    total = 0.0
+    out = {}
     for name, spec in model.categories.items():
         weighted = spec.weight * raw.get(name, 0.0)
-        total += weighted if spec.cap is None else min(weighted, spec.cap)
-    return total
+        out[name] = weighted if spec.cap is None else min(weighted, spec.cap)
+    return out
 
 
 def _stages(model: ScoringModel) -> Iterator[Finding]:
@@ -137,7 +142,27 @@ def _stages(model: ScoringModel) -> Iterator[Finding]:
         if stage.min_score > most:
             yield Finding(f"stages[{i}].min_score", f"no lead can reach {stage.name}: min_score {stage.min_score:g} is "
                           f"above the most a lead can score, {most:.6g} (every positive rule at its cap)")
+        yield from _conditions(model, i)
         if stage.min_grade is not None and GRADES.index(best_grade) > GRADES.index(stage.min_grade):
             yield Finding(f"stages[{i}].min_grade", f"no lead can reach {stage.name}: grade {stage.min_grade} needs "
                           f"{needs[stage.min_grade]:g} fit points, and all positive fit rules "
                           f"together give {best_fit:g} (grade {best_grade})")
+
+
+def _conditions(model: ScoringModel, i: int) -> Iterator[Finding]:
+    """Stage conditions (docs/scoring.md §5) that cannot be met, or that do not mean what they say."""
+    stage = model.stages[i]
+    if stage.min_points is not None:
+        where = f"stages[{i}].min_points"
+        fed_by_fit = sorted({r.category for r in model.fit.rules} & set(stage.min_points.from_))
+        if fed_by_fit:
+            yield Finding(f"{where}.from", f"{', '.join(fed_by_fit)} holds fit points, so fit alone counts toward "
+                          f"min_points (list the categories of behaviour and engagement only)")
+        most = most_by_category(model)
+        reach = sum(most[c] for c in stage.min_points.from_)
+        if reach < stage.min_points.points:
+            yield Finding(f"{where}.points", f"no lead can reach {stage.name}: {', '.join(stage.min_points.from_)} "
+                          f"give at most {reach:.6g} points, under {stage.min_points.points:g}")
+    if stage.min_completeness is not None and not model.fit.traits:
+        yield Finding(f"stages[{i}].min_completeness", "the model has no fit rules, so every lead is complete: "
+                      "the condition always holds")

@@ -117,6 +117,7 @@ def _rules(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
         yield from _field(f"{p}.cap", f"{rule.id}: cap", was.cap, rule.cap, _cap)
         yield from _field(f"{p}.once", f"{rule.id}: once", was.once, rule.once, _once)
         yield from _field(f"{p}.decay", f"{rule.id}: half-life", old.half_life_ms(was), new.half_life_ms(rule), _duration)
+        yield from _field(f"{p}.intent", f"{rule.id}: intent", was.intent, rule.intent, _yes)
         yield from _field(f"{p}.description", f"{rule.id}: description", was.description, rule.description, repr)
         yield from _when(rule.id, was.when, rule.when)
 
@@ -139,14 +140,25 @@ def _fit(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
         yield from _field(f"{p}.points", f"fit {rule.id}: points", was.points, rule.points)
         yield from _field(f"{p}.category", f"fit {rule.id}: category", was.category, rule.category, str)
         yield from _props(f"{p}.when", f"fit {rule.id}", was.when, rule.when)
+    yield from _field("fit.unknown_below", "fit: unknown_below", old.fit.unknown_below, new.fit.unknown_below)
     for grade in ("A", "B", "C"):
         yield from _field(f"fit.grades.{grade}", f"grade {grade}: min fit points", old.fit.grades[grade],  # type: ignore[index]
                           new.fit.grades[grade])  # type: ignore[index]
 
 
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _idle(c: Category) -> str:
+    d = c.decay
+    return f"-{d.lose_percent:g} % per {_duration(d.after)} idle" if d is not None and c.idle else "none"
+
+
 def _category(name: str, c: Category) -> str:
     hl = c.half_life_ms
-    return f"weight {c.weight:g}, cap {_num(c.cap)}, half-life {_duration(hl) if hl else 'none (no decay)'}"
+    decay = f"idle decay {_idle(c)}" if c.idle else f"half-life {_duration(hl) if hl else 'none (no decay)'}"
+    return f"weight {c.weight:g}, cap {_num(c.cap)}, {decay}"
 
 
 def _categories(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
@@ -161,10 +173,19 @@ def _categories(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
         yield from _field(f"{p}.weight", f"category {name}: weight", was.weight, cat.weight)
         yield from _field(f"{p}.cap", f"category {name}: cap", was.cap, cat.cap)
         yield from _field(f"{p}.decay", f"category {name}: half-life", was.half_life_ms, cat.half_life_ms, _duration)
+        yield from _field(f"{p}.decay.idle", f"category {name}: idle decay", _idle(was), _idle(cat), str)
+
+
+def _points(s: Stage) -> str:
+    m = s.min_points
+    return "none" if m is None else f"{m.points:g} from {'+'.join(m.from_)}"
 
 
 def _stage(s: Stage) -> str:
-    return f"min_score {s.min_score:g}" + (f", min_grade {s.min_grade}" if s.min_grade else "") + (", handoff" if s.handoff else "")
+    conditions = (f", min_grade {s.min_grade}" if s.min_grade else "") + (
+        f", min_points {_points(s)}" if s.min_points else "") + (f", min_intent {s.min_intent}" if s.min_intent else "") + (
+        f", min_completeness {s.min_completeness:g}" if s.min_completeness else "")
+    return f"min_score {s.min_score:g}" + conditions + (", handoff" if s.handoff else "")
 
 
 def _stages(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
@@ -180,6 +201,10 @@ def _stages(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
         p = f"stages.{s.name}"
         yield from _field(f"{p}.min_score", f"stage {s.name}: min_score", was.min_score, s.min_score)
         yield from _field(f"{p}.min_grade", f"stage {s.name}: min_grade", was.min_grade, s.min_grade, lambda g: g or "none")
+        yield from _field(f"{p}.min_points", f"stage {s.name}: min_points", _points(was), _points(s), str)
+        yield from _field(f"{p}.min_intent", f"stage {s.name}: min_intent", was.min_intent, s.min_intent)
+        yield from _field(f"{p}.min_completeness", f"stage {s.name}: min_completeness", was.min_completeness,
+                          s.min_completeness)
         yield from _field(f"{p}.handoff", f"stage {s.name}: handoff", was.handoff, s.handoff, lambda h: "yes" if h else "no")
     if [s.name for s in old.stages if s.name in b] != [s.name for s in new.stages if s.name in a]:
         yield Change("stages", "changed", "stages reordered: " + " → ".join(s.name for s in new.stages),

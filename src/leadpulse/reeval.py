@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from . import models, scripts
 from .engine import grade_rank
 from .errors import StateError
-from .model import ScoringModel
+from .model import ScoringModel, Stage
 from .state import LeadStore, Transition
 from .who import decode_traits
 
@@ -44,9 +44,10 @@ def may_demote_or_promote(old: ScoringModel, new: ScoringModel) -> bool:
     with changed (points of new awards and descriptions are not)."""
     def read_with(m: ScoringModel) -> Any:
         return (
-            [(s.name, s.min_score, s.min_grade) for s in m.stages], m.hysteresis, dict(m.fit.grades),
-            {k: (c.weight, c.cap, c.half_life_ms) for k, c in m.categories.items()},
-            {r.id: (r.category, m.half_life_ms(r)) for r in m.rules},
+            [(s.name, s.min_score, s.min_grade, *_conditions(s)) for s in m.stages], m.hysteresis,
+            dict(m.fit.grades), m.fit.unknown_below, m.fit.traits,
+            {k: (c.weight, c.cap, c.half_life_ms, c.decay) for k, c in m.categories.items()},
+            {r.id: (r.category, m.half_life_ms(r), r.intent) for r in m.rules},
             {r.id: r.category for r in m.fit.rules},
             m.lifecycle.sla,  # SQLs' SLA deadlines are in the due index (re-indexed)
         )
@@ -64,6 +65,14 @@ def may_promote(old: ScoringModel, new: ScoringModel) -> bool:
     o, n = old.stages[1], new.stages[1]
     if n.min_score < o.min_score or grade_rank(n.min_grade) < grade_rank(o.min_grade):
         return True
+    # Stage conditions, U grades, intent marks, idle decay (docs/scoring.md §4-5): any change
+    # may let a lead in; re-deciding one that stays costs a read.
+    if _conditions(n) != _conditions(o) or new.fit.unknown_below != old.fit.unknown_below or new.fit.traits != old.fit.traits:
+        return True
+    if {r.id: r.intent for r in new.rules} != {r.id: r.intent for r in old.rules}:
+        return True
+    if any(c.decay != getattr(old.categories.get(k), "decay", None) for k, c in new.categories.items()):
+        return True
     if any(new.fit.grades[g] < old.fit.grades[g] for g in ("A", "B", "C")):
         return True
     for name, cat in new.categories.items():
@@ -76,6 +85,10 @@ def may_promote(old: ScoringModel, new: ScoringModel) -> bool:
             return True
     olds = {r.id: (r.category, old.half_life_ms(r)) for r in old.rules}
     return any(olds.get(r.id, (r.category, new.half_life_ms(r))) != (r.category, new.half_life_ms(r)) for r in new.rules)
+
+
+def _conditions(stage: Stage) -> tuple[Any, ...]:
+    return stage.min_points, stage.min_intent, stage.min_completeness
 
 
 async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition]:

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import msgpack
 
 from . import layout
-from .engine import grade_rank
 from .model import ScoringModel
+from .semantics import extend_spec
 
 
 def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0, activity_max: int = 0) -> bytes:
@@ -46,7 +46,6 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
             for r in model.rules
             if (cap := r.effective_cap) is not None
         },
-        "stages": [[s.min_score, grade_rank(s.min_grade)] for s in model.stages],
         "grades": [model.fit.grades["A"], model.fit.grades["B"], model.fit.grades["C"]],
         "hyst": model.hysteresis,
         "dedup": model.dedup_window,
@@ -56,4 +55,5 @@ def lua_spec(model: ScoringModel, codes: Mapping[str, int], lead_ttl_ms: int = 0
         "erased": layout.ERASED,
         "lc": {**model.lifecycle.spec(), "ho": [s.handoff for s in model.stages]},
     }
+    extend_spec(spec, model, codes)  # stages with their conditions, intent, completeness, idle decay
     return bytes(msgpack.packb(spec))

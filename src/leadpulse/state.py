@@ -212,14 +212,16 @@ class LeadStore:
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
         codes = self.rule_codes
         matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
-        fit: list[Any] | bool = False
-        traits: str | bool = False
+        fit: Any = False  # an identify's fit points, its traits, and how many fit traits they hold
+        traits: Any = False
+        known: Any = False
         if event.source == "profile" and event.type == "identify" and lead_id is not None:
             kept = {k: v for k, v in event.traits.items() if k in self.retention.who_traits}
             merged = {**traits_now.get(lead_id, {}), **kept, **self.scorer.kept_traits(event.traits)}
             traits_now[lead_id] = merged
             fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
             traits = orjson.dumps(merged).decode()
+            known = self.scorer.known(merged)
         elif (opt_out := OPT_OUT_EVENTS.get((event.source, event.type))) and event.lead_id is not None:
             traits_now[event.lead_id] = {**traits_now.get(event.lead_id, {}), opt_out: event.occurred_at}
             traits = orjson.dumps(traits_now[event.lead_id]).decode()  # who.py: no sales alert after it
@@ -227,7 +229,8 @@ class LeadStore:
         if event.source == "crm":  # lib.lua `outcome`: the lifecycle section decides what it does
             reason = event.properties.get("reason")
             outcome = [event.type, str(reason)[:256] if reason is not None else False]
-        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits, *outcome]
+        return [dedup_member(event.event_id), event.occurred_at, event.event_id, pos, 1, matches, fit, traits,
+                *outcome, known]
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""

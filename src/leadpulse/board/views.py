@@ -193,6 +193,7 @@ class Board:
             leads.append({
                 "lead_id": view.lead_id, "url": "/board/leads/" + quote(view.lead_id, safe=""),
                 "score": round(why.score, 1), "stage": view.stage, "fit_grade": why.fit_grade,
+                "completeness": round(why.completeness, 6),
                 "who": words.who(t), "last_event": words.ago(view.last_event_at, now),
                 "signals": [self._signal(c.rule_id, c.points, c.last_occurred_at, now) for c in behaviour],
             })

@@ -8,7 +8,8 @@
 --                close in arrival time however old the event); every score decision uses event time
 -- ARGV[2+i]      lead i: msgpack [lead_id, [[member, t, event_id, pos, evaluate, [rule, points, ...],
 --                                             [rule, fit points, ...] | false, traits_json | false,
---                                             crm outcome | false, its reason | false] ...]]
+--                                             crm outcome | false, its reason | false,
+--                                             fit traits known | false] ...]]
 --                (rules by code)
 -- Returns one string packed with cmsgpack (one bulk string is far cheaper to read than nested
 -- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage,
@@ -71,7 +72,9 @@ for i = 1, #ARGV - 2 do
       for j = 1, #matches, 2 do
         local id = matches[j]
         local a = award(st, id, matches[j + 1], t)
-        if a ~= 0 then add(st, id, a, t) end
+        -- an idle rule's event is activity, even when capped; its sum is kept in tick units
+        local v = idle_award(st, id, a, t)
+        if v ~= 0 then add(st, id, v, t) end
         earned[#earned + 1], earned[#earned + 2] = id, a
       end
       if type(op[7]) == 'table' then
@@ -81,6 +84,10 @@ for i = 1, #ARGV - 2 do
         set_fit(st, fit)
       end
       if type(op[8]) == 'string' then traits = op[8] end
+      if type(op[11]) == 'number' and op[11] ~= st.n then
+        st.n = op[11]  -- the fit traits known (completeness), counted with the fit points
+        moved(st)
+      end
       if not st.c or t > st.c then
         st.c = t
         moved(st)

@@ -60,12 +60,13 @@ local function load(key, pkey)
     local c = v[3] and B + v[3] or nil
     st = {key = key, pkey = pkey, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6],
           u = v[7] and c + v[7] or nil, m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11],
-          k = v[12], e = v[13] or nil}
+          k = v[12], e = v[13] or nil, n = v[22] or nil, i = v[23] or nil}
     -- The lifecycle (absent from states written before it, and empty fields at the end are left
     -- out; times are offsets from B, absolute here): the first event, the promotion time per
     -- model stage, the last handoff {seq, kind, at}, the lifecycle stage (0: none, the score
     -- decides), the cool-down's end, the SQL start whose SLA was reported overdue, the latest
-    -- recycle, the latest advance per lifecycle stage.
+    -- recycle, the latest advance per lifecycle stage. Then fit_known (n) and the idle clock (i)
+    -- (docs/scoring.md §4-5), after them so that neither feature moves the other's fields.
     st.fs = v[14] and B + v[14] or nil
     st.pt = {}
     if v[15] then
@@ -110,6 +111,106 @@ local function rel(st, t)
   return t - st.B
 end
 
+-- Idle decay (docs/scoring.md §4, Idle decay; SPEC.idle, semantics.py). The awards of idle rules
+-- lose nothing while the lead is active; each `every` ms of idleness (no event matching an idle
+-- rule) takes `1 - keep` of them, and losses stay lost. Ticks K(t): losses since the lead's first
+-- activity. A rule's idle sum S = Σ p·keep^-K(tᵢ), so its points at t are S·keep^K(t): one power
+-- per read, as the continuous decay's S·e^{-λ(t-L)}. The lead's idle clock st.i, flat, absolute
+-- epoch ms: {A latest activity, K(A), F oldest activity kept, a₁, e₁, a₂, e₂, ...}: the idle gaps
+-- (activity a, next activity e, at least one tick apart) that a late event can still land in.
+-- Activity that arrives late does not change the clock (the losses it would have prevented
+-- stay); its own award takes exactly the ticks the clock has after its time. Activity older than
+-- the oldest kept extends the clock back (F and a gap), as if it had arrived first.
+local IDLE = SPEC.idle
+local IDLE_R = IDLE and IDLE.rules
+local IDLE_N = IDLE and IDLE.every
+-- keep^-K overflows past ~4000 ticks of 15 %: rescale the sums long before
+local IDLE_RENORM = 256
+
+-- The ticks between t (< A) and the lead's latest activity A.
+local function idle_after(I, t)
+  local n = 0
+  local first = I[3]
+  if t < first then n = math.floor((first - t) / IDLE_N) end
+  for j = 4, #I, 2 do
+    local a, e = I[j], I[j + 1]
+    if e > t then
+      if t <= a then n = n + math.floor((e - a) / IDLE_N) else n = n + math.floor((e - t) / IDLE_N) end
+    end
+  end
+  return n
+end
+
+-- K(t): the ticks up to t
+local function idle_ticks(st, t)
+  local I = st.i
+  if not I then return 0 end
+  if t >= I[1] then return I[2] + math.floor((t - I[1]) / IDLE_N) end
+  return I[2] - idle_after(I, t)
+end
+
+-- An event matched idle rule `id` at t: move the idle clock when t is the latest activity, and
+-- return the award `a` in the rule's sum's units (keep^-K(t)). Other rules: `a` as it is. A
+-- moved clock moves the lead (its due time), even when the award is 0 or t is behind its clock.
+local function idle_award(st, id, a, t)
+  if not (IDLE_R and IDLE_R[id]) then return a end
+  local I = st.i
+  if not I then
+    I = {t, 0, t}
+    st.i = I
+    moved(st)
+  elseif t > I[1] then
+    local n = math.floor((t - I[1]) / IDLE_N)
+    if n > 0 then
+      I[#I + 1], I[#I + 2] = I[1], t
+      I[2] = I[2] + n
+    end
+    I[1] = t
+    -- Gaps no late event can reach any more (older than `horizon` behind it) are dropped; the
+    -- oldest activity kept moves up to the end of the last one dropped.
+    local drop = 0
+    for j = 4, #I, 2 do
+      if (IDLE.horizon >= 0 and I[j + 1] < t - IDLE.horizon) or (#I - 3) / 2 - drop > IDLE.gaps then
+        drop = drop + 1
+        I[3] = I[j + 1]
+      else
+        break
+      end
+    end
+    if drop > 0 then
+      for j = 4, #I do I[j] = I[j + 2 * drop] end
+    end
+    if I[2] >= IDLE_RENORM then
+      local f = IDLE.keep ^ I[2]
+      for rid, rs in pairs(st.r) do
+        if IDLE_R[rid] then rs[1] = rs[1] * f end
+      end
+      I[2] = 0
+    end
+    moved(st)
+  elseif t < I[3] then
+    -- Older than every activity kept: the history reaches back to it (K of the later ones is
+    -- unchanged: the ticks come before them all), unless that is one gap more than is kept.
+    local first = I[3]
+    if math.floor((first - t) / IDLE_N) == 0 then
+      I[3] = t
+      moved(st)
+    elseif (#I - 3) / 2 < IDLE.gaps then
+      table.insert(I, 4, first)
+      table.insert(I, 4, t)
+      I[3] = t
+      moved(st)
+    end
+  end
+  if a == 0 then return 0 end
+  return a * IDLE.keep ^ -idle_ticks(st, t)
+end
+
+-- What an idle sum is worth at t (category_points): one power per read.
+local function idle_factor(st, t)
+  return IDLE.keep ^ idle_ticks(st, t)
+end
+
 -- `now`: the wall clock (epoch ms, the worker's), for the traits' expiry
 local function save(st, now)
   if st.erased or not st.dirty then return end
@@ -143,6 +244,8 @@ local function save(st, now)
   local state = {FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
     st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k,
     st.e or false}
+  -- fields 14-21 the lifecycle's, 22-23 fit_known and the idle clock (load); empty ones at the end left out
+  local rest = {false, false, false, false, false, false, false, false, st.n or false, st.i or false}
   if B then  -- the lifecycle (load): every lead with a clock has a base
     local pt = false
     if next(st.pt) then
@@ -155,12 +258,13 @@ local function save(st, now)
       la = {}
       for j = 1, LC.n do la[j] = st.la[j] and st.la[j] - B or false end
     end
-    local rest = {st.fs and st.fs - B or false, pt, lh, st.lc > 0 and st.lc or false, st.cd and st.cd - B or false,
-                  st.so and st.so - B or false, st.lr and st.lr - B or false, la}
-    local n = #rest
-    while n > 0 and rest[n] == false do n = n - 1 end
-    for i = 1, n do state[13 + i] = rest[i] end
+    rest[1], rest[2], rest[3], rest[4] = st.fs and st.fs - B or false, pt, lh, st.lc > 0 and st.lc or false
+    rest[5], rest[6], rest[7], rest[8] = st.cd and st.cd - B or false, st.so and st.so - B or false,
+                                         st.lr and st.lr - B or false, la
   end
+  local n = #rest
+  while n > 0 and rest[n] == false do n = n - 1 end
+  for i = 1, n do state[13 + i] = rest[i] end
   local packed = cmsgpack.pack(state)
   if expire then
     redis.call('SET', st.key, packed, 'PX', TTL)
@@ -301,7 +405,7 @@ end
 -- points. `rules`, when given (explain), receives each rule's part, flat:
 -- rule, category, points at t, latest occurrence - B | false (fit), ...
 local function category_points(st, t, rules)
-  local sums, decay = {}, {}
+  local sums, decay, idle = {}, {}, nil
   codes(st)
   for i = 1, NR do
     local id = R_CODES[i]
@@ -318,6 +422,9 @@ local function category_points(st, t, rules)
           decay[l] = e
         end
         v = v * e
+      elseif IDLE_R and IDLE_R[id] then
+        idle = idle or idle_factor(st, t)
+        v = v * idle
       end
       sums[c] = (sums[c] or 0) + v
       if rules then
@@ -386,13 +493,67 @@ local function grade(fit)
   return 0
 end
 
+-- Unknown fit, completeness and stage conditions (docs/scoring.md §5; semantics.py).
+-- st.n: how many of the model's fit traits (SPEC.nfit: those any fit rule reads) the lead's
+-- traits hold, counted by the worker with the fit points (engine.Scorer.known).
+local NFIT, UNKNOWN_BELOW, INTENT = SPEC.nfit or 0, SPEC.unknown_below or 0, SPEC.intent or {}
+local GRADE_U = -1
+
+local function completeness(st)
+  if NFIT == 0 then return 1 end
+  return math.min(1, (st.n or 0) / NFIT)
+end
+
+-- The grade rank of the lead: 3 = A ... 0 = D, or GRADE_U when it would be D while less than
+-- `unknown_below` of its fit traits are known and no fit rule counts against it.
+local function fit_grade(st, fit)
+  local g = grade(fit)
+  if g > 0 or completeness(st) >= UNKNOWN_BELOW then return g end
+  -- fit points from before the count was kept (st.n): too little known is not known; keep D
+  if not st.n and NF > 0 then return g end
+  for i = 1, NF do
+    if F_POINTS[i] < 0 and CAT[F_CODES[i]] then return g end
+  end
+  return GRADE_U
+end
+
+-- The stage's fit conditions, which hold to enter it and to stay: min_grade (a U lead meets it:
+-- unknown is not bad fit) and min_completeness.
+local function fit_holds(st, sp, g)
+  if g ~= GRADE_U and g < sp[2] then return false end
+  return not sp[3] or completeness(st) >= sp[3]
+end
+
+-- The stage's engagement conditions, which hold to enter it (the score floor keeps the lead
+-- there): min_points (the breakdown of the listed categories at t adds up to it) and min_intent
+-- (rules marked intent the lead has points from).
+local function enters(st, sp, t)
+  local mp, mi = sp[4], sp[5]
+  if mp then
+    local shares = {}
+    total(category_points(st, t), shares)
+    local got = 0
+    for j = 2, #mp do got = got + (shares[mp[j]] or 0) end
+    if got < mp[1] then return false end
+  end
+  if mi then
+    local n = 0
+    codes(st)
+    for i = 1, NR do
+      if INTENT[R_CODES[i]] and R_SUMS[i][1] > 0 then n = n + 1 end
+    end
+    if n < mi then return false end
+  end
+  return true
+end
+
 -- Why the lead scores what it does at t (docs/scoring.md §1), for a read (read.lua) or a
 -- transition: only they pay for it. Each category's points weighted and capped (the breakdown,
 -- added up as score_at adds it: the same score), each rule's contribution (its points at t scaled
 -- by its category's breakdown / points, 0 when those are 0) with its latest occurrence, and the
 -- raw fit points with their grade. Lists are flat (fewer tables to pack):
---   {score, fit points, grade rank, {category, breakdown, ...},
---    {rule, category, contribution, latest occurrence (epoch ms) | false (fit), ...}}
+--   {score, fit points, grade rank (-1: U), {category, breakdown, ...},
+--    {rule, category, contribution, latest occurrence (epoch ms) | false (fit), ...}, completeness}
 -- in the order of categories and rule codes. Replies and logs carry it packed with cmsgpack,
 -- which keeps every double exactly (JSON would need `%.17g`, slow here; cjson keeps 14 digits).
 local function explain(st, t)
@@ -413,7 +574,7 @@ local function explain(st, t)
     if rules[i + 3] then rules[i + 3] = st.B + rules[i + 3] end
   end
   local fit = fit_points(st)
-  return {score, fit, grade(fit), breakdown, rules}
+  return {score, fit, fit_grade(st, fit), breakdown, rules, completeness(st)}
 end
 
 -- A transition as an older version stored it in a replay log or an outbox, with the lead's
@@ -462,17 +623,18 @@ local function noted(st, tr)
   if ho then st.lh = {tr[1], kind, tr[5]} end
 end
 
--- Decide the stage at t. Promotion: the highest stage whose min_score and min_grade hold.
--- Demotion: leave every stage whose floor (min_score - hysteresis) or min_grade fails.
+-- Decide the stage at t. Promotion: the highest stage whose min_score, fit conditions and
+-- engagement conditions hold. Demotion: leave every stage whose floor (min_score - hysteresis)
+-- or fit conditions fail (engagement conditions are the way in, not a reason to leave).
 -- Neither while the CRM holds the lead (a lifecycle stage) or a recycle's cool-down lasts.
 local function evaluate(st, t, trigger, out)
   if st.lc > 0 or (st.cd and t < st.cd) then return end
   local score = score_at(st, t)
-  local g = grade(fit_points(st))
+  local g = fit_grade(st, fit_points(st))
   local cur, best, kind = st.s, st.s, nil
   for i = NSTAGE - 1, cur + 1, -1 do
     local sp = STAGES[i + 1]
-    if score >= sp[1] and g >= sp[2] then
+    if score >= sp[1] and fit_holds(st, sp, g) and enters(st, sp, t) then
       best = i
       break
     end
@@ -482,7 +644,7 @@ local function evaluate(st, t, trigger, out)
   else
     while best > 0 do
       local sp = STAGES[best + 1]
-      if score < sp[1] - HYST or g < sp[2] then best = best - 1 else break end
+      if score < sp[1] - HYST or not fit_holds(st, sp, g) then best = best - 1 else break end
     end
     if best < cur then kind = 'demoted' end
   end
@@ -579,6 +741,7 @@ local function folded_score(st)
     if c then
       local g = group(c)
       local l, v = LAM[id], R_SUMS[i][1]
+      if IDLE_R and IDLE_R[id] and v ~= 0 then return nil end  -- steps, not exponentials
       if l > 0 then
         if v < 0 then return nil end
         local j = 4
@@ -689,6 +852,38 @@ local function search_due(st, floor, fast)
   return (first_below(exact, t0, floor))
 end
 
+-- Under idle decay alone (no continuously decaying sum, every idle sum positive) the score is
+-- constant between ticks and falls at each: the crossing is the first tick A + mN after t0 with
+-- score < floor, found by doubling and bisecting over m (a few probes, not one per millisecond
+-- bit). Nil when this does not apply; false when no tick within the search's span gets there.
+local function idle_due(st, t0, floor)
+  local I = st.i
+  if not I then return nil end
+  codes(st)
+  for i = 1, NR do
+    local id = R_CODES[i]
+    local v, l = R_SUMS[i][1], LAM[id]
+    if v ~= 0 and ((l and l > 0) or (IDLE_R[id] and v < 0)) then return nil end
+  end
+  local A, N = I[1], IDLE_N
+  local m0 = math.max(1, math.floor((t0 - A) / N) + 1)
+  local last = m0 + math.ceil(SPEC.hmax * 64 / N)
+  local function below(m) return score_at(st, A + m * N) < floor end
+  local lo, hi, d = m0 - 1, nil, 1
+  while true do
+    local m = math.min(m0 - 1 + d, last)
+    if below(m) then hi = m break end
+    lo = m
+    if m == last then return false end
+    d = d * 2
+  end
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if below(mid) then hi = mid else lo = mid end
+  end
+  return A + hi * N
+end
+
 -- next_due: the crossing solved for where it can be (`crossing`) and confirmed to the
 -- millisecond with score_at exactly as the search confirms its own (the score only falls, so
 -- that millisecond is the search's too); searched for otherwise.
@@ -699,11 +894,16 @@ local function next_due(st, search)
   local decaying = false
   codes(st)
   for i = 1, NR do
-    local l = LAM[R_CODES[i]]
-    if l and l > 0 and R_SUMS[i][1] ~= 0 then decaying = true end
+    local id = R_CODES[i]
+    local l = LAM[id]
+    if ((l and l > 0) or (IDLE_R and IDLE_R[id])) and R_SUMS[i][1] ~= 0 then decaying = true end
   end
   if not decaying then return nil end
   if score_at(st, t0) < floor then return t0 end
+  if IDLE_R and not search then
+    local at = idle_due(st, t0, floor)
+    if at ~= nil then return at or nil end
+  end
   local list, fast = folded_score(st)
   if fast and not search then
     local at, last = crossing(list, st.L, t0, floor), grid_end(t0)
