@@ -103,7 +103,8 @@ async def test_outcomes_move_leads_publish_handoffs_and_records_and_feed_the_rep
         "acc": "sal", "rej": "lead", "win": "customer", "ghost": "sal", "slow": "sql"}
     assert stages["rej"]["cooldown_until"] == recycled["cooldown_until"] and stages["win"]["score"] > 100
     status, top = await worker.get("/leads/top?limit=50")
-    assert status == 200 and [v["lead_id"] for v in top["leads"]] == ["slow"]
+    # (the session's Redis also holds other tests' leads: look at this test's own)
+    assert status == 200 and [v["lead_id"] for v in top["leads"] if v["lead_id"] in stages] == ["slow"]
 
     # one record per outcome on leads.outcomes, each the lead as it stood
     out = await consume_until(broker.bootstrap, outcomes_topic, lambda rs: len(rs) >= 6)

@@ -229,3 +229,40 @@ async def test_crm_moves_are_compared_by_their_lifecycle_stage_names(redis_serve
         assert agreed == 1
     finally:
         await redis.aclose()
+
+
+async def test_shadow_handoffs_name_the_lead_only_as_the_live_ones_may(
+        broker: TansuBroker, redis_server: RedisServer) -> None:
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from leadpulse.metrics import Metrics
+    from leadpulse.model import load_model
+    from leadpulse.shadow import Shadow
+    from leadpulse.state import LeadStore
+    from leadpulse.who import Who
+
+    from tests.support.fixtures import T0, event
+
+    redis = Redis.from_url(redis_server.url)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    await producer.start()
+    topic = f"shadow-who-{uuid.uuid4().hex[:8]}"
+    try:
+        live = LeadStore(redis, load_model())
+        # LEADPULSE_HANDOFF_WHO=name: the deployment allows the name on its handoff topics, not the email
+        shadow = Shadow(live, parse_model(yaml.safe_dump(with_mql_bar(default_model(), 30, "shadow-who"))), producer,
+                        topic, Metrics(), Who({"name": "name"}))
+        batch = [(event("profile", "identify", T0, lead="who-1", traits={"name": "Ada Doe", "email": "ada@acme.io"}), "p:0:0"),
+                 (event("web", "demo_request", T0 + 1, lead="who-1"), "w:0:0")]  # 50 points: over the shadow's bar (30)
+        result, shadowed = await shadow.beside(live.apply(batch, T0 + 1), batch, T0 + 1)
+        await asyncio.gather(*[await s for s in shadow.sends(shadowed, result)])
+        (record,) = [orjson.loads(r.value) for r in await consume_until(broker.bootstrap, topic, lambda rs: len(rs) >= 1)]
+        handoff_validator().validate(record)
+        assert (record["lead_id"], record["stage"], record["who"]) == ("who-1", "mql", {"name": "Ada Doe"})
+        assert b"ada@acme.io" not in orjson.dumps(record)
+    finally:
+        await producer.stop()
+        await redis.aclose()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from .errors import ConfigError, StateError
+from .who import DEFAULT_WHO, who_traits
 
 if TYPE_CHECKING:
     from .model import ScoringModel
@@ -33,13 +34,15 @@ class Retention:
     alias_ttl_ms: int = 400 * _DAY_MS
     #: an erased lead's tombstone (admin.forget): its events are refused this long
     tombstone_ttl_ms: int = 400 * _DAY_MS
+    #: traits kept besides those the fit rules read: what handoffs name (who.py), opt-outs
+    who_traits: frozenset[str] = who_traits(DEFAULT_WHO)
     #: entries of a lead's activity log (the board's lead page; lua/activity.lua); 0: none kept
     activity_max: int = 50
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retention:
         return cls(settings.lead_ttl, settings.anon_ttl, settings.anon_max_events, settings.alias_ttl,
-                   settings.tombstone_ttl, settings.activity_max)
+                   settings.tombstone_ttl, who_traits(settings.handoff_who), settings.activity_max)
 
     def check(self, model: ScoringModel) -> None:
         if 0 < self.lead_ttl_ms < model.dedup_window:

@@ -8,8 +8,10 @@ from typing import Any
 from .experiments import arm_of
 from .model import ScoringModel
 from .state import Transition
+from .who import Who
 
 TOP_SIGNALS = 5
+_DEFAULT_WHO = Who()
 
 
 def iso(ms: int) -> str:
@@ -25,9 +27,10 @@ def publishes(model: ScoringModel, t: Transition) -> bool:
     return stage.handoff
 
 
-def build(model: ScoringModel, t: Transition) -> dict[str, Any]:
+def build(model: ScoringModel, t: Transition, who: Who | None = None) -> dict[str, Any]:
     """The record of a transition: its numbers are those the script that decided it computed
-    (t.explanation, lib.lua `explain`), rounded for the reader."""
+    (t.explanation, lib.lua `explain`), rounded for the reader; who the lead is from the traits
+    the same script handed back (t.traits), as `who` configures (default: who.DEFAULT_WHO)."""
     why = t.explanation
     rules = model.rule_index
     signals = [c for c in why.contributions if c.points > 0][:TOP_SIGNALS]
@@ -60,4 +63,5 @@ def build(model: ScoringModel, t: Transition) -> dict[str, Any]:
         "outcome": t.outcome,
         "reason": t.reason,
         "cooldown_until": iso(t.cooldown_until) if t.cooldown_until is not None else None,
+        **(who or _DEFAULT_WHO).of(t.lead_id, t.traits),
     }

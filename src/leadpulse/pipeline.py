@@ -39,6 +39,7 @@ from .metrics import Metrics
 from .model import ScoringModel
 from .outcome import build as build_outcome, sla_seconds
 from .state import ANONYMOUS, BatchResult, LeadStore, OutcomeSnapshot, Transition
+from .who import Who
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class Processor:
     def __init__(
         self, store: LeadStore, producer: Producer, topics: Topics, metrics: Metrics,
         *, max_event_bytes: int = event_contract.MAX_EVENT_BYTES, published: RecentIds[str] | None = None,
+        who: Who | None = None,
     ) -> None:
         self.store = store
         self.model: ScoringModel = store.model
@@ -155,6 +157,8 @@ class Processor:
         self.topics = topics
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
+        #: who handoffs name and their CRM link (LEADPULSE_HANDOFF_WHO, LEADPULSE_CRM_URL_TEMPLATE)
+        self.who = who or Who()
         # Handoff ids known to be on the handoff topic. A replay only re-decides the uncommitted tail
         # of a partition (a few batches) and a start re-reads the topic's tail (worker.HANDOFF_TAIL
         # per partition): the capacity covers those, and bounds memory however long the worker runs.
@@ -279,7 +283,7 @@ class Processor:
             try:
                 if not publishes(self.model, t) or t.handoff_id in self.published:
                     continue
-                record = build(self.model, t)
+                record = build(self.model, t, self.who)
                 built.append(Handoff(t, t.lead_id.encode(), orjson.dumps(record), record["stage"], record["previous_stage"]))
             except Exception as exc:  # noqa: BLE001 - this transition's record only; the caller decides
                 failed.append((t, exc))

@@ -32,6 +32,7 @@ from .engine import grade_rank
 from .errors import StateError
 from .model import ScoringModel, Stage
 from .state import LeadStore, Transition
+from .who import decode_traits
 
 log = logging.getLogger("leadpulse.reeval")
 
@@ -108,8 +109,9 @@ async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition
         raise StateError(f"redis: {exc}") from exc
     out: list[Transition] = []
     for lead, reply in zip(leads, replies):
-        out.extend(Transition.from_reply(lead, t, store.rule_names, store.categories)
-                   for t in msgpack.unpackb(reply, raw=False, strict_map_key=False))
+        transitions, traits = msgpack.unpackb(reply, raw=False, strict_map_key=False)  # the lead's traits beside
+        out.extend(Transition.from_reply(lead, t, store.rule_names, store.categories, decode_traits(traits))
+                   for t in transitions)
     return out
 
 

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .durations import parse_ms
 from .errors import ConfigError
+from .who import DEFAULT_WHO, parse_who
 
 CONFIG_ENV = "LEADPULSE_CONFIG"
 #: a duration setting: "400d", "12h", "90s" or a number of seconds, kept in ms
@@ -122,10 +123,13 @@ def load(cls: type[S], config: Path | None = None, **overrides: Any) -> S:
     try:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        # a misspelt key also makes the real one "missing": name the misspelling first
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         name = str(err["loc"][0]) if err["loc"] else where
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if name in section and overrides.get(name) is None and f"LEADPULSE_{name.upper()}" not in os.environ:
+            raise ConfigError(f"config file {path}: {cls.config_section}.{where}: {msg}") from None
         raise ConfigError(f"invalid setting {where} (LEADPULSE_{name.upper()}): {msg}") from None
     finally:
         _file_section.reset(token)
@@ -182,6 +186,13 @@ class Settings(BaseConfig):
     tombstone_ttl: DurationMs = Field(
         "400d", description="an erased lead's events are refused this long; at least the input topics' "
         "retention (0: forever)")
+    handoff_who: Annotated[dict[str, str], NoDecode, BeforeValidator(parse_who)] = Field(
+        default_factory=lambda: dict(DEFAULT_WHO),
+        description="who a handoff names: field=trait pairs, comma-separated, or a JSON object; a bare field "
+        "comes from the trait of its name; empty for none (PII-minimal). Default name,email,title=job_title,"
+        "company,domain=company_domain,country,owner (who.py)")
+    crm_url_template: str | None = Field(
+        None, description="a handoff's crm_url: a link to the lead in the CRM, {lead_id} replaced (URL-encoded)")
     activity_max: int = Field(50, ge=0, le=10_000, description="entries of each lead's activity log kept for the "
                               "board's lead page (its newest scored events and moves; 0: none)")
     api_token: SecretStr | None = Field(None, description="bearer token for reading the HTTP API; also the "

@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .model import ScoringModel, load_model
 from .settings import Settings
 from .state import BatchResult, LeadStore, Transition
+from .who import Who
 
 log = logging.getLogger("leadpulse.shadow")
 
@@ -124,8 +125,11 @@ def _decisions(transitions: Sequence[Transition], model: ScoringModel) -> dict[t
 
 
 class Shadow:
-    def __init__(self, live: LeadStore, model: ScoringModel, producer: Any, topic: str, metrics: Metrics) -> None:
+    def __init__(self, live: LeadStore, model: ScoringModel, producer: Any, topic: str, metrics: Metrics,
+                 who: Who | None = None) -> None:
         self.live = live
+        #: the live handoffs' `who` (LEADPULSE_HANDOFF_WHO): the shadow topic carries no more PII than they do
+        self.who = who or Who()
         self.model = model
         self.store = LeadStore(live.redis, model, live.keys.in_space(live.keys.shadow_space), live.retention)
         joint = SharedRound(live.redis)
@@ -144,7 +148,7 @@ class Shadow:
             return None
         model = load_model(settings.shadow_model)
         log.info("shadow model %s (%s): handoffs on %s", model.version, settings.shadow_model, settings.shadow_topic)
-        return cls(live, model, producer, settings.shadow_topic, metrics)
+        return cls(live, model, producer, settings.shadow_topic, metrics, Who.from_settings(settings))
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self.metrics.shadow_failures.labels(op).inc()
@@ -180,7 +184,7 @@ class Shadow:
             for t in transitions:
                 if t.handoff_id in self.published or not publishes(self.model, t):
                     continue
-                record = build(self.model, t)
+                record = build(self.model, t, self.who)
                 fut = await self.producer.send(self.topic, orjson.dumps(record), key=t.lead_id.encode(),
                                                headers=[("leadpulse.handoff_id", t.handoff_id.encode())])
                 sent.append((t, record, fut))

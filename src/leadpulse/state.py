@@ -31,6 +31,7 @@ from .model import ScoringModel
 from .redisconn import failure as _failure
 from .spec import lua_spec
 from .transition import OutcomeSnapshot, Transition
+from .who import OPT_OUT_EVENTS, decode_traits
 
 __all__ = ["LeadStore", "Transition", "OutcomeSnapshot", "BatchResult", "dedup_member"]
 
@@ -220,11 +221,15 @@ class LeadStore:
         traits: Any = False
         known: Any = False
         if event.source == "profile" and event.type == "identify" and lead_id is not None:
-            merged = {**traits_now.get(lead_id, {}), **self.scorer.kept_traits(event.traits)}
+            kept = {k: v for k, v in event.traits.items() if k in self.retention.who_traits}
+            merged = {**traits_now.get(lead_id, {}), **kept, **self.scorer.kept_traits(event.traits)}
             traits_now[lead_id] = merged
             fit = [x for rule_id, points in self.scorer.fit(merged).items() for x in (codes[rule_id], points)]
             traits = orjson.dumps(merged).decode()
             known = self.scorer.known(merged)
+        elif (opt_out := OPT_OUT_EVENTS.get((event.source, event.type))) and event.lead_id is not None:
+            traits_now[event.lead_id] = {**traits_now.get(event.lead_id, {}), opt_out: event.occurred_at}
+            traits = orjson.dumps(traits_now[event.lead_id]).decode()  # who.py: no sales alert after it
         outcome: list[Any] = [False, False]
         if event.source == "crm":  # lib.lua `outcome`: the lifecycle section decides what it does
             reason = event.properties.get("reason")
@@ -236,7 +241,8 @@ class LeadStore:
         """One round trip for what the batch needs to know first: aliases and current traits."""
         unknown = {e.anonymous_id for e, _ in batch if e.lead_id is None and e.anonymous_id not in self._aliases}
         unknown.discard(None)
-        identified = {e.lead_id for e, _ in batch if e.source == "profile" and e.type == "identify" and e.lead_id}
+        identified = {e.lead_id for e, _ in batch if e.lead_id and (e.source == "profile" and e.type == "identify"
+                                                                    or (e.source, e.type) in OPT_OUT_EVENTS)}
         if not unknown and not identified:
             return {}
         pipe = self.redis.pipeline(transaction=False)
@@ -315,13 +321,13 @@ class LeadStore:
         for reply in replies:
             for lead_reply in _unpack(reply):  # apply.lua answers one packed string per call
                 lead_id, slot = next(items)
-                statuses, transitions = _text(lead_reply[0]), lead_reply[1]
+                statuses, transitions, traits = _text(lead_reply[0]), lead_reply[1], decode_traits(lead_reply[4])
                 for status, i in zip(statuses, slot.index):
                     if i >= 0:
                         result.outcomes[i] = _STATUS[status]
                 if statuses[:1] == "e":
                     erased.add(lead_id)
-                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories)
+                result.transitions.extend(Transition.from_reply(lead_id, t, self.rule_names, self.categories, traits)
                                           for t in transitions)
                 result.crm.extend(OutcomeSnapshot.from_reply(lead_id, o, self.rule_names, self.categories)
                                   for o in lead_reply[3])
@@ -403,7 +409,9 @@ class LeadStore:
             try:
                 if isinstance(reply, ResponseError):  # only with `skipped`: the script failed on this lead
                     raise reply
-                out.extend([Transition.from_reply(lead, t, self.rule_names, self.categories) for t in _unpack(reply)])
+                transitions, traits = _unpack(reply)  # sweep.lua: the lead's traits beside them
+                out.extend([Transition.from_reply(lead, t, self.rule_names, self.categories, decode_traits(traits))
+                            for t in transitions])
             except (ResponseError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
                 if skipped is None:
                     raise

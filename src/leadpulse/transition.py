@@ -40,6 +40,8 @@ class Transition:
     outcome: str | None = None
     reason: str | None = None
     cooldown_until: int | None = None
+    #: the lead's kept traits when the transition was decided (handed back by the same script)
+    traits: Mapping[str, Any] | None = None
 
     #: computed once (uuid5 is a SHA-1): the pipeline reads it several times per transition
     _handoff_id: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -59,7 +61,7 @@ class Transition:
 
     @classmethod
     def from_reply(cls, lead_id: str, raw: Sequence[Any], rules: Mapping[int, str],
-                   categories: Sequence[str]) -> Transition:
+                   categories: Sequence[str], traits: Mapping[str, Any] | None = None) -> Transition:
         """A transition as the scripts report it (unpacked); `rules` and `categories` name the
         codes of its explanation (explanation.explained)."""
         seq, kind, frm, to, at, event_id, threshold, explanation = raw[:8]
@@ -77,6 +79,7 @@ class Transition:
             outcome=outcome or None,
             reason=reason or None,
             cooldown_until=cooldown or None,
+            traits=traits,
         )
 
 

@@ -48,6 +48,7 @@ from .settings import Settings
 from .redisconn import connect
 from .state import LeadStore
 from .sweeper import Sweeper
+from .who import Who
 
 log = logging.getLogger("leadpulse.worker")
 
@@ -79,7 +80,7 @@ class ScoringService(mode.Service):
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
             self.store, self, Topics(settings.handoff_topic, settings.dlq_topic, settings.outcomes_topic), metrics,
-            max_event_bytes=settings.max_event_bytes,
+            max_event_bytes=settings.max_event_bytes, who=Who.from_settings(settings),
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
         self.processor.shadow = shadow.Shadow.configured(settings, self.store, self, metrics)  # LEADPULSE_SHADOW_MODEL

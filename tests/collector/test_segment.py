@@ -97,7 +97,7 @@ def test_identify_maps_segment_reserved_traits_and_links_the_visitor() -> None:
                            "website": "https://www.acme.io/about", "address": {"country": "DE", "city": "Berlin"},
                            "annualRevenue": "25,000,000", "plan": "enterprise", "tags": ["a"]}})
     assert (e["source"], e["type"], e["lead_id"], e["anonymous_id"]) == ("profile", "identify", "u1", "a-1")
-    assert e["traits"] == {"email": "kim@acme.io", "job_title": "VP Marketing", "company": "Acme",
+    assert e["traits"] == {"name": "Kim", "email": "kim@acme.io", "job_title": "VP Marketing", "company": "Acme",
                            "company_domain": "acme.io", "industry": "software", "country": "DE",
                            "employees": 300, "annual_revenue": 25_000_000.0, "plan": "enterprise"}
 
@@ -107,6 +107,8 @@ def test_traits_of_the_wrong_type_are_dropped_not_the_identify() -> None:
                             "budget": {"x": 1}, "job_title": "x" * 1000})
     assert traits == {"seniority": "vp", "job_title": "x" * 256}
     assert person_traits({"employees": "1,200", "company": "Globex"}) == {"employees": 1200, "company": "Globex"}
+    assert person_traits({"firstName": " Kim ", "lastName": "Lee", "phone": "+1"}) == {"name": "Kim Lee"}
+    assert person_traits({"name": "Kim Lee", "first_name": "K"}) == {"name": "Kim Lee"}
 
 
 def test_custom_traits_are_mapped_within_the_contracts_bounds_so_the_identify_is_kept() -> None:

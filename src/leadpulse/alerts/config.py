@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from ..errors import ConfigError
 from ..settings import BaseConfig, cut_query, load
+from .routing import KINDS, LIFECYCLE_KINDS, DestinationConfig
 
 #: the worker settings alerts uses: where Kafka is, its group and the handoff topic
 KAFKA_FIELDS = ("kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
@@ -54,11 +56,28 @@ class AlertSettings(BaseConfig):
     alerts_max_age: float = Field(
         86_400.0, ge=0, description="skip handoffs that crossed longer ago than this, in seconds (0: never)"
     )
+    destinations: tuple[DestinationConfig, ...] = Field(
+        (), description="routed destinations, each with filters (JSON list; docs/integrations.md, Routing); "
+        "besides LEADPULSE_SLACK_WEBHOOK_URL / LEADPULSE_WEBHOOK_URL")
+    owners: dict[str, str] = Field(
+        default_factory=dict, description="SLA reminders: owner (the handoff's who.<owner_field>) -> destination name")
+    owner_field: str = Field("owner", min_length=1, description="the who field naming a lead's owner")
 
     @field_validator("webhook_url")
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
         return _http_url(value, "webhook_url")
+
+    @field_validator("destinations", "owners", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        """A flag's value is text: JSON, as in the environment."""
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        return value
 
     @field_validator("slack_webhook_url")
     @classmethod
@@ -70,8 +89,45 @@ class AlertSettings(BaseConfig):
 
 def load_alert_settings(config: Path | None = None, **overrides: Any) -> AlertSettings:
     settings = load(AlertSettings, config, **overrides)
-    if settings.slack_webhook_url is None and settings.webhook_url is None:
-        raise ConfigError("no alert destination: set LEADPULSE_SLACK_WEBHOOK_URL and/or LEADPULSE_WEBHOOK_URL")
+    if settings.slack_webhook_url is None and settings.webhook_url is None and not settings.destinations:
+        raise ConfigError("no alert destination: set LEADPULSE_SLACK_WEBHOOK_URL and/or LEADPULSE_WEBHOOK_URL, "
+                          "or alerts.destinations in the config file")
     if settings.webhook_url and settings.webhook_secret is None:
         raise ConfigError("LEADPULSE_WEBHOOK_URL needs LEADPULSE_WEBHOOK_SECRET: webhook calls are always signed")
+    routed(settings)  # names unique, owners known
     return settings
+
+
+def legacy(config: AlertSettings) -> list[DestinationConfig]:
+    """LEADPULSE_SLACK_WEBHOOK_URL and LEADPULSE_WEBHOOK_URL as destinations named `slack` and
+    `webhook`, doing what they did before routing: every promotion and SLA reminder, demotions
+    with LEADPULSE_ALERTS_DEMOTIONS, CRM-driven moves with LEADPULSE_ALERTS_LIFECYCLE; Slack is
+    suppressed as a sales channel, the webhook (often a CRM bridge) is not: the record says
+    `do_not_contact` for the receiver to act on."""
+    kinds = tuple(k for k in KINDS if (k != "demoted" or config.alerts_demotions)
+                  and (k not in LIFECYCLE_KINDS or config.alerts_lifecycle))
+    out = []
+    if config.slack_webhook_url is not None:
+        out.append(DestinationConfig.model_validate(
+            {"name": "slack", "slack_webhook_url": config.slack_webhook_url, "kinds": kinds}))
+    if config.webhook_url is not None:
+        out.append(DestinationConfig.model_validate(
+            {"name": "webhook", "webhook_url": config.webhook_url, "secret": config.webhook_secret, "kinds": kinds,
+             "suppress": False}))
+    return out
+
+
+def routed(config: AlertSettings) -> list[DestinationConfig]:
+    """Every destination: the legacy pair, then alerts.destinations; names unique, owners known."""
+    out = [*legacy(config), *config.destinations]
+    seen: set[str] = set()
+    for i, d in enumerate(out):
+        if d.name in seen:
+            where = f"destinations[{i - len(out) + len(config.destinations)}].name"
+            raise ConfigError(f"alerts.{where}: {d.name!r} is used twice (slack and webhook are the names of "
+                              "LEADPULSE_SLACK_WEBHOOK_URL and LEADPULSE_WEBHOOK_URL)")
+        seen.add(d.name)
+    for owner, name in config.owners.items():
+        if name not in seen:
+            raise ConfigError(f"alerts.owners.{owner}: no destination named {name!r}")
+    return out

@@ -40,8 +40,11 @@ from ..probes import add_probes
 from ..rebalance import Partitions
 from ..retry import Retry, Stopped, backoff_delay
 from ..settings import Settings
-from .config import AlertSettings
+from .config import AlertSettings, routed
 from .destinations import Destination, destinations
+from .routing import LIFECYCLE_KINDS, REASONS, route
+
+QUIET_KINDS = frozenset({"demoted", *LIFECYCLE_KINDS})
 
 log = logging.getLogger("leadpulse.alerts")
 
@@ -60,7 +63,10 @@ class AlertMetrics:
             "(ok, retry, failed, dead_letter).", ["destination", "outcome"], registry=r)
         self.handoffs = Counter(
             "leadpulse_alert_handoffs", "Handoffs consumed, by kind and what was done (announced, skipped, "
-            "stale, duplicate, invalid, internal).", ["kind", "outcome"], registry=r)
+            "stale, duplicate, unrouted, suppressed, invalid, internal).", ["kind", "outcome"], registry=r)
+        self.suppressed = Counter(
+            "leadpulse_alert_suppressed", "Alerts not sent because of who the lead is, by destination and reason "
+            "(customer, cooldown, unsubscribed, spam_reported).", ["destination", "reason"], registry=r)
         self.seconds = Histogram(
             "leadpulse_alert_delivery_seconds", "One delivery attempt, by destination.", ["destination"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
@@ -96,6 +102,10 @@ class AlertService:
         self.metrics = metrics or AlertMetrics()
         self.rng = rng or random.Random()
         self.destinations = destinations(config)
+        self.routes = routed(config)  # the destinations' filters, in order
+        for name in self.destinations:  # from the start, so that rate() sees the first
+            for reason in REASONS:
+                self.metrics.suppressed.labels(name, reason)
         self.group_id = f"{settings.group_id}-alerts"
         #: (destination, handoff_id) delivered by this process: a handoff the worker published twice,
         #: or a batch replayed after a rebalance, is not announced again
@@ -135,7 +145,7 @@ class AlertService:
         self.port = int(self._runner.addresses[0][1])
         self._task = asyncio.create_task(self._run(), name="alerts")
         log.info("alerts: %s; metrics on http://%s:%d/metrics",
-                 ", ".join(d.name for d in self.destinations), self.config.alerts_host, self.port)
+                 ", ".join(f"{d.name} ({d.type})" for d in self.destinations.values()), self.config.alerts_host, self.port)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -248,19 +258,27 @@ class AlertService:
             await _all(*(self._deliver(d, handoff, record, crossed) for d in pending))
 
     def _pending(self, handoff: dict[str, Any], crossed: float) -> list[Destination]:
-        """The destinations still to hear of a handoff (none when it is skipped); `crossed` is
-        its crossed_at in unix seconds."""
+        """The destinations still to hear of a handoff (none when it is stale, goes nowhere or is
+        suppressed everywhere); `crossed` is its crossed_at in unix seconds. Routing and
+        suppression: routing.py."""
         kind = handoff["kind"]
-        if (kind == "demoted" and not self.config.alerts_demotions) or (
-                kind in ("advanced", "closed", "recycled") and not self.config.alerts_lifecycle):
-            self.metrics.handoffs.labels(kind, "skipped").inc()
-            return []
         max_age = self.config.alerts_max_age
         if max_age and time.time() - crossed > max_age:
             self.metrics.handoffs.labels(kind, "stale").inc()
             log.info("skipping handoff %s: crossed %.0f s ago", handoff["handoff_id"], time.time() - crossed)
             return []
-        pending = [d for d in self.destinations if (d.name, handoff["handoff_id"]) not in self.delivered]
+        where = route(handoff, self.routes, self.config.owners, self.config.owner_field)
+        for name, reason in where.suppressed:
+            self.metrics.suppressed.labels(name, reason).inc()
+        if where.suppressed:
+            log.info("handoff %s (%s, lead %r): no alert to %s: %s", handoff["handoff_id"], kind, handoff["lead_id"],
+                     ", ".join(n for n, _ in where.suppressed), where.suppressed[0][1])
+        if not where.deliver:
+            # skipped: the kinds announced only on request (demotions, CRM moves); unrouted: others
+            outcome = "suppressed" if where.suppressed else "skipped" if kind in QUIET_KINDS else "unrouted"
+            self.metrics.handoffs.labels(kind, outcome).inc()
+            return []
+        pending = [self.destinations[n] for n in where.deliver if (n, handoff["handoff_id"]) not in self.delivered]
         self.metrics.handoffs.labels(kind, "announced" if pending else "duplicate").inc()
         return pending
 

@@ -62,7 +62,9 @@ DEFAULT_TRACK_EVENTS: dict[str, str] = {
     "Deal Lost": "crm/lost",
 }
 
-# Personal traits no scoring rule should need: they are not forwarded (data minimisation).
+# Personal traits no scoring rule nor handoff needs: they are not forwarded (data minimisation).
+# The person's name is, as `name` (from name, or firstName + lastName): a rep acts on a name, and
+# the worker keeps it only when LEADPULSE_HANDOFF_WHO names it (who.py).
 _PERSONAL = frozenset({
     "firstName", "lastName", "first_name", "last_name", "name", "phone", "avatar", "birthday",
     "age", "gender", "username", "address", "id", "description", "createdAt", "created_at",
@@ -72,7 +74,7 @@ _TRAIT_SCHEMA = _DEFS["envelope"]["properties"]["traits"]["properties"]
 _CUSTOM_TEXT = _DEFS["custom_trait"]["maxLength"]
 # Derived by the worker from `email` alone: a sent one is never forwarded.
 _DERIVED = frozenset({"email_domain", "emailDomain"})
-_TEXT_LIMITS = {"email": 320, "job_title": 256, "seniority": 64, "department": 128, "company": 256,
+_TEXT_LIMITS = {"name": 256, "email": 320, "job_title": 256, "seniority": 64, "department": 128, "company": 256,
                 "company_domain": 256, "industry": 128, "country": 64, "timeline": 64}
 
 
@@ -253,7 +255,11 @@ def person_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     address_value = traits.get("address")
     address: dict[str, Any] = address_value if isinstance(address_value, dict) else {}
     out: dict[str, Any] = {}
+    first = _first(traits.get("firstName"), traits.get("first_name"))
+    last = _first(traits.get("lastName"), traits.get("last_name"))
+    full = " ".join(p.strip() for p in (first, last) if isinstance(p, str) and p.strip()) or None
     candidates = {
+        "name": _first(traits.get("name"), full),
         "email": traits.get("email"),
         "job_title": _first(traits.get("job_title"), traits.get("title"), traits.get("jobTitle")),
         "seniority": traits.get("seniority"),

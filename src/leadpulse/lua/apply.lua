@@ -13,7 +13,8 @@
 --                (rules by code)
 -- Returns one string packed with cmsgpack (one bulk string is far cheaper to read than nested
 -- replies, and it keeps every double exactly): a list with, per lead, [statuses, transitions, stage,
--- outcomes]
+-- outcomes, traits]
+--   traits: the lead's traits (JSON) only with transitions (lib.lua `with_traits`), else false
 --   statuses: one character per event: o applied, d duplicate, e refused: the lead was erased
 --   transitions: [seq, kind, from, to, crossed_at, event_id | false, threshold, explanation
 --   (lib.lua `explain`, at crossed_at), and for a CRM move: outcome, reason, cool-down end]
@@ -133,6 +134,6 @@ for i = 1, #ARGV - 2 do
   if st.c then reindex(st, KEYS[1], KEYS[2], lead) end
   activity_save(KEYS[base + 4], st, acts)
   save(st, NOW)
-  results[#results + 1] = {table.concat(statuses), out, st.s, outcomes}
+  results[#results + 1] = {table.concat(statuses), out, st.s, outcomes, with_traits(out, pkey, traits)}
 end
 return cmsgpack.pack(results)

@@ -1005,6 +1005,14 @@ local function reindex(st, due_key, top_key, lead, force)
   end
 end
 
+-- The lead's traits (`…:p`, JSON) to hand back beside its transitions, read in the call that
+-- decided them: a handoff names the person as Redis knew them then (who.py), and no second read
+-- follows. `written`: traits this call wrote; false when there are no transitions.
+local function with_traits(out, pkey, written)
+  if #out == 0 then return false end
+  return written or redis.call('GET', pkey)
+end
+
 -- The lifecycle stage the outcomes so far decide, in whatever order they arrived: the furthest
 -- stage advanced to at or after the latest recycle (any, when there was none). Outcomes of one
 -- lead arrive from a CRM in no guaranteed order; this is the stage their time order gives.

@@ -8,7 +8,8 @@
 -- KEYS[5] lead traits (its expiry follows the state's, lib.lua)
 -- ARGV[1] model spec  ARGV[2] the instant the model became active (ms)   ARGV[3] lead id
 -- ARGV[4] wall-clock now (ms)
--- Returns the transitions (pending or new, as apply.lua reports them) packed with cmsgpack.
+-- Returns [transitions (pending or new, as apply.lua reports them), the lead's traits or false]
+-- packed with cmsgpack.
 -- A lead whose clock is past the instant was evaluated by an event under the new model: it is
 -- only re-indexed. Evaluating again at the same instant decides nothing new (idempotent).
 local at, lead = tonumber(ARGV[2]), ARGV[3]
@@ -16,10 +17,10 @@ local pending = redis.call('GET', KEYS[4])
 if pending then
   local out = stored(pending)
   for i, tr in ipairs(out) do out[i] = current(tr) end
-  return cmsgpack.pack(out)
+  return cmsgpack.pack({out, with_traits(out, KEYS[5])})
 end
 local st = load(KEYS[3], KEYS[5])
-if st.erased or not st.c then return cmsgpack.pack({}) end
+if st.erased or not st.c then return cmsgpack.pack({{}, false}) end
 local out = {}
 if st.c <= at then evaluate(st, at, false, out) end
 if #out > 0 then
@@ -39,4 +40,4 @@ else
   reindex(st, KEYS[1], KEYS[2], lead, true)
 end
 save(st, tonumber(ARGV[4]))
-return cmsgpack.pack(out)
+return cmsgpack.pack({out, with_traits(out, KEYS[5])})

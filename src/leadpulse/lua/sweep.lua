@@ -4,20 +4,21 @@
 -- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state   KEYS[4] lead outbox (lib.lua `stored`)
 -- KEYS[5] lead traits (its expiry follows the state's, lib.lua)   KEYS[6] activity log (activity.lua)
 -- ARGV[1] model spec  ARGV[2] now (ms)    ARGV[3] lead id
--- Returns the transitions (pending or new, as apply.lua reports them) packed with cmsgpack;
+-- Returns [transitions (pending or new, as apply.lua reports them), the lead's traits or false]
+-- packed with cmsgpack;
 -- none when nothing is due.
 local now, lead = tonumber(ARGV[2]), ARGV[3]
 local pending = redis.call('GET', KEYS[4])
 if pending then
   local out = stored(pending)
   for i, tr in ipairs(out) do out[i] = current(tr) end
-  return cmsgpack.pack(out)
+  return cmsgpack.pack({out, with_traits(out, KEYS[5])})
 end
 local st = load(KEYS[3], KEYS[5])
 if st.erased then  -- erased meanwhile: nothing to demote, nothing to index
   redis.call('ZREM', KEYS[1], lead)
   redis.call('ZREM', KEYS[2], lead)
-  return cmsgpack.pack({})
+  return cmsgpack.pack({{}, false})
 end
 local out = {}
 catch_up(st, now, out)
@@ -36,4 +37,4 @@ else
   reindex(st, KEYS[1], KEYS[2], lead, true)
 end
 save(st, now)
-return cmsgpack.pack(out)
+return cmsgpack.pack({out, with_traits(out, KEYS[5])})
