@@ -129,6 +129,7 @@ async def test_accepted_opportunity_won(store: LeadStore, model: ScoringModel) -
     assert (rec["stage"], rec["stage_after"], rec["sql_at"]) == ("sql", "sal", handoff.iso(T0))
     assert rec["mql_at"] == handoff.iso(T0 - 1) and rec["first_seen_at"] == handoff.iso(T0 - 2)
     assert rec["score"] > 90 and rec["fit_grade"] == "B"
+    assert rec["arm"] is None  # the model runs no A/B test
     assert outcome.sla_seconds(model, snap) == 3600
     assert not await store.top(10, T0 + HOUR)  # sales holds it: not a lead to work
     view = await store.view("lead-1", T0 + HOUR)

@@ -89,7 +89,7 @@ async def history(store: LeadStore, lead_id: str, at: int) -> list[Entry]:
     try:
         await store.ready()
         lead = store.keys.lead(lead_id)
-        reply = await store.scripts.run(scripts.HISTORY, [lead.activity, lead.state], [store.spec, at])
+        reply = await store.scripts.run(scripts.HISTORY, [lead.activity, lead.state], [store.spec_of(lead_id), at])
     except RedisError as exc:
         raise StateError(f"redis: {exc}") from exc
     return decode(store, msgpack.unpackb(reply, raw=False, strict_map_key=False))

@@ -275,3 +275,8 @@ def check_model(path: Path | None, strict: bool) -> None:
         f"ok: model {model.version}: {len(model.rules)} engagement rules, {len(model.fit.rules)} fit rules, "
         f"stages {' → '.join(f'{s.name}≥{s.min_score:g}' for s in model.stages)}{warned}"
     )
+    for exp in model.experiments:  # one at most (model.py)
+        total = sum(a.share for a in exp.arms)
+        arms = ", ".join(f"{a.name} {a.share / total:.0%}" + (f" ({', '.join(f'{k}≥{v.min_score:g}' for k, v in a.stages.items() if v.min_score is not None)})" if a.stages else "")
+                         for a in exp.arms)
+        click.echo(f"experiment {exp.name}: {arms}")

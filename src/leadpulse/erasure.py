@@ -50,11 +50,14 @@ async def erase(store: LeadStore, lead_id: str) -> bool:
     except RedisError as exc:
         raise StateError(f"redis: {exc}") from exc
     space = target.decode() if isinstance(target, bytes) else target
-    if space and space != store.keys.space:
-        try:
+    shadow = store.keys.in_space(store.keys.shadow_space)
+    try:
+        if space and space != store.keys.space:
             existed = await _erase_in(store.in_space(space), lead_id) or existed
-        except RedisError as exc:
-            raise StateError(f"redis: {exc}") from exc
+        if await store.redis.exists(shadow.rules):  # a shadow model ran (shadow.py): erased there too
+            await _erase_in(store.in_space(shadow.space), lead_id)
+    except RedisError as exc:
+        raise StateError(f"redis: {exc}") from exc
     return existed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from .experiments import arm_of
 from .model import ScoringModel
 from .state import Transition
 from .who import Who
@@ -57,6 +58,7 @@ def build(model: ScoringModel, t: Transition, who: Who | None = None) -> dict[st
         ],
         "triggered_by_event_id": t.event_id,
         "model_version": model.version,
+        "arm": arm_of(model, t.lead_id),
         "crossed_at": iso(t.crossed_at),
         "outcome": t.outcome,
         "reason": t.reason,

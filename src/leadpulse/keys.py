@@ -22,6 +22,8 @@ below the prefix that are not in a space say which space is current and coordina
   <p>:reeval         hash    the re-evaluation pass after a model change (reeval.py): activation,
                              instant, scan cursor, leads done
   <p>:sweep-lock     string  one sweeper at a time (worker.py)
+  <p>:shadow         a key space of its own for the shadow model (shadow.py): written by the
+                     workers' shadow, never read by the API, never switched to by a rescore
   <p>:write-probe    string  written by a worker Redis refused writes to, to see when it takes them
                              again (10 s expiry)
 
@@ -142,6 +144,11 @@ class Keys:
     def in_space(self, space: str) -> Keys:
         """These keys with leads in `space` (a prefix the pointer named, or the prefix itself)."""
         return Keys(self.prefix, self.cluster, space)
+
+    @property
+    def shadow_space(self) -> str:
+        """The shadow model's key space (its keys never match the live spaces' patterns)."""
+        return f"{self.prefix}:shadow"
 
     def new_space(self, number: int) -> str:
         return f"{self.prefix}:g{number}"

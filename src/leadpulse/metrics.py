@@ -101,6 +101,31 @@ class Metrics:
             "writes (OOM, noeviction) and scoring waits; 0: no limit set.", ["node"], registry=r,
         )
         self.model = Info("leadpulse_model", "The scoring model in use.", registry=r)
+        # The shadow model (shadow.py): how often it decides as the live model does, by how much
+        # its scores differ, what it costs to run, and that it keeps running.
+        self.shadow_decisions = Counter(
+            "leadpulse_shadow_decisions", "Stage decisions events caused in the live or the shadow model, by "
+            "kind, the stage entered (promoted) or left (demoted), and agreement: agree (both decided it), "
+            "live_only, shadow_only.", ["kind", "stage", "agreement"], registry=r,
+        )
+        self.shadow_score_delta = Histogram(
+            "leadpulse_shadow_score_delta", "Shadow score minus live score of the lead at each decision "
+            "counted in leadpulse_shadow_decisions_total (the other model's score read at that instant).",
+            buckets=(-100, -50, -25, -10, -5, -1, -0.001, 0.001, 1, 5, 10, 25, 50, 100), registry=r,
+        )
+        # prometheus_client exposes no _sum for a histogram with negative buckets: the sum is here
+        self.shadow_score_delta_sum = Gauge(
+            "leadpulse_shadow_score_delta_signed_sum", "Sum of shadow minus live score over the decisions in "
+            "leadpulse_shadow_score_delta (÷ its _count: the mean difference).", registry=r,
+        )
+        self.shadow_handoffs = Counter(
+            "leadpulse_shadow_handoffs", "Handoffs of the shadow model published on its topic, by stage and kind.",
+            ["stage", "kind"], registry=r,
+        )
+        self.shadow_failures = Counter(
+            "leadpulse_shadow_failures", "Shadow work that failed and was given up (the live path never waits "
+            "for it), by operation: apply, publish, compare, sweep.", ["op"], registry=r,
+        )
         # The process's own account of its work, so that a rate and CPU per event need no outside
         # sampling, however short the run (`leadpulse bench` reads them with leadpulse_events_total).
         self.work = Gauge(

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .abmodel import Experiment, check_experiments
 from .durations import parse_ms
 from .errors import ModelError
 from .events import Source
@@ -331,6 +332,8 @@ class ScoringModel(Frozen):
     dedup_window: DurationMs = 7 * 86_400_000
     clock_skew: DurationMs = 5 * 60_000
     max_event_age: DurationMs | None = 30 * 86_400_000  # None: no limit
+    #: threshold A/B tests (experiments.py); one at a time: a lead's bars come from one arm
+    experiments: tuple[Experiment, ...] = ()
     #: what CRM outcomes do to a lead, and the sales SLA (lifecycle.py, docs/scoring.md §10)
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
 
@@ -366,6 +369,7 @@ class ScoringModel(Frozen):
         for i in range(1, len(self.stages)):
             if not self.stages[i].min_score > self.stages[i - 1].min_score:
                 raise ValueError(f"stages[{i}].min_score: must be above the previous stage's")
+        check_experiments(self.experiments, self.stages, self.categories)
         for i, s in enumerate(self.lifecycle.stages):
             if s.name in names:
                 raise ValueError(f"lifecycle.stages[{i}].name: {s.name!r} is a model stage already")

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from . import experiments
 from .events import EVENT_PROPERTIES, EVENT_TYPES, KNOWN_TRAITS
 from .model import GRADES, Predicate, ScoringModel
 
@@ -35,7 +36,23 @@ def _suggest(word: str, known: Iterable[str]) -> str:
 
 
 def findings(model: ScoringModel) -> list[Finding]:
-    return [*_rules(model), *_fit(model), *_stages(model)]
+    return [*_rules(model), *_fit(model), *_stages(model), *_experiments(model)]
+
+
+def _experiments(model: ScoringModel) -> Iterator[Finding]:
+    """Arms that score alike: the test would compare a lead split with itself."""
+    split = experiments.split(model)
+    if split is None:
+        return
+    seen: dict[object, str] = {}
+    for i, arm in enumerate(split.experiment.arms):
+        m = split.models[f"{split.experiment.name}{experiments.SEPARATOR}{arm.name}"]
+        bars = (tuple((s.min_score, s.min_grade) for s in m.stages), m.hysteresis, tuple(m.fit.grades.items()),
+                tuple((k, c.weight, c.cap) for k, c in m.categories.items()))
+        if bars in seen:
+            yield Finding(f"experiments[0].arms[{i}]", f"arm {arm.name!r} scores and stages leads as arm "
+                          f"{seen[bars]!r} does (same bars, hysteresis, grades and weights): the test cannot tell them apart")
+        seen.setdefault(bars, arm.name)
 
 
 def _rules(model: ScoringModel) -> Iterator[Finding]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .abmodel import Arm, Experiment
 from .durations import format_ms
 from .lifecycle import OUTCOMES, Lifecycle, OutcomeAction
 from .model import Cap, Category, FitRule, Predicate, Rule, ScoringModel, Stage, When
@@ -211,6 +212,32 @@ def _stages(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
                      [s.name for s in old.stages], [s.name for s in new.stages])
 
 
+def _arms(e: Experiment) -> str:
+    total = sum(a.share for a in e.arms)
+    def bars(a: Arm) -> str:
+        parts = [f"{k} {_num(v.min_score)}" for k, v in a.stages.items() if v.min_score is not None]
+        parts += [f"{k} grade {v.min_grade}" for k, v in a.stages.items() if v.min_grade is not None]
+        parts += [f"hysteresis {a.hysteresis:g}"] if a.hysteresis is not None else []
+        parts += [f"grades {_flow(dict(a.grades))}"] if a.grades is not None else []
+        parts += [f"{k} {_flow(v.model_dump(exclude_none=True))}" for k, v in a.categories.items()]
+        return f" ({', '.join(parts)})" if parts else ""
+    return ", ".join(f"{a.name} {a.share / total:.0%}{bars(a)}" for a in e.arms)
+
+
+def _experiments(old: ScoringModel, new: ScoringModel) -> Iterator[Change]:
+    """An A/B test started, ended or changed (its split or an arm's bars), in one line each."""
+    a, b = {e.name: e for e in old.experiments}, {e.name: e for e in new.experiments}
+    for name, e in a.items():
+        if name not in b:
+            yield Change(f"experiments.{name}", "removed", f"experiment {name} ended (was {_arms(e)})", name)
+    for name, e in b.items():
+        if name not in a:
+            yield Change(f"experiments.{name}", "added", f"experiment {name} started: {_arms(e)}", None, name)
+        elif a[name].arms != e.arms:
+            yield Change(f"experiments.{name}", "changed", f"experiment {name}: {_arms(a[name])} -> {_arms(e)}",
+                         _arms(a[name]), _arms(e))
+
+
 def _action(a: OutcomeAction | None) -> str:
     if a is None or a.ignore:
         return "moves nothing"
@@ -237,6 +264,7 @@ def changes(old: ScoringModel, new: ScoringModel) -> list[Change]:
     out += _fit(old, new)
     out += _stages(old, new)
     out += _field("hysteresis", "hysteresis", old.hysteresis, new.hysteresis)
+    out += _experiments(old, new)
     for name in ("dedup_window", "clock_skew", "max_event_age"):
         out += _field(name, name, getattr(old, name), getattr(new, name), _duration)
     out += _lifecycle(old.lifecycle, new.lifecycle)

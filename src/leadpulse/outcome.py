@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .experiments import arm_of
 from .handoff import iso
 from .model import ScoringModel
 from .transition import OutcomeSnapshot
@@ -35,6 +36,8 @@ def build(model: ScoringModel, o: OutcomeSnapshot) -> dict[str, Any]:
         "fit_grade": why.fit_grade,
         "fit_score": why.fit_score,
         "model_version": model.version,
+        # the A/B arm the lead is in (the same split as its handoffs): the report's per-arm verdict
+        "arm": arm_of(model, o.lead_id),
         "first_seen_at": _at(o.first_seen_at),
         "mql_at": _at(promoted[mql] if mql < len(promoted) else None),
         "sql_at": _at(promoted[sql] if sql < len(promoted) else None),

@@ -141,6 +141,8 @@ class Batch:
     #: the CRM outcomes' records (leads.outcomes), serialised at the first publish
     outcomes: list[tuple[OutcomeSnapshot, bytes]] | None = None
     counted: bool = False
+    #: the shadow model's result for the batch (shadow.py), when one runs
+    shadow: Any = None
 
 
 class Processor:
@@ -161,6 +163,8 @@ class Processor:
         # of a partition (a few batches) and a start re-reads the topic's tail (worker.HANDOFF_TAIL
         # per partition): the capacity covers those, and bounds memory however long the worker runs.
         self.published: RecentIds[str] = published if published is not None else RecentIds(50_000)
+        #: a candidate model scored beside this one (shadow.py; LEADPULSE_SHADOW_MODEL), or None
+        self.shadow: Any = None
         metrics.sales_sla.set((self.model.lifecycle.sla or 0) / 1000)
         if self.model.lifecycle.sla:  # from the start: the alert's increase() sees the first one
             metrics.handoffs.labels(self.model.stages[-1].name, "sla_overdue")
@@ -196,7 +200,11 @@ class Processor:
         if batch.valid:
             started = time.perf_counter()
             try:
-                batch.result = await self.store.apply(batch.valid, batch.now_ms)
+                if self.shadow is None:
+                    batch.result = await self.store.apply(batch.valid, batch.now_ms)
+                else:
+                    batch.result, batch.shadow = await self.shadow.beside(
+                        self.store.apply(batch.valid, batch.now_ms), batch.valid, batch.now_ms)
             except Exception as exc:
                 if retriable(exc):
                     raise
@@ -233,6 +241,8 @@ class Processor:
         sends.extend(self._send_handoff(h) for h in batch.handoffs if h.transition.handoff_id not in self.published)
         # Outcome records go out like handoffs: acknowledged before the commit, deterministic ids.
         sends.extend(self._send_outcome(o, value) for o, value in batch.outcomes if o.outcome_id not in self.published)
+        if self.shadow is not None:
+            sends.extend(self.shadow.sends(batch.shadow, result))
         if sends:
             # Every send is awaited to its broker acknowledgement before the caller commits.
             await asyncio.gather(*[await s for s in sends])
@@ -245,7 +255,10 @@ class Processor:
                     skipped: list[tuple[str, str, Exception]] | None = None) -> int:
         """Publish the demotions decay has caused by now, then acknowledge them in Redis. `due_at`
         receives the due times the pass read, `skipped` the leads it could not sweep (LeadStore.sweep)."""
-        return await self.settle(await self.store.sweep(now_ms, due_at=due_at, skipped=skipped))
+        swept = await self.settle(await self.store.sweep(now_ms, due_at=due_at, skipped=skipped))
+        if self.shadow is not None:
+            await self.shadow.sweep(now_ms)
+        return swept
 
     async def settle(self, transitions: list[Transition]) -> int:
         """Publish transitions no event caused (the sweep's, a model change's: reeval.py), then

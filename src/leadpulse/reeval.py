@@ -48,7 +48,7 @@ def may_demote_or_promote(old: ScoringModel, new: ScoringModel) -> bool:
             dict(m.fit.grades), m.fit.unknown_below, m.fit.traits,
             {k: (c.weight, c.cap, c.half_life_ms, c.decay) for k, c in m.categories.items()},
             {r.id: (r.category, m.half_life_ms(r), r.intent) for r in m.rules},
-            {r.id: r.category for r in m.fit.rules},
+            {r.id: r.category for r in m.fit.rules}, m.experiments,
             m.lifecycle.sla,  # SQLs' SLA deadlines are in the due index (re-indexed)
         )
 
@@ -60,7 +60,7 @@ def may_promote(old: ScoringModel, new: ScoringModel) -> bool:
     stage is lower, or a stored state can score higher or grade better under `new`."""
     if len(new.stages) < 2:
         return False
-    if len(old.stages) < 2:
+    if len(old.stages) < 2 or old.experiments != new.experiments:  # an arm may have a lower bar
         return True
     o, n = old.stages[1], new.stages[1]
     if n.min_score < o.min_score or grade_rank(n.min_grade) < grade_rank(o.min_grade):
@@ -103,7 +103,7 @@ async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition
         for lead in leads:
             k = keys.lead(lead)
             calls.append((scripts.REEVAL, [*keys.indexes(keys.shard(lead)), k.state, k.outbox, k.traits],
-                          [store.spec, at, lead, now]))
+                          [store.spec_of(lead), at, lead, now]))
         replies = await store.scripts.pipelined(calls)
     except RedisError as exc:
         raise StateError(f"redis: {exc}") from exc

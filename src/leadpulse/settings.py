@@ -161,6 +161,10 @@ class Settings(BaseConfig):
     group_id: str = Field("leadpulse", description="Kafka consumer group of the workers")
     topic_prefix: str = Field("events.", description="input topics are <prefix><source>")
     handoff_topic: str = Field("leads.handoff", description="where handoffs are published")
+    shadow_model: Path | None = Field(
+        None, description="a candidate model YAML scored beside the active one on every event, in its own "
+        "key space; its handoffs go to LEADPULSE_SHADOW_TOPIC, never to sales (docs/scoring.md §9)")
+    shadow_topic: str = Field("leads.handoff.shadow", description="where the shadow model's handoffs are published")
     outcomes_topic: str = Field("leads.outcomes", description="where CRM outcomes are published as labelled examples (schemas/outcome.schema.json)")
     dlq_topic: str = Field("events.dlq", description="where events that cannot be scored go")
     partitions: int = Field(8, ge=1, description="partitions of topics created at start")

@@ -19,7 +19,7 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from . import erasure, scripts
+from . import erasure, experiments, scripts
 from .bounded import Recent
 from .bounds import Retention
 from .engine import Scorer
@@ -100,6 +100,7 @@ class LeadStore:
         self.rule_codes: dict[str, int] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
+        self.split, self.arm_specs = experiments.split(model), dict[str, bytes]()  # an A/B test: each arm's spec (ready)
         self._reloads = -1  # scripts.reloads when the rule codes were read
 
     def use_space(self, space: str) -> None:
@@ -132,7 +133,11 @@ class LeadStore:
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
+        self.arm_specs = {arm: lua_spec(m, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max) for arm, m in self.split.models.items()} if self.split else {}
         self._reloads = self.scripts.reloads
+
+    def spec_of(self, lead_id: str) -> bytes:  # its arm's spec in an A/B test, else the model's
+        return self.spec if self.split is None else self.arm_specs[self.split.arm_of(lead_id)]
 
     async def apply(self, batch: Sequence[tuple[Event, str]], now: int | None = None) -> BatchResult:
         """Apply validated events (each with its source position, e.g. "events.web:3:1207").
@@ -287,18 +292,17 @@ class LeadStore:
     def _apply_calls(self, leads: dict[str, _LeadOps], now: int) -> list[tuple[scripts.Script, list[str], list[Any]]]:
         """apply.lua calls for `leads`, in the order of `leads` (the replies are read in it).
 
-        One call holds leads of one index shard: on a single Redis, up to LEADS_PER_CALL of
-        any leads; on a cluster, the leads of one slot (a script's keys share a slot).
+        One call: up to LEADS_PER_CALL leads of one index shard (a cluster slot) and one spec (an arm).
         """
-        groups: dict[str, list[tuple[str, _LeadOps]]] = {}
+        groups: dict[tuple[str, bytes], list[tuple[str, _LeadOps]]] = {}
         for item in leads.items():
-            groups.setdefault(self.keys.shard(item[0]), []).append(item)
+            groups.setdefault((self.keys.shard(item[0]), self.spec_of(item[0])), []).append(item)
         calls = []
-        for shard, items in groups.items():
+        for (shard, spec), items in groups.items():
             due, top = self.keys.indexes(shard)
             for start in range(0, len(items), LEADS_PER_CALL):
                 keys = [due, top]
-                args: list[Any] = [self.spec, now]
+                args: list[Any] = [spec, now]
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
                     keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
@@ -360,20 +364,18 @@ class LeadStore:
         """Leads, each at its instant (lead id, epoch ms), in their order (None: no state), as
         read.lua explains them: one call per index shard (one cluster slot) and LEADS_PER_CALL
         leads, all in one round trip."""
-        groups: dict[str, list[int]] = {}
-        for i, (lead, _) in enumerate(leads):
-            groups.setdefault(self.keys.shard(lead), []).append(i)
-        parts = [members[start : start + LEADS_PER_CALL] for members in groups.values()
-                 for start in range(0, len(members), LEADS_PER_CALL)]
         try:
             await self.ready()
-            calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [self.spec, *(leads[i][1] for i in part)])
-                     for part in parts]
+            groups: dict[tuple[str, bytes], list[int]] = {}
+            for i, (lead, _) in enumerate(leads):
+                groups.setdefault((self.keys.shard(lead), self.spec_of(lead)), []).append(i)
+            parts = [(spec, m[i : i + LEADS_PER_CALL]) for (_, spec), m in groups.items() for i in range(0, len(m), LEADS_PER_CALL)]
+            calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [spec, *(leads[i][1] for i in part)]) for spec, part in parts]
             replies = await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         views: list[LeadView | None] = [None] * len(leads)
-        for part, reply in zip(parts, replies):
+        for (_, part), reply in zip(parts, replies):
             for i, found in zip(part, _unpack(reply)):
                 if found:  # [stage, clock, explanation]; false: no state (or erased)
                     stage, clock, why, cooldown = found
@@ -396,7 +398,7 @@ class LeadStore:
             if due_at is not None:  # as soon as read: a pass that fails after it still shows its backlog
                 due_at.extend(at for _, at in rows)
             due = [_text(m) for m, _ in rows[:limit]]
-            calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec, now, lead]) for lead in due]
+            calls = [(scripts.SWEEP, self._lead_keys(lead), [self.spec_of(lead), now, lead]) for lead in due]
             replies = await self.scripts.pipelined(calls, raise_on_error=skipped is None)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
@@ -423,7 +425,7 @@ class LeadStore:
         try:
             await self.ready()
             now = int(time.time() * 1000)
-            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec, lead, seq, now]) for lead, seq in last.items()]
+            calls = [(scripts.ACK, self._lead_keys(lead), [self.spec_of(lead), lead, seq, now]) for lead, seq in last.items()]
             await self.scripts.pipelined(calls)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc

@@ -30,7 +30,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.app.base import BootStrategy
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import api, kafka, models, redisinfo, scripts
+from . import api, kafka, models, redisinfo, scripts, shadow
 from .board import views as board
 from .bounded import RecentIds
 from .bounds import Retention, write_refusal
@@ -83,6 +83,7 @@ class ScoringService(mode.Service):
             max_event_bytes=settings.max_event_bytes, who=Who.from_settings(settings),
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
+        self.processor.shadow = shadow.Shadow.configured(settings, self.store, self, metrics)  # LEADPULSE_SHADOW_MODEL
         self.consumer: AIOKafkaConsumer | None = None
         self.lag = ConsumerLag(metrics.lag)
         self.partitions = Partitions("worker", changed=self._update_ready, revoked=self.lag.forget)
@@ -157,7 +158,8 @@ class ScoringService(mode.Service):
                          "model")
         await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         await self.retry(self._start_producer, "producer_start")
-        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic, self.settings.outcomes_topic]
+        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic,
+                  self.settings.outcomes_topic, *shadow.topics(self.settings)]
         await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
         await self._read_published()
         log.info("ready to consume %s (%d handoffs already published)",
@@ -165,13 +167,12 @@ class ScoringService(mode.Service):
         self.prepared.set()
 
     async def _read_published(self) -> None:
-        tail = await self.retry(
-            lambda: kafka.read_tail(self.settings, self.settings.handoff_topic, HANDOFF_TAIL), "read_handoffs"
-        )
-        for record in tail:
-            for name, value in record.headers or ():
-                if name == "leadpulse.handoff_id":
-                    self.processor.published.add(value.decode())
+        for topic, published in ((self.settings.handoff_topic, self.processor.published), *shadow.tails(self.processor.shadow)):
+            tail = await self.retry(lambda: kafka.read_tail(self.settings, topic, HANDOFF_TAIL), "read_handoffs")  # noqa: B023
+            for record in tail:
+                for name, value in record.headers or ():
+                    if name == "leadpulse.handoff_id":
+                        published.add(value.decode())
 
     def _consumer(self) -> AIOKafkaConsumer:
         s = self.settings

@@ -47,10 +47,11 @@ def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> N
     assert report["events"] == EVENTS
     assert 0 < report["leads"] <= 200
     names = [row["name"] for row in report["rows"]]
-    assert len(names) == 6, names
+    assert len(names) == 7, names
     assert names[2].startswith("baseline: naive Faust agent (as Faust's docs)")
     assert names[3].startswith("baseline variant") and names[4] == "LeadPulse worker"
-    assert names[5] == "LeadPulse worker, 2 processes"
+    assert names[5] == "LeadPulse worker + shadow model"
+    assert names[6] == "LeadPulse worker, 2 processes"
     for row in report["rows"]:
         assert row["events"] > 0 and row["events_per_s"] > 0 and row["seconds"] > 0, row
         assert row["ratio_to_baseline"] > 0, row
@@ -60,6 +61,17 @@ def test_every_row_processed_the_event_set_at_a_non_zero_rate(report: dict) -> N
     # the honest baseline is the median of its runs, and every run's rate is reported
     assert len(baseline["runs"]) == 2 and min(baseline["runs"]) <= baseline["events_per_s"] <= max(baseline["runs"])
     assert "LeadPulse worker" in report["table"]
+
+
+@integration
+def test_the_shadow_row_scored_every_event_twice_and_counted_agreement(report: dict) -> None:
+    shadow = next(row for row in report["rows"] if row["name"] == "LeadPulse worker + shadow model")
+    assert shadow["events"] == EVENTS and shadow["cpu_s_per_million"] > 0
+    checks = report["checks"]
+    assert checks["shadow_failures"] == 0
+    # The shadow's MQL bar (45) is under the live one (60): some decisions are the shadow's alone.
+    assert checks["shadow_decisions"].get("shadow_only", 0) > 0, checks
+    assert checks["shadow_rate_vs_worker"] > 0 and "shadow_extra_cpu_s_per_million" in checks
 
 
 @integration
@@ -110,7 +122,7 @@ RSS_EVENTS = 3000
 def rss_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The rss stage alone, tiny: events generated and produced while the worker consumes them."""
     workdir = tmp_path_factory.mktemp("bench-rss")
-    others = [a for stage in ("ceilings", "baseline", "leadpulse", "processes", "memory", "rebalance", "latency")
+    others = [a for stage in ("ceilings", "baseline", "leadpulse", "shadow", "processes", "memory", "rebalance", "latency")
               for a in ("--skip", stage)]
     command = [
         sys.executable, "-m", "leadpulse.bench",
@@ -157,7 +169,8 @@ TINY = 150  # one batch: the worker is done within milliseconds of its first pol
 def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The LeadPulse stage alone on a handful of events."""
     workdir = tmp_path_factory.mktemp("bench-tiny")
-    others = [a for stage in ("ceilings", "baseline", "processes", "memory", "rebalance", "latency") for a in ("--skip", stage)]
+    others = [a for stage in ("ceilings", "baseline", "shadow", "processes", "memory", "rebalance", "latency")
+              for a in ("--skip", stage)]
     command = [
         sys.executable, "-m", "leadpulse.bench",
         "--events", str(TINY), "--leads", "20", *others, "--data-dir", str(workdir), "--json",

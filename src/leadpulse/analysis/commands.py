@@ -45,25 +45,28 @@ def _instant(value: str | None) -> int | None:
 @click.option("--as-of", default=None, help="judge open SQLs against this instant (default: the latest record)")
 @click.option("--mql-stage", default="mql", show_default=True, help="the model's MQL stage name")
 @click.option("--sql-stage", default="sql", show_default=True, help="the model's SQL stage name")
+@click.option("--control", default="control", show_default=True, help="the A/B test arm the others are compared with")
+@click.option("--min-effect", type=click.FloatRange(0.001, 1), default=0.05, show_default=True,
+              help="the smallest difference in conversion rate an A/B test must be able to find to conclude")
 @settings_options
 @fails_cleanly
 def report(
     out_dir: Path, outcomes: Path | None, handoffs: Path | None, positive: str, negative: str, sla_hours: float,
-    as_of: str | None, mql_stage: str, sql_stage: str, **options: Any,
+    as_of: str | None, mql_stage: str, sql_stage: str, control: str, min_effect: float, **options: Any,
 ) -> None:
     """What happened to scored leads: conversion by score band, grade and stage, the funnel,
     sales acceptance and SLA breaches, per model version. Writes report.html and report.json."""
     import orjson
 
     from . import outcomes as records_in
-    from .render import render
+    from .render import experiment_lines, render
     from .report import build
 
     settings = settings_from(options) if outcomes is None else None
     records = records_in.load(settings, outcomes, handoffs)
     data = build(
         records, positive=_names(positive), negative=_names(negative), sla_hours=sla_hours,
-        as_of=_instant(as_of), mql_stage=mql_stage, sql_stage=sql_stage,
+        as_of=_instant(as_of), mql_stage=mql_stage, sql_stage=sql_stage, control=control, min_effect=min_effect,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
@@ -74,6 +77,8 @@ def report(
         f"conversion {_pct(whole['conversion_rate'])}, {len(data['groups'])} model group(s)"
         + (f"; {len(records.invalid)} invalid records skipped" if records.invalid else "")
     )
+    for experiment in data["experiments"]:
+        click.echo(experiment_lines(experiment))
     if records.invalid:
         click.echo(f"leadpulse: {len(records.invalid)} invalid records, first: {records.invalid[0]}", err=True)
 

@@ -61,6 +61,7 @@ class Handoff:
     fit_grade: str
     model_version: str
     at: int  # crossed_at, epoch ms
+    arm: str | None = None
 
 
 @dataclass
@@ -101,7 +102,7 @@ def handoff_from(data: Any) -> Handoff:
             handoff_id=data["handoff_id"], kind=data["kind"], lead_id=data["lead_id"],
             stage=data["stage"], previous_stage=data["previous_stage"], score=data["score"],
             fit_grade=data["fit_grade"], model_version=data["model_version"],
-            at=parse_time(data["crossed_at"]),
+            at=parse_time(data["crossed_at"]), arm=data.get("arm"),
         )
     except fastjsonschema.JsonSchemaValueException as exc:
         raise ValueError(exc.message.removeprefix("data").lstrip(". ")) from None

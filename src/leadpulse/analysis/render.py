@@ -141,6 +141,19 @@ def _hours(value: float | None) -> str:
     return f"{value:.1f} h" if value < 72 else f"{value / 24:.1f} d"
 
 
+def experiment_lines(experiment: dict[str, Any]) -> str:
+    """An A/B test in words, for the terminal (analysis/arms.py says what each figure is)."""
+    lines = [f"experiment {experiment['experiment']} (control {experiment['control']}):"]
+    for a in experiment["arms"]:
+        ci = a["ci95"]
+        span = f" (95 % CI {_pct(ci[0])}–{_pct(ci[1])})" if ci else ""
+        lines.append(f"  {a['arm']}: {a['converted']}/{a['resolved']} resolved converted, {_pct(a['rate'])}{span}")
+    for c in experiment["comparisons"]:
+        test = f", {c['test']}" if c["test"] else ""
+        lines.append(f"  {c['arm']} vs {c['against']}: {c['verdict']}{test} - {c['why']}")
+    return "\n".join(lines)
+
+
 def render(report: dict[str, Any]) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct

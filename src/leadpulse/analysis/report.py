@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..handoff import iso
+from . import arms
 from .bands import by_decile, rate
 from .outcomes import NEGATIVE_DEFAULT, POSITIVE_DEFAULT, Handoff, Outcome, Records, deciding
 
@@ -66,7 +67,7 @@ def _leads(records: Records, positive: Sequence[str], negative: Sequence[str], m
         lead.handoffs.sort(key=lambda h: (h.at, h.handoff_id))
         named = sorted(
             [(o.at, o.model_version, o.arm) for o in lead.outcomes if o.model_version]
-            + [(h.at, h.model_version, None) for h in lead.handoffs],
+            + [(h.at, h.model_version, h.arm) for h in lead.handoffs],
             key=lambda x: x[0],
         )
         if named:
@@ -223,6 +224,7 @@ def _group(name: str, arm: str | None, leads: list[_Lead], opts: _Opts, versions
 def build(
     records: Records, *, positive: Sequence[str] = POSITIVE_DEFAULT, negative: Sequence[str] = NEGATIVE_DEFAULT,
     sla_hours: float = 48.0, as_of: int | None = None, mql_stage: str = "mql", sql_stage: str = "sql",
+    control: str = "control", min_effect: float = arms.MIN_EFFECT,
 ) -> dict[str, Any]:
     """The report as one JSON-ready dict: per group (model_version, arm), and all leads."""
     leads = _leads(records, positive, negative, mql_stage, sql_stage)
@@ -236,6 +238,7 @@ def build(
     ]
     versions = {name for name, _ in keys}
     definitions = {k: v.format(positive=", ".join(positive), negative=", ".join(negative)) for k, v in DEFINITIONS.items()}
+    definitions["experiments"] = arms.rule(min_effect)
     return {
         "as_of": iso(as_of) if times else None,
         "label": {"positive": list(positive), "negative": list(negative)},
@@ -246,5 +249,8 @@ def build(
         },
         "all": _group("(all)", None, leads, opts, None if len(versions) <= 1 else set()),
         "groups": groups,
+        # threshold A/B tests: each resolved lead under the arm of its group (its first record naming one)
+        "experiments": arms.compare([(lead.group[1], bool(lead.label)) for lead in leads
+                                     if lead.group[1] and lead.label is not None], control, min_effect),
         "definitions": definitions,
     }

@@ -16,7 +16,7 @@ from .measure import loadavg, machine
 from .report import Report, render
 from .runner import run
 
-STAGES = ("ceilings", "baseline", "leadpulse", "processes", "memory", "rebalance", "latency", "rss")
+STAGES = ("ceilings", "baseline", "leadpulse", "shadow", "processes", "memory", "rebalance", "latency", "rss")
 
 
 @click.command()

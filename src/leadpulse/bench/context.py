@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 #: database numbers of the stages on the bench's own redis-server
 DB_RECORD, DB_REPLAY, DB_BASELINE, DB_LEADPULSE, DB_TWO, DB_LATENCY, DB_MEMORY, DB_RSS, DB_PROCESSES = 1, 2, 3, 4, 5, 6, 7, 8, 9
+DB_SHADOW = 10
 
 
 class Context:

@@ -11,6 +11,7 @@ from .measure import CpuTrace, Work
 BASELINE = "baseline: naive Faust agent (as Faust's docs)"
 BASELINE_VARIANT = "baseline variant: stream.events(), log WARNING"
 LEADPULSE = "LeadPulse worker"
+SHADOW = "LeadPulse worker + shadow model"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from .rebalance import stage as rebalance
 from .report import BASELINE, LEADPULSE, Report
 from .rss import stage as rss
 from .scores import differing
+from .shadow import stage as shadow
 
 
 async def run(ctx: Context, report: Report) -> None:
@@ -45,6 +46,9 @@ async def run(ctx: Context, report: Report) -> None:
             scores["baseline"] = done
     if "leadpulse" in ctx.stages:
         scores["leadpulse"] = await leadpulse(ctx, data, report, at)
+
+    if "shadow" in ctx.stages:
+        await shadow(ctx, data, report)
 
     base_row, lp_row = report.row(BASELINE), report.row(LEADPULSE)
     if base_row:
