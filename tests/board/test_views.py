@@ -135,14 +135,18 @@ async def test_sign_in_once_with_the_token_then_a_strict_session_cookie(workers:
     await context.close()
 
 
+#: realistic leads: who they are as an identify carries it (name, job_title, company: the default
+#: who-traits Redis keeps, who.py), Ada with too little known for a fit grade (U)
 PEOPLE = [
-    ("maria.lopez@northwind.io", {"seniority": "vp", "job_title": "VP Marketing", "employees": 420, "industry": "software"},
+    ("maria.lopez@northwind.io", {"name": "María López", "job_title": "VP Marketing", "company": "Northwind Traders",
+                                  "seniority": "vp", "employees": 420, "industry": "software"},
      HOT_STEPS),
-    ("ken.tanaka@globex.com", {"seniority": "director", "job_title": "Director of Revenue Operations", "employees": 1200,
+    ("ken.tanaka@globex.com", {"name": "Ken Tanaka", "job_title": "Director of Revenue Operations",
+                               "company": "Globex Corporation", "seniority": "director", "employees": 1200,
                                "industry": "fintech"},
      [("web", "page_view", {"properties": {"url": "https://acme.io/pricing"}}), ("web", "demo_request", {}),
       ("email", "click", {"properties": {"url": "https://acme.io/case"}})]),
-    ("ada.obi@initech.co", {"seniority": "manager", "job_title": "Growth Manager", "employees": 80, "industry": "saas"},
+    ("ada.obi@initech.co", {"name": "Ada Obi", "job_title": "Growth Lead", "company": "Initech"},
      [("webinar", "attended", {"properties": {"minutes": 50}}), ("web", "page_view", {"properties": {"url": "https://acme.io/pricing"}}),
       ("email", "click", {"properties": {"url": "https://acme.io/x"}}), ("web", "content_download", {})]),
 ]
@@ -157,12 +161,24 @@ async def test_screenshots_on_a_laptop_and_a_phone(workers: tuple[WorkerProcess,
     out = Path(SHOTS) if SHOTS else tmp_path
     for name, (width, height) in {"laptop": (1280, 860), "phone": (390, 844)}.items():
         page = await signed_in(browser, board, width, height)
-        for lead, _, _ in PEOPLE:
-            await page.locator("#hot .card", has_text=lead).wait_for(timeout=60_000)
+        for _, traits, _ in PEOPLE:
+            card = page.locator("#hot .card", has_text=traits["name"])
+            await card.wait_for(timeout=60_000)
+            # who the person is, from the identify's traits; how much of the fit data is known
+            sub = await card.locator(".sub").inner_text()
+            assert f"{traits['job_title']} · {traits['company']}" in sub
+            assert (await card.locator(".data").inner_text()).startswith("data ")
+        ada = page.locator("#hot .card", has_text="Ada Obi")
+        assert await ada.locator(".grade").inner_text() == "U"
+        assert "unknown, not bad" in await ada.locator(".grade").get_attribute("title")
+        assert await ada.locator(".data").inner_text() == "data 11 %"  # job_title: 1 of the 9 fit traits
         await page.locator("#live[data-state=live]").wait_for()
         await page.screenshot(path=str(out / f"board-{name}.png"), full_page=name == "laptop")
-        await page.click(f"#hot .card >> text={PEOPLE[0][0]}")
+        await page.click(f"#hot .card >> text={PEOPLE[0][1]['name']}")
         await page.locator("svg.chart").wait_for()
+        assert await page.locator("h1").inner_text() == "María López"
+        assert await page.locator(".lead-head .role").inner_text() == "VP Marketing · Northwind Traders"
+        assert await page.locator(".lead-head .data").inner_text() == "data 44 %"  # 4 of the 9 fit traits
         await page.screenshot(path=str(out / f"board-lead-{name}.png"), full_page=True)
         await page.context.close()
     for shot in out.glob("board-*.png"):
