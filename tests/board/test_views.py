@@ -8,12 +8,14 @@ worker shows every partition's handoffs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -21,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from leadpulse.dev.embedded import RedisServer, TansuBroker
+from leadpulse.handoff import iso
 
 from tests.support.kafkatools import WorkerProcess, produce, running
 
@@ -86,6 +89,23 @@ HOT_STEPS = [("email", "click", {"properties": {"url": "https://acme.io/blog"}})
 async def send(worker: WorkerProcess, events: list[dict[str, Any]]) -> None:
     await produce(worker.settings["kafka_bootstrap"],
                   [(worker.topic(e["source"]), e["lead_id"].encode(), orjson.dumps(e)) for e in events])
+
+
+async def send_in_order(worker: WorkerProcess, events: list[dict[str, Any]]) -> None:
+    """One event at a time, each once the worker has scored the one before (its latest event time
+    is that event's): a lead's log then reads in time order, as real traffic mostly does; sent
+    together, events of different topics are scored in whatever order the topics are read."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        for event in events:
+            await send(worker, [event])
+            url = f"{worker.url}/leads/{quote(event['lead_id'], safe='')}"
+            deadline = time.monotonic() + 60
+            while True:
+                async with http.get(url) as resp:
+                    if resp.status == 200 and (await resp.json())["last_event_at"] == iso(event["occurred_at"]):
+                        break
+                assert time.monotonic() < deadline, f"{event['event_id']} not scored within 60 s"
+                await asyncio.sleep(0.05)
 
 
 async def signed_in(browser: Any, worker: WorkerProcess, width: int = 1280, height: int = 860) -> Any:
@@ -157,7 +177,7 @@ async def test_screenshots_on_a_laptop_and_a_phone(workers: tuple[WorkerProcess,
     scorer, board = workers
     now = int(time.time() * 1000)
     for i, (lead, traits, steps) in enumerate(PEOPLE):
-        await send(scorer, journey(lead, traits, steps, now - (3 - i) * 3_600_000))
+        await send_in_order(scorer, journey(lead, traits, steps, now - (3 - i) * 3_600_000))
     out = Path(SHOTS) if SHOTS else tmp_path
     for name, (width, height) in {"laptop": (1280, 860), "phone": (390, 844)}.items():
         page = await signed_in(browser, board, width, height)
