@@ -58,9 +58,8 @@ Entry = Scored | Move
 
 
 def _stage(store: LeadStore, index: int) -> str:
-    # the index the scripts report: the model's stages, then the lifecycle's where the model has
-    # them (ScoringModel.stage_names)
-    names = getattr(store.model, "stage_names", None) or tuple(s.name for s in store.model.stages)
+    # the index the scripts report: the model's stages, then the lifecycle's (ScoringModel.stage_names)
+    names = store.model.stage_names
     return names[index] if 0 <= index < len(names) else f"#{index}"
 
 

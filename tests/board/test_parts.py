@@ -68,6 +68,19 @@ def test_words() -> None:
         "just now", "5 min ago", "2 h ago", "3 d ago", "just now"]
     assert words.who({"job_title": "<b>VP</b>", "email_domain": "acme.io"}) == {
         "name": None, "role": "<b>VP</b>", "company": "acme.io"}
+    assert words.completeness(2 / 3) == "data 67 %" and words.completeness(0) == "data 0 %"
+    assert "unknown, not bad" in words.grade_title(model, "U", 0.2) and "under 50 %" in words.grade_title(model, "U", 0.2)
+    assert words.grade_title(model, "B", 0.75).startswith("Fit grade B (A best, D poorest), 75 %")
+
+
+def test_who_reads_the_deployments_who_traits_first() -> None:
+    # LEADPULSE_HANDOFF_WHO maps handoff fields to traits (who.py): the board names a lead the same way
+    fields = {"name": "full_legal_name", "title": "role_text", "company": "account", "domain": "company_domain"}
+    traits = {"full_legal_name": "Ada Obi", "name": "ada", "role_text": "Growth Lead", "job_title": "x",
+              "company_domain": "initech.co", "company": "Other Co"}
+    assert words.who(traits, fields) == {"name": "Ada Obi", "role": "Growth Lead", "company": "initech.co"}
+    # what a field's trait does not hold falls back to the usual trait names
+    assert words.who({"job_title": "VP", "company": "Initech"}, fields) == {"name": None, "role": "VP", "company": "Initech"}
 
 
 def test_the_chart_fits_every_dot_in_the_frame() -> None:

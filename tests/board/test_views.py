@@ -8,12 +8,14 @@ worker shows every partition's handoffs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -21,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from leadpulse.dev.embedded import RedisServer, TansuBroker
+from leadpulse.handoff import iso
 
 from tests.support.kafkatools import WorkerProcess, produce, running
 
@@ -88,6 +91,23 @@ async def send(worker: WorkerProcess, events: list[dict[str, Any]]) -> None:
                   [(worker.topic(e["source"]), e["lead_id"].encode(), orjson.dumps(e)) for e in events])
 
 
+async def send_in_order(worker: WorkerProcess, events: list[dict[str, Any]]) -> None:
+    """One event at a time, each once the worker has scored the one before (its latest event time
+    is that event's): a lead's log then reads in time order, as real traffic mostly does; sent
+    together, events of different topics are scored in whatever order the topics are read."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        for event in events:
+            await send(worker, [event])
+            url = f"{worker.url}/leads/{quote(event['lead_id'], safe='')}"
+            deadline = time.monotonic() + 60
+            while True:
+                async with http.get(url) as resp:
+                    if resp.status == 200 and (await resp.json())["last_event_at"] == iso(event["occurred_at"]):
+                        break
+                assert time.monotonic() < deadline, f"{event['event_id']} not scored within 60 s"
+                await asyncio.sleep(0.05)
+
+
 async def signed_in(browser: Any, worker: WorkerProcess, width: int = 1280, height: int = 860) -> Any:
     context = await browser.new_context(viewport={"width": width, "height": height},
                                         device_scale_factor=2 if width < 600 else 1)
@@ -135,14 +155,18 @@ async def test_sign_in_once_with_the_token_then_a_strict_session_cookie(workers:
     await context.close()
 
 
+#: realistic leads: who they are as an identify carries it (name, job_title, company: the default
+#: who-traits Redis keeps, who.py), Ada with too little known for a fit grade (U)
 PEOPLE = [
-    ("maria.lopez@northwind.io", {"seniority": "vp", "job_title": "VP Marketing", "employees": 420, "industry": "software"},
+    ("maria.lopez@northwind.io", {"name": "María López", "job_title": "VP Marketing", "company": "Northwind Traders",
+                                  "seniority": "vp", "employees": 420, "industry": "software"},
      HOT_STEPS),
-    ("ken.tanaka@globex.com", {"seniority": "director", "job_title": "Director of Revenue Operations", "employees": 1200,
+    ("ken.tanaka@globex.com", {"name": "Ken Tanaka", "job_title": "Director of Revenue Operations",
+                               "company": "Globex Corporation", "seniority": "director", "employees": 1200,
                                "industry": "fintech"},
      [("web", "page_view", {"properties": {"url": "https://acme.io/pricing"}}), ("web", "demo_request", {}),
       ("email", "click", {"properties": {"url": "https://acme.io/case"}})]),
-    ("ada.obi@initech.co", {"seniority": "manager", "job_title": "Growth Manager", "employees": 80, "industry": "saas"},
+    ("ada.obi@initech.co", {"name": "Ada Obi", "job_title": "Growth Lead", "company": "Initech"},
      [("webinar", "attended", {"properties": {"minutes": 50}}), ("web", "page_view", {"properties": {"url": "https://acme.io/pricing"}}),
       ("email", "click", {"properties": {"url": "https://acme.io/x"}}), ("web", "content_download", {})]),
 ]
@@ -153,16 +177,28 @@ async def test_screenshots_on_a_laptop_and_a_phone(workers: tuple[WorkerProcess,
     scorer, board = workers
     now = int(time.time() * 1000)
     for i, (lead, traits, steps) in enumerate(PEOPLE):
-        await send(scorer, journey(lead, traits, steps, now - (3 - i) * 3_600_000))
+        await send_in_order(scorer, journey(lead, traits, steps, now - (3 - i) * 3_600_000))
     out = Path(SHOTS) if SHOTS else tmp_path
     for name, (width, height) in {"laptop": (1280, 860), "phone": (390, 844)}.items():
         page = await signed_in(browser, board, width, height)
-        for lead, _, _ in PEOPLE:
-            await page.locator("#hot .card", has_text=lead).wait_for(timeout=60_000)
+        for _, traits, _ in PEOPLE:
+            card = page.locator("#hot .card", has_text=traits["name"])
+            await card.wait_for(timeout=60_000)
+            # who the person is, from the identify's traits; how much of the fit data is known
+            sub = await card.locator(".sub").inner_text()
+            assert f"{traits['job_title']} · {traits['company']}" in sub
+            assert (await card.locator(".data").inner_text()).startswith("data ")
+        ada = page.locator("#hot .card", has_text="Ada Obi")
+        assert await ada.locator(".grade").inner_text() == "U"
+        assert "unknown, not bad" in await ada.locator(".grade").get_attribute("title")
+        assert await ada.locator(".data").inner_text() == "data 11 %"  # job_title: 1 of the 9 fit traits
         await page.locator("#live[data-state=live]").wait_for()
         await page.screenshot(path=str(out / f"board-{name}.png"), full_page=name == "laptop")
-        await page.click(f"#hot .card >> text={PEOPLE[0][0]}")
+        await page.click(f"#hot .card >> text={PEOPLE[0][1]['name']}")
         await page.locator("svg.chart").wait_for()
+        assert await page.locator("h1").inner_text() == "María López"
+        assert await page.locator(".lead-head .role").inner_text() == "VP Marketing · Northwind Traders"
+        assert await page.locator(".lead-head .data").inner_text() == "data 44 %"  # 4 of the 9 fit traits
         await page.screenshot(path=str(out / f"board-lead-{name}.png"), full_page=True)
         await page.context.close()
     for shot in out.glob("board-*.png"):

@@ -68,6 +68,8 @@ class Board:
         self.store = store
         self.sessions = Sessions(settings.api_token)
         self.feed = HandoffFeed(settings)
+        #: the traits that name a lead: those its handoffs carry (Redis keeps them, who.py)
+        self.who_fields = dict(settings.handoff_who)
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/board", self.board)
@@ -140,7 +142,8 @@ class Board:
         fit = [c for c in why.contributions if c.last_occurred_at is None]
         behaviour = [c for c in why.contributions if c.last_occurred_at is not None]
         return {
-            "lead": lead_json(view), "who": words.who(traits), "traits": sorted(traits.items(), key=lambda kv: kv[0]),
+            "lead": lead_json(view), "who": words.who(traits, self.who_fields),
+            "grade_title": words.grade_title(model, why.fit_grade, why.completeness), "traits": sorted(traits.items(), key=lambda kv: kv[0]),
             "chart": chart(points, thresholds), "log": list(reversed(log_)), "now": now,
             "signals": [self._signal(c.rule_id, c.points, c.last_occurred_at, now) for c in behaviour],
             "fit": [self._signal(c.rule_id, c.points, None, now) for c in fit],
@@ -193,8 +196,9 @@ class Board:
             leads.append({
                 "lead_id": view.lead_id, "url": "/board/leads/" + quote(view.lead_id, safe=""),
                 "score": round(why.score, 1), "stage": view.stage, "fit_grade": why.fit_grade,
-                "completeness": round(why.completeness, 6),
-                "who": words.who(t), "last_event": words.ago(view.last_event_at, now),
+                "completeness": round(why.completeness, 6), "data": words.completeness(why.completeness),
+                "grade_title": words.grade_title(self.store.model, why.fit_grade, why.completeness),
+                "who": words.who(t, self.who_fields), "last_event": words.ago(view.last_event_at, now),
                 "signals": [self._signal(c.rule_id, c.points, c.last_occurred_at, now) for c in behaviour],
             })
         return web.json_response({"leads": leads, "as_of": iso(now)}, headers=HEADERS, dumps=_dumps)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import ScoringModel
+from ..model import UNKNOWN_GRADE, ScoringModel
 
-#: the traits that say who a lead is, first found first (the rest of the traits are shown as they are)
+#: the traits that say who a lead is when the deployment's who-fields (LEADPULSE_HANDOFF_WHO,
+#: who.py) do not name one, first found first (the rest of the traits are shown as they are)
 NAME_TRAITS = ("name", "full_name")
 ROLE_TRAITS = ("title", "job_title", "seniority")
 COMPANY_TRAITS = ("company", "company_name", "organization", "domain", "email_domain")
@@ -47,7 +48,30 @@ def first(traits: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def who(traits: Mapping[str, Any]) -> dict[str, str | None]:
-    """Name, role and company as the traits hold them (untrusted text: the page escapes it)."""
-    return {"name": first(traits, NAME_TRAITS), "role": first(traits, ROLE_TRAITS),
-            "company": first(traits, COMPANY_TRAITS)}
+def who(traits: Mapping[str, Any], fields: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Name, role and company as the traits hold them (untrusted text: the page escapes it).
+
+    `fields` is the deployment's who mapping (handoff field -> trait, who.py): the traits Redis
+    keeps for handoffs, so the board names a lead as its handoffs do (`title` from `job_title`,
+    `company`, else `domain`); the usual trait names are the fallback."""
+    fields = fields or {}
+
+    def pick(own: tuple[str, ...], usual: tuple[str, ...]) -> str | None:
+        return first(traits, tuple(fields[f] for f in own if f in fields) + usual)
+
+    return {"name": pick(("name",), NAME_TRAITS), "role": pick(("title",), ROLE_TRAITS),
+            "company": pick(("company", "domain"), COMPANY_TRAITS)}
+
+
+def completeness(share: float) -> str:
+    """"data 67 %": how much of the model's fit traits is known (lib.lua's completeness)."""
+    return f"data {share * 100:.0f} %"
+
+
+def grade_title(model: ScoringModel, grade: str, share: float) -> str:
+    """The hover text of a fit grade: what the letter means, U above all (unknown is not bad fit)."""
+    known = f"{share * 100:.0f} % of the fit traits known"
+    if grade == UNKNOWN_GRADE:
+        return (f"Fit grade U: unknown, not bad — only {known} (under "
+                f"{model.fit.unknown_below * 100:.0f} %) and nothing known against the lead")
+    return f"Fit grade {grade} (A best, D poorest), {known}"

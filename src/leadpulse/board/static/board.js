@@ -50,7 +50,12 @@ function card(lead, rank) {
   const nums = el("div", "nums");
   nums.appendChild(el("span", "score", Math.round(lead.score)));
   nums.appendChild(el("span", "pill stage-" + lead.stage, lead.stage.toUpperCase()));
-  nums.appendChild(el("span", "grade grade-" + lead.fit_grade, lead.fit_grade));
+  const grade = el("span", "grade grade-" + lead.fit_grade, lead.fit_grade);
+  grade.title = lead.grade_title;
+  nums.appendChild(grade);
+  const data = el("span", "data", lead.data);
+  data.title = "share of the model's fit traits known";
+  nums.appendChild(data);
   li.appendChild(nums);
   const signals = el("ul", "signals");
   for (const s of lead.signals) {
