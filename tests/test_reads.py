@@ -4,12 +4,16 @@ read; asked for alone, it gets a clear error. Real Redis, a real broker and a re
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import orjson
 import pytest
+from click.testing import CliRunner, Result
 from redis.asyncio import Redis
 
+from leadpulse.cli import main
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.errors import LeadUnreadable
 from leadpulse.model import ScoringModel
@@ -38,13 +42,33 @@ async def test_a_read_of_many_skips_the_unreadable_lead_and_a_view_of_it_raises_
     assert [v.lead_id if v else None for v in views] == ["ok-1", None, None, "ok-2"]
     assert {v.lead_id: v.explanation.score for v in views if v} == before  # read as before the corruption
     assert [(lead, reason) for lead, reason, _ in skipped] == [("bad", "script_error")]
-    assert [(lead, reason) for lead, reason, _ in told] == [("bad", "script_error")]
+    assert told == []  # the caller took them
 
     assert {v.lead_id for v in await store.top(10, T0)} == {"ok-1", "ok-2"}
+    assert [(lead, reason) for lead, reason, _ in told] == [("bad", "script_error")]  # no caller's list: on_skip
     with pytest.raises(LeadUnreadable, match="'bad' cannot be read \\(script_error"):
         await store.view("bad", T0)
+    assert len(told) == 1  # the view raised: nothing skipped
     assert (await store.view("ok-1", T0)) is not None
     assert await store.view("missing", T0) is None
+
+
+async def test_the_cli_lists_the_other_leads_and_says_which_lead_cannot_be_read(
+        redis: Redis, redis_server: RedisServer, model: ScoringModel) -> None:
+    store = LeadStore(redis, model)
+    await promoted_then_acknowledged(store, ["ok-1", "bad", "ok-2"], int(time.time() * 1000))
+    await redis.set(store.keys.lead("bad").state, CORRUPT)
+
+    def cli(*args: str) -> Result:
+        return CliRunner().invoke(main, [*args, "--redis-url", redis_server.url])
+
+    result = await asyncio.to_thread(cli, "top", "--json")
+    assert result.exit_code == 0, result.output
+    assert {lead["lead_id"] for lead in orjson.loads(result.stdout)} == {"ok-1", "ok-2"}
+    result = await asyncio.to_thread(cli, "score", "bad")
+    assert (result.exit_code, type(result.exception)) == (1, SystemExit), result.output  # a clean exit, no traceback
+    assert "'bad' cannot be read (script_error" in result.stderr
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.slow

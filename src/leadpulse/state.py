@@ -385,7 +385,7 @@ class LeadStore:
         A lead read.lua fails on (a corrupt state: script_error) or whose reply cannot be read
         (bad_reply) reads as None and the others are read: a failed call is run again one lead per
         call (a second round trip, only then) to find it. Each such lead goes to `skipped` as
-        (lead, reason, error) and to `on_skip` (logs it; the worker also counts it)."""
+        (lead, reason, error), or without `skipped` to `on_skip` (logs it; the worker's counts it too)."""
         try:
             await self.ready()
             groups: dict[tuple[str, bytes], list[int]] = {}
@@ -402,7 +402,8 @@ class LeadStore:
         for _, (i,), (reason, exc) in failed:
             if skipped is not None:
                 skipped.append((leads[i][0], reason, exc))
-            self.on_skip(leads[i][0], reason, exc)
+            else:
+                self.on_skip(leads[i][0], reason, exc)
         return views
 
     async def _read_parts(self, leads: Sequence[tuple[str, int]], parts: list[tuple[bytes, list[int]]],
