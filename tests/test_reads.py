@@ -93,9 +93,16 @@ async def test_the_api_lists_the_other_leads_and_answers_a_clear_error_for_the_u
         status, body = await worker.get("/leads/lead-a")
         assert (status, body["lead_id"]) == (200, "lead-a"), body
 
-        async def counted() -> bool:
-            return await metric_value(worker, "leadpulse_read_skipped_leads_total", reason="script_error") >= 1
+        # the board served by the same worker: its hot list leaves the lead out, its page says why
+        status, body = await worker.get("/board/hot.json")
+        assert status == 200, body
+        assert {lead["lead_id"] for lead in body["leads"]} == {"lead-a", "lead-b"}
+        status, page = await worker.get("/board/leads/lead-broken")
+        assert status == 500 and "its stored state cannot be read" in page, page
 
-        await wait_for(counted, 30, "the skipped read counted")
+        async def counted() -> bool:  # /leads/top's and the hot list's skips; a single read raises instead
+            return await metric_value(worker, "leadpulse_read_skipped_leads_total", reason="script_error") == 2
+
+        await wait_for(counted, 30, "both skipped reads counted")
         assert "read skipped lead 'lead-broken' (script_error" in worker.log.read_text()
         assert "Traceback" not in worker.log.read_text()
