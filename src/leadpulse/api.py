@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from . import models
 from .admin import forget
-from .errors import ConfigError, StateError
+from .errors import ConfigError, LeadUnreadable, StateError
 from .explanation import LeadView
 from .handoff import iso
 from .metrics import Metrics
@@ -160,6 +160,9 @@ def register(app: faust.App, store: LeadStore, settings: Settings, metrics: Metr
                 return _error(self, 400, "bad_lead_id", "lead_id must be 1–256 characters without control characters")
             try:
                 view = await store.view(lead_id, now_ms())
+            except LeadUnreadable as exc:  # its stored state is broken: the server's fault, not Redis being away
+                log.error("GET /leads/%s: %s", lead_id, exc)
+                return _error(self, 500, "unreadable_lead", str(exc))
             except StateError as exc:
                 return _error(self, 503, "redis_unavailable", str(exc))
             if view is None:

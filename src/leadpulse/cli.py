@@ -17,7 +17,7 @@ import orjson
 
 from .cliopts import configure_logging, echo_config, fails_cleanly, print_config_option, settings_options
 from .cliopts import settings_from as _settings
-from .errors import ConfigError
+from .errors import ConfigError, LeadUnreadable
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -153,6 +153,8 @@ def _read(settings: Settings, read: Callable[[Any, int], Any]) -> Any:
         store = LeadStore(redis, await models.active_model(redis, Keys(cluster=settings.redis_cluster), _model(settings)))
         try:
             return await read(store, int(time.time() * 1000))
+        except LeadUnreadable as exc:  # one lead's state is broken: say so, no traceback
+            raise click.ClickException(str(exc)) from exc
         finally:
             await store.redis.aclose()
 

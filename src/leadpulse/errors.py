@@ -46,6 +46,15 @@ class StateError(LeadPulseError):
     retriable = True
 
 
+class LeadUnreadable(LeadPulseError):
+    """One lead's stored state cannot be read (read.lua fails on it, e.g. a corrupt state, or its
+    reply cannot be unpacked): the lead's fault, not Redis's; the other leads read fine."""
+
+    def __init__(self, lead_id: str, reason: str, exc: Exception) -> None:
+        super().__init__(f"lead {lead_id!r} cannot be read ({reason}: {type(exc).__name__}: {exc})")
+        self.lead_id, self.reason = lead_id, reason
+
+
 class RedisRefused(LeadPulseError):
     """Redis refused a batch for a reason a retry would not change (a Lua runtime error, a key
     holding the wrong type, keys of one call in different slots): the batch is split to find

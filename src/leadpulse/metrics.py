@@ -11,7 +11,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 #: a due-index entry is overdue once it has been due this many sweep intervals: a healthy sweep
 #: takes it within one, and a busy worker's timer may slip by another
 SWEEP_GRACE_INTERVALS = 3
-#: why a sweep pass skipped a lead (LeadStore.sweep)
+#: why a sweep pass or a read of many leads skipped a lead (LeadStore.sweep, LeadStore.read)
 SWEEP_SKIP_REASONS = ("script_error", "bad_reply")
 
 
@@ -85,6 +85,12 @@ class Metrics:
             "reason: script_error (sweep.lua failed on the lead, e.g. its state cannot be unpacked) or "
             "bad_reply (its reply could not be read). The pass swept the others.", ["reason"], registry=r,
         )
+        # its own family, not a label of the sweep's: the sweep's feeds LeadPulseDemotionsOverdue's runbook
+        self.read_skipped = Counter(
+            "leadpulse_read_skipped_leads", "Leads a read of many leads (GET /leads/top) skipped, by reason: "
+            "script_error (read.lua failed on the lead, e.g. its state cannot be unpacked) or bad_reply. "
+            "The others were read; GET /leads/{id} of such a lead answers 500 unreadable_lead.", ["reason"], registry=r,
+        )
         self._sweep_interval = 0.0
         self._redis_nodes: set[str] = set()
         self.redis_write_refused = Gauge(
@@ -143,6 +149,7 @@ class Metrics:
             self.redis_write_refused.labels(reason).set(0)
         for reason in SWEEP_SKIP_REASONS:
             self.sweep_skipped.labels(reason)
+            self.read_skipped.labels(reason)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from . import erasure, experiments, scripts
 from .bounded import Recent
 from .bounds import Retention
 from .engine import Scorer
-from .errors import StateError
+from .errors import LeadUnreadable, StateError
 from .events import Event
 from .explanation import LeadView, explained
 from .keys import Keys
@@ -33,7 +34,11 @@ from .spec import lua_spec
 from .transition import OutcomeSnapshot, Transition
 from .who import OPT_OUT_EVENTS, decode_traits
 
-__all__ = ["LeadStore", "Transition", "OutcomeSnapshot", "BatchResult", "dedup_member"]
+__all__ = ["LeadStore", "Transition", "OutcomeSnapshot", "BatchResult", "dedup_member", "Skipped"]
+
+log = logging.getLogger("leadpulse.state")
+#: a lead a read or sweep could not read: (lead id, reason: script_error | bad_reply, the error)
+Skipped = tuple[str, str, Exception]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
@@ -44,6 +49,10 @@ ALIAS_CACHE = 50_000
 def dedup_member(event_id: str) -> str:
     # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
     return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
+
+
+def log_skipped_read(lead_id: str, reason: str, exc: Exception) -> None:
+    log.error("read skipped lead %r (%s: %s: %s); the other leads were read", lead_id, reason, type(exc).__name__, exc)
 
 
 def _text(value: Any) -> str:
@@ -87,6 +96,8 @@ class LeadStore:
         self.use_model(model)
         #: anonymous_id -> lead_id, the ALIAS_CACHE newest (Redis keeps every link: a miss looks it up)
         self._aliases: Recent[str, str] = Recent(ALIAS_CACHE)
+        #: told of each lead a read skipped (lead, reason, error): logs it; the worker's counts it too
+        self.on_skip: Callable[[str, str, Exception], None] = log_skipped_read
 
     def use_model(self, model: ScoringModel) -> None:
         """Score with `model` from the next call on (a hot reload: models.py). Rule codes are
@@ -340,12 +351,18 @@ class LeadStore:
         return [*self.keys.indexes(self.keys.shard(lead_id)), k.state, k.outbox, k.traits, k.activity]
 
     async def view(self, lead_id: str, at: int) -> LeadView | None:
-        """The lead at the instant `at`; None when it has no state."""
-        (view,) = await self.read([(lead_id, at)])
+        """The lead at the instant `at`; None when it has no state. A state read.lua cannot read
+        raises LeadUnreadable (a StateError): one lead asked for, so there is nothing to skip to."""
+        skipped: list[Skipped] = []
+        (view,) = await self.read([(lead_id, at)], skipped)
+        if skipped:
+            _, reason, exc = skipped[0]
+            raise LeadUnreadable(lead_id, reason, exc)
         return view
 
-    async def top(self, limit: int, at: int) -> list[LeadView]:
-        """The hottest staged leads now: candidates from the top index, re-ranked exactly."""
+    async def top(self, limit: int, at: int, skipped: list[Skipped] | None = None) -> list[LeadView]:
+        """The hottest staged leads now: candidates from the top index, re-ranked exactly. A lead
+        that cannot be read is skipped (see `read`)."""
         want = max(limit * 4, 20)
         try:
             await self.ready()
@@ -356,35 +373,69 @@ class LeadStore:
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
         candidates = [lead for _, lead in sorted(ranked, reverse=True)[:want]]
-        views = [v for v in await self.read([(lead, at) for lead in candidates]) if v is not None]
+        views = [v for v in await self.read([(lead, at) for lead in candidates], skipped) if v is not None]
         views.sort(key=lambda v: v.explanation.score, reverse=True)
         return views[:limit]
 
-    async def read(self, leads: Sequence[tuple[str, int]]) -> list[LeadView | None]:
+    async def read(self, leads: Sequence[tuple[str, int]], skipped: list[Skipped] | None = None) -> list[LeadView | None]:
         """Leads, each at its instant (lead id, epoch ms), in their order (None: no state), as
         read.lua explains them: one call per index shard (one cluster slot) and LEADS_PER_CALL
-        leads, all in one round trip."""
+        leads, all in one round trip.
+
+        A lead read.lua fails on (a corrupt state: script_error) or whose reply cannot be read
+        (bad_reply) reads as None and the others are read: a failed call is run again one lead per
+        call (a second round trip, only then) to find it. Each such lead goes to `skipped` as
+        (lead, reason, error), or without `skipped` to `on_skip` (logs it; the worker's counts it too)."""
         try:
             await self.ready()
             groups: dict[tuple[str, bytes], list[int]] = {}
             for i, (lead, _) in enumerate(leads):
                 groups.setdefault((self.keys.shard(lead), self.spec_of(lead)), []).append(i)
             parts = [(spec, m[i : i + LEADS_PER_CALL]) for (_, spec), m in groups.items() for i in range(0, len(m), LEADS_PER_CALL)]
-            calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [spec, *(leads[i][1] for i in part)]) for spec, part in parts]
-            replies = await self.scripts.pipelined(calls)
+            views: list[LeadView | None] = [None] * len(leads)
+            failed = await self._read_parts(leads, parts, views)
+            # one lead per call: the failures left are each their lead's alone
+            alone = [(spec, [i]) for spec, part, _ in failed if len(part) > 1 for i in part]
+            failed = [f for f in failed if len(f[1]) == 1] + await self._read_parts(leads, alone, views)
         except RedisError as exc:
             raise StateError(f"redis: {exc}") from exc
-        views: list[LeadView | None] = [None] * len(leads)
-        for (_, part), reply in zip(parts, replies):
-            for i, found in zip(part, _unpack(reply)):
-                if found:  # [stage, clock, explanation]; false: no state (or erased)
-                    stage, clock, why, cooldown = found
-                    views[i] = LeadView(*leads[i], self.model.stage_names[stage], clock, self.model.version,
-                                        explained(why, self.rule_names, self.categories), cooldown or None)
+        for _, (i,), (reason, exc) in failed:
+            if skipped is not None:
+                skipped.append((leads[i][0], reason, exc))
+            else:
+                self.on_skip(leads[i][0], reason, exc)
         return views
 
+    async def _read_parts(self, leads: Sequence[tuple[str, int]], parts: list[tuple[bytes, list[int]]],
+                          views: list[LeadView | None]) -> list[tuple[bytes, list[int], tuple[str, Exception]]]:
+        """Run read.lua on `parts` into `views`; returns the parts that failed, with reason and error."""
+        calls = [(scripts.READ, [self.keys.lead(leads[i][0]).state for i in part], [spec, *(leads[i][1] for i in part)])
+                 for spec, part in parts]
+        failed = []
+        for (spec, part), reply in zip(parts, await self.scripts.pipelined(calls, raise_on_error=False)):
+            if isinstance(reply, Exception) and type(reply) is not ResponseError:  # OOM, connection…
+                raise StateError(f"redis: {reply}") from reply  # Redis's own errors, not a lead's
+            try:
+                if isinstance(reply, ResponseError):  # the script failed on a lead of this call
+                    raise reply
+                found_all = _unpack(reply)
+                read = [self._view(leads[i], found) for i, found in zip(part, found_all, strict=True)]
+            except (ResponseError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+                failed.append((spec, part, ("script_error" if isinstance(exc, ResponseError) else "bad_reply", exc)))
+                continue
+            for i, view in zip(part, read):
+                views[i] = view
+        return failed
+
+    def _view(self, lead: tuple[str, int], found: Any) -> LeadView | None:
+        if not found:  # [stage, clock, explanation]; false: no state (or erased)
+            return None
+        stage, clock, why, cooldown = found
+        return LeadView(*lead, self.model.stage_names[stage], clock, self.model.version,
+                        explained(why, self.rule_names, self.categories), cooldown or None)
+
     async def sweep(self, now: int, limit: int = 500, due_at: list[float] | None = None,
-                    skipped: list[tuple[str, str, Exception]] | None = None) -> list[Transition]:
+                    skipped: list[Skipped] | None = None) -> list[Transition]:
         """Demote the leads decayed below their stage's floor by `now`; `ack` the transitions returned
         once published. `due_at` receives the due time (ms) of each entry read, up to `limit` per shard.
         With `skipped`, a lead whose sweep.lua call fails (e.g. a state it cannot unpack) or whose reply

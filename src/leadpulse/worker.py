@@ -46,7 +46,7 @@ from .rebalance import Partitions
 from .retry import Retry, Stopped
 from .settings import Settings
 from .redisconn import connect
-from .state import LeadStore
+from .state import LeadStore, log_skipped_read
 from .sweeper import Sweeper
 from .who import Who
 
@@ -77,6 +77,7 @@ class ScoringService(mode.Service):
             socket_connect_timeout=3, health_check_interval=10,
         )
         self.store = LeadStore(self.redis, model, retention=Retention.from_settings(settings))
+        self.store.on_skip = self._read_skipped
         self.producer: AIOKafkaProducer | None = None
         self.processor = Processor(
             self.store, self, Topics(settings.handoff_topic, settings.dlq_topic, settings.outcomes_topic), metrics,
@@ -115,6 +116,11 @@ class ScoringService(mode.Service):
         self._stopping.set()
 
     # --- start-up ----------------------------------------------------------------------
+
+    def _read_skipped(self, lead_id: str, reason: str, exc: Exception) -> None:
+        """A lead a read of many (GET /leads/top) could not read: counted and logged, the rest read."""
+        self.metrics.read_skipped.labels(reason).inc()
+        log_skipped_read(lead_id, reason, exc)
 
     def _failed(self, what: str, exc: Exception, delay: float) -> None:
         """A retried operation failed: count it, and say not ready while it lasts."""

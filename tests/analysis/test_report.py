@@ -154,6 +154,32 @@ def test_acceptance_and_sla(made: tuple[Path, dict[str, Any]]) -> None:
     assert sla["median_response_hours"] == (1 + 8) / 2  # responses 8, 67, 1, 1 -> median (1 + 8) / 2
 
 
+def test_the_sla_defaults_to_the_models_lifecycle_sla_and_the_flag_overrides_it(tmp_path: Path) -> None:
+    """The report judges SQLs by the SLA the worker's sla_overdue handoffs follow: the model's
+    lifecycle.sla (--model, else the shipped model's 2d); --sla still overrides it."""
+    from importlib.resources import files
+
+    shipped = files("leadpulse").joinpath("default_model.yaml").read_text(encoding="utf-8")
+    assert "\n  sla: 2d " in shipped
+    model = tmp_path / "model.yaml"
+    model.write_text(shipped.replace("\n  sla: 2d ", "\n  sla: 70h ", 1), encoding="utf-8")
+    outcomes, handoffs = write(tmp_path / "outcomes.jsonl", OUTCOMES), write(tmp_path / "handoffs.jsonl", HANDOFFS)
+
+    def sla(*args: str) -> tuple[Any, ...]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        result = CliRunner().invoke(main, ["report", "--out", str(out), "--outcomes", str(outcomes),
+                                           "--handoffs", str(handoffs), *args])
+        assert result.exit_code == 0, result.output
+        found = group(orjson.loads((out / "report.json").read_bytes()), "m1")["sla"]
+        return found["sla_hours"], found["answered_within_sla"], found["answered_late"], found["open_past_sla"]
+
+    # b's SQL (hour 3) was rejected at hour 70: late against 48 h, in time against 70 h
+    assert sla() == (48, 3, 1, 1)  # the shipped model: 2d
+    assert sla("--model", str(model)) == (70, 4, 0, 1)
+    assert sla("--model", str(model), "--sla", "48") == (48, 3, 1, 1)
+    assert sla("--sla", "1") == (1, 2, 2, 1)  # a (2 -> 10) and b late; d (5 -> 6) and g (20 -> 21) in time
+
+
 def test_groups_by_model_version(made: tuple[Path, dict[str, Any]]) -> None:
     _, report = made
     assert [g["model_version"] for g in report["groups"]] == ["m1", "m2"]

@@ -12,6 +12,18 @@ from ..cliopts import fails_cleanly, settings_from, settings_options
 from ..errors import ConfigError
 
 _FILE = click.Path(path_type=Path, dir_okay=False)
+#: hours of the report's SLA when neither --sla nor the model's lifecycle.sla says
+FALLBACK_SLA_HOURS = 48.0
+
+
+def model_sla_hours(model_path: Path | None) -> float:
+    """The sales SLA the model sets (lifecycle.sla, the one the worker's sla_overdue handoffs
+    follow), in hours: the model at `model_path`, else the shipped one; FALLBACK_SLA_HOURS if none."""
+    from ..model import load_model
+    from .report import HOUR
+
+    sla = load_model(model_path).lifecycle.sla
+    return FALLBACK_SLA_HOURS if sla is None else sla / HOUR
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -41,7 +53,9 @@ def _instant(value: str | None) -> int | None:
 @click.option("--handoffs", type=_FILE, default=None, help="handoff records (JSONL) instead of the handoff topic")
 @click.option("--positive", default="won", show_default=True, help="outcomes that make a lead converted (comma-separated)")
 @click.option("--negative", default="lost,sql_rejected", show_default=True, help="outcomes that make a lead not converted")
-@click.option("--sla", "sla_hours", type=float, default=48.0, show_default=True, help="hours sales has to accept or reject an SQL")
+@click.option("--sla", "sla_hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="hours sales has to accept or reject an SQL  [default: the model's lifecycle.sla "
+                   f"(--model, else the shipped model); {FALLBACK_SLA_HOURS:g} when it sets none]")
 @click.option("--as-of", default=None, help="judge open SQLs against this instant (default: the latest record)")
 @click.option("--mql-stage", default="mql", show_default=True, help="the model's MQL stage name")
 @click.option("--sql-stage", default="sql", show_default=True, help="the model's SQL stage name")
@@ -51,7 +65,7 @@ def _instant(value: str | None) -> int | None:
 @settings_options
 @fails_cleanly
 def report(
-    out_dir: Path, outcomes: Path | None, handoffs: Path | None, positive: str, negative: str, sla_hours: float,
+    out_dir: Path, outcomes: Path | None, handoffs: Path | None, positive: str, negative: str, sla_hours: float | None,
     as_of: str | None, mql_stage: str, sql_stage: str, control: str, min_effect: float, **options: Any,
 ) -> None:
     """What happened to scored leads: conversion by score band, grade and stage, the funnel,
@@ -62,8 +76,10 @@ def report(
     from .render import experiment_lines, render
     from .report import build
 
-    settings = settings_from(options) if outcomes is None else None
-    records = records_in.load(settings, outcomes, handoffs)
+    settings = settings_from(options)  # its model's SLA even when the records come from files
+    if sla_hours is None:
+        sla_hours = model_sla_hours(settings.model)
+    records = records_in.load(settings if outcomes is None else None, outcomes, handoffs)
     data = build(
         records, positive=_names(positive), negative=_names(negative), sla_hours=sla_hours,
         as_of=_instant(as_of), mql_stage=mql_stage, sql_stage=sql_stage, control=control, min_effect=min_effect,

@@ -25,7 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .. import activity
 from ..api import LEAD_ID, MAX_TOP, lead_json
-from ..errors import StateError
+from ..errors import LeadUnreadable, StateError
 from ..explanation import LeadView
 from ..handoff import iso
 from ..settings import Settings
@@ -123,6 +123,9 @@ class Board:
             view = await self.store.view(lead_id, now)
             log_ = await activity.history(self.store, lead_id, now) if view is not None else []
             traits = await self._traits([lead_id]) if view is not None else [{}]
+        except LeadUnreadable as exc:  # the hot list skips such a lead (LeadStore.read); its page says why
+            return _page("missing.html", status=500, lead_id=lead_id, why=f"its stored state cannot be read ({exc})",
+                         signed=not self.sessions.open)
         except StateError as exc:
             return _page("missing.html", status=503, lead_id=lead_id, why=f"Redis is not answering ({exc})",
                          signed=not self.sessions.open)
