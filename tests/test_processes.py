@@ -72,6 +72,7 @@ def _children(pid: int) -> list[int]:
 
 
 @integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_two_processes_share_the_group_survive_a_crash_and_stop_on_sigterm(
     broker: TansuBroker, redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:

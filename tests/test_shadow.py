@@ -60,6 +60,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_the_shadow_scores_beside_the_live_model_and_only_its_topic_hears_it(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path) -> None:
     shadow_yaml = tmp_path / "shadow.yaml"
@@ -139,6 +140,7 @@ def arm_model() -> dict[str, Any]:
     return data
 
 
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_arms_have_their_own_bars_and_every_handoff_names_its_arm(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path) -> None:
     model_yaml = tmp_path / "ab.yaml"

@@ -174,6 +174,7 @@ def test_the_slack_text_reads_as_something_a_rep_can_act_on() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_handoffs_go_to_every_matching_destination_and_suppressed_ones_are_counted(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     service = await start_alerts(**routing(receiver))
@@ -210,6 +211,7 @@ async def test_handoffs_go_to_every_matching_destination_and_suppressed_ones_are
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_a_sales_channel_that_takes_every_kind_hears_nothing_of_customers_or_cooled_down_leads(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     everything = ["promoted", "advanced", "closed", "recycled", "sla_overdue"]
@@ -229,6 +231,7 @@ async def test_a_sales_channel_that_takes_every_kind_hears_nothing_of_customers_
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_sla_reminders_reach_the_owner_else_the_sales_channel(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     service = await start_alerts(**routing(receiver))
@@ -248,6 +251,7 @@ async def test_sla_reminders_reach_the_owner_else_the_sales_channel(
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_a_pii_minimal_handoff_is_routed_by_what_it_carries(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     """A deployment that names no one (who null) still gets alerts, by lead id, through the

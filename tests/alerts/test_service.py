@@ -275,6 +275,7 @@ async def committed(service: AlertService) -> int:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_a_promotion_reaches_slack_and_the_signed_webhook_then_is_committed(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     service = await start_alerts()
@@ -553,6 +554,7 @@ async def test_handoffs_held_up_by_failing_destinations_show_as_lag_and_latency_
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_crm_moves_are_not_announced_unless_asked(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
     """advanced/closed/recycled are sales' own doing in the CRM: not news to sales by default
