@@ -5,7 +5,6 @@ real local HTTP receiver for Slack."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -95,9 +94,7 @@ async def test_a_worker_names_the_lead_and_alerts_route_and_suppress_it(
         assert receiver.on("/us") == []
 
 
-# The worker decides closed / recycled / sla_overdue once the lifecycle work (issue 12) is merged;
-# until then the alerts side of those kinds is tested with records produced directly (test_routing.py).
-@pytest.mark.skipif(importlib.util.find_spec("leadpulse.lifecycle") is None, reason="the lifecycle is not merged yet")
+# The worker decides closed / recycled / sla_overdue (lifecycle.py); the alerts side routes them.
 @pytest.mark.slow  # ≥ 5 s (README, Tests)
 async def test_the_lifecycle_reaches_the_right_channels_end_to_end(
         broker: TansuBroker, redis_server: RedisServer, tmp_path: Path, receiver: Receiver,
