@@ -7,7 +7,7 @@ profile updates (alias look-ups, current traits) and one after it only when visi
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import logging
 import time
@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from . import erasure, experiments, scripts
+from . import erasure, experiments, rawpipe, scripts
 from .bounded import Recent
 from .bounds import Retention
 from .engine import Scorer
@@ -42,13 +42,23 @@ Skipped = tuple[str, str, Exception]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
+#: rule-match answers the store remembers (Scorer.match_key); all are dropped when full
+MATCH_CACHE = 4096
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_blake2b, _b64 = hashlib.blake2b, binascii.b2a_base64
+#: one packer for every apply.lua argument: msgpack.packb builds (and frees) a Packer per call.
+#: Never shared across an await: pack() runs to completion, so one per process is safe.
+_pack = msgpack.Packer().pack
+
+
 def dedup_member(event_id: str) -> str:
-    # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
-    return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
+    # 64 bits of the id: per-lead collisions are negligible, and the set stays small. URL-safe
+    # base64 by hand (b2a_base64 + translate): base64.urlsafe_b64encode is the same in 3 calls.
+    return _b64(_blake2b(event_id.encode(), digest_size=8).digest(), newline=False)[:11].translate(_URLSAFE).decode()
 
 
 def log_skipped_read(lead_id: str, reason: str, exc: Exception) -> None:
@@ -109,6 +119,9 @@ class LeadStore:
         self.categories = tuple(model.categories)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
         self.rule_codes: dict[str, int] = {}
+        #: Scorer.match_key -> the op's matches (rule code, points, …): rules are pure, and most
+        #: events repeat a few shapes (a page's URL, an email event without properties)
+        self._matches: dict[tuple[Any, ...], list[Any]] = {}
         self.rule_names: dict[int, str] = {}
         self.spec = b""
         self.split, self.arm_specs = experiments.split(model), dict[str, bytes]()  # an A/B test: each arm's spec (ready)
@@ -143,6 +156,7 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
+        self._matches = {}  # they hold the codes
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self.arm_specs = {arm: lua_spec(m, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max) for arm, m in self.split.models.items()} if self.split else {}
         self._reloads = self.scripts.reloads
@@ -227,7 +241,14 @@ class LeadStore:
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
         codes = self.rule_codes
-        matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
+        key = self.scorer.match_key(event)
+        matches = self._matches.get(key) if key is not None else None
+        if matches is None:  # shared by the ops of equal keys: read-only from here on
+            matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
+            if key is not None:
+                if len(self._matches) >= MATCH_CACHE:
+                    self._matches.clear()
+                self._matches[key] = matches
         fit: Any = False  # an identify's fit points, its traits, and how many fit traits they hold
         traits: Any = False
         known: Any = False
@@ -256,16 +277,17 @@ class LeadStore:
                                                                     or (e.source, e.type) in OPT_OUT_EVENTS)}
         if not unknown and not identified:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
         anon_ids = sorted(a for a in unknown if a)
         lead_ids = sorted(identified)  # type: ignore[arg-type]
-        for a in anon_ids:
-            pipe.get(self.keys.anon(a).alias)
+        commands: list[tuple[Any, ...]] = [("GET", self.keys.anon(a).alias) for a in anon_ids]
         for lead in lead_ids:
             k = self.keys.lead(lead)
-            pipe.get(k.traits)
-            pipe.exists(k.state)
-        replies = await pipe.execute()
+            commands.append(("GET", k.traits))
+            commands.append(("EXISTS", k.state))
+        replies = await rawpipe.execute(self.redis, commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
                 self._aliases[a] = _text(lead)
@@ -317,7 +339,7 @@ class LeadStore:
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
                     keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
-                    args.append(msgpack.packb([lead_id, slot.ops]))
+                    args.append(_pack([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
             ordered = [item for items in groups.values() for item in items]
