@@ -196,7 +196,9 @@ class LeadStore:
                 links.append((event.anonymous_id, event.lead_id))
             elif event.lead_id is None and event.anonymous_id:
                 routed.setdefault(lead_id, set()).add(event.anonymous_id)
-            slot = leads.setdefault(lead_id, _LeadOps())
+            slot = leads.get(lead_id)
+            if slot is None:  # not setdefault: that would build a _LeadOps per event
+                slot = leads[lead_id] = _LeadOps()
             slot.ops.append(op)
             slot.index.append(i)
         if links:
@@ -271,10 +273,16 @@ class LeadStore:
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""
-        unknown = {e.anonymous_id for e, _ in batch if e.lead_id is None and e.anonymous_id not in self._aliases}
+        unknown: set[str | None] = set()
+        identified: set[str] = set()
+        aliases = self._aliases
+        for e, _ in batch:  # one pass: most events are a lead's page view or email event
+            if e.lead_id is None:
+                if e.anonymous_id not in aliases:
+                    unknown.add(e.anonymous_id)
+            elif e.lead_id and (e.source == "profile" and e.type == "identify" or (e.source, e.type) in OPT_OUT_EVENTS):
+                identified.add(e.lead_id)
         unknown.discard(None)
-        identified = {e.lead_id for e, _ in batch if e.lead_id and (e.source == "profile" and e.type == "identify"
-                                                                    or (e.source, e.type) in OPT_OUT_EVENTS)}
         if not unknown and not identified:
             return {}
         anon_ids = sorted(a for a in unknown if a)
