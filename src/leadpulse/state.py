@@ -7,8 +7,6 @@ profile updates (alias look-ups, current traits) and one after it only when visi
 
 from __future__ import annotations
 
-import binascii
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +27,7 @@ from .events import Event
 from .explanation import LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
+from .opparts import Matches, dedup_member, pack
 from .redisconn import failure as _failure
 from .spec import lua_spec
 from .transition import OutcomeSnapshot, Transition
@@ -42,23 +41,8 @@ Skipped = tuple[str, str, Exception]
 
 #: leads per apply.lua call: large enough to amortise the call, small enough not to block Redis
 LEADS_PER_CALL = 128
-#: rule-match answers the store remembers (Scorer.match_key); all are dropped when full
-MATCH_CACHE = 4096
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
-
-
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
-_blake2b, _b64 = hashlib.blake2b, binascii.b2a_base64
-#: one packer for every apply.lua argument: msgpack.packb builds (and frees) a Packer per call.
-#: Never shared across an await: pack() runs to completion, so one per process is safe.
-_pack = msgpack.Packer().pack
-
-
-def dedup_member(event_id: str) -> str:
-    # 64 bits of the id: per-lead collisions are negligible, and the set stays small. URL-safe
-    # base64 by hand (b2a_base64 + translate): base64.urlsafe_b64encode is the same in 3 calls.
-    return _b64(_blake2b(event_id.encode(), digest_size=8).digest(), newline=False)[:11].translate(_URLSAFE).decode()
 
 
 def log_skipped_read(lead_id: str, reason: str, exc: Exception) -> None:
@@ -119,9 +103,7 @@ class LeadStore:
         self.categories = tuple(model.categories)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
         self.rule_codes: dict[str, int] = {}
-        #: Scorer.match_key -> the op's matches (rule code, points, …): rules are pure, and most
-        #: events repeat a few shapes (a page's URL, an email event without properties)
-        self._matches: dict[tuple[Any, ...], list[Any]] = {}
+        self.matches = Matches()
         self.rule_names: dict[int, str] = {}
         self.spec = b""
         self.split, self.arm_specs = experiments.split(model), dict[str, bytes]()  # an A/B test: each arm's spec (ready)
@@ -156,7 +138,6 @@ class LeadStore:
         table = dict(zip(flat[::2], flat[1::2]))
         self.rule_codes = {name: int(code) for name, code in table.items() if not name.startswith("#")}
         self.rule_names = {code: name for name, code in self.rule_codes.items()}
-        self._matches = {}  # they hold the codes
         self.spec = lua_spec(self.model, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max)
         self.arm_specs = {arm: lua_spec(m, self.rule_codes, self.retention.lead_ttl_ms, self.retention.activity_max) for arm, m in self.split.models.items()} if self.split else {}
         self._reloads = self.scripts.reloads
@@ -243,14 +224,7 @@ class LeadStore:
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
         codes = self.rule_codes
-        key = self.scorer.match_key(event)
-        matches = self._matches.get(key) if key is not None else None
-        if matches is None:  # shared by the ops of equal keys: read-only from here on
-            matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
-            if key is not None:
-                if len(self._matches) >= MATCH_CACHE:
-                    self._matches.clear()
-                self._matches[key] = matches
+        matches = self.matches.of(event, self.scorer, codes)
         fit: Any = False  # an identify's fit points, its traits, and how many fit traits they hold
         traits: Any = False
         known: Any = False
@@ -347,7 +321,7 @@ class LeadStore:
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
                     keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
-                    args.append(_pack([lead_id, slot.ops]))
+                    args.append(pack([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
             ordered = [item for items in groups.values() for item in items]
