@@ -211,6 +211,8 @@ class Scorer:
                 self._by_kind.setdefault((rule.when.source, kind), []).append(compiled)
         #: per (source, type) seen: the rules of that type, then those of any type of the source
         self._merged: dict[tuple[str, str], _Kind] = {}
+        #: per (source, type) seen: the property names its rules read (match_key)
+        self._reads: dict[tuple[str, str], tuple[str, ...]] = {}
         self._fit = [(r, _compile_when(r.when)) for r in model.fit.rules]
         self._fit_parts = tuple(frozenset().union(*(url_parts(r.when) for r in model.fit.rules)))
         #: the trait names fit rules read: only these are kept in Redis (email_domain is derived)
@@ -224,6 +226,28 @@ class Scorer:
             parts = frozenset().union(*(p for _, p in both))
             kind = self._merged[(source, type_)] = ([c for c, _ in both], tuple(sorted(parts)))
         return kind
+
+    def match_key(self, event: Event) -> tuple[Any, ...] | None:
+        """A key that decides `matched(event)`: its source and type and the values of the
+        properties its rules read, or None when one of them is neither a string nor missing.
+
+        Rules are pure functions of those values (`_compile_when` reads nothing else), so equal
+        keys match the same rules: the worker remembers the answer per key. Only strings and
+        None: 1, 1.0 and True are equal as keys but not to every predicate."""
+        source, type_ = event.source, event.type
+        names = self._reads.get((source, type_))
+        if names is None:
+            names = self._reads[(source, type_)] = tuple(sorted(
+                {name for rule in self.model.rules if rule.when.source == source
+                 and (not rule.when.type or type_ in rule.when.type) for name in rule.when.properties}))
+        if not names:
+            return (source, type_)
+        props = event.properties
+        values = [props.get(name) for name in names]
+        for value in values:
+            if value is not None and type(value) is not str:
+                return None
+        return (source, type_, *values)
 
     def matched(self, event: Event) -> list[tuple[str, float]]:
         """(rule id, points) of every rule the event matches (the hot path's form)."""

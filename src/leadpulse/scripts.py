@@ -10,6 +10,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from . import rawpipe
+
 _LIB = "lib.lua"
 _USES_LIB = frozenset({"apply.lua", "sweep.lua", "ack.lua", "read.lua", "reeval.lua", "history.lua"})
 #: the scripts that write the activity log (activity.lua, after lib.lua)
@@ -81,21 +83,16 @@ class Scripts:
         """
         if not calls:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the method (a
-            # node might lack the script), and our NOSCRIPT handling below covers exactly that.
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        # EVALSHA by name, not redis.evalsha: redis-py's cluster pipeline blocks the method (a
+        # node might lack the script), and our NOSCRIPT handling below covers exactly that.
+        results = await rawpipe.execute(self.redis, [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls])
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             self.reloads += 1
             await load_all(self.redis)
-            retry = self.redis.pipeline(transaction=False)
-            for i in missing:
-                script, keys, args = calls[i]
-                retry.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            for i, r in zip(missing, await retry.execute(raise_on_error=False)):
+            retried = [calls[i] for i in missing]
+            replies = await rawpipe.execute(self.redis, [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in retried])
+            for i, r in zip(missing, replies):
                 results[i] = r
         if raise_on_error:
             for r in results:

@@ -7,8 +7,6 @@ profile updates (alias look-ups, current traits) and one after it only when visi
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +18,7 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from . import erasure, experiments, scripts
+from . import erasure, experiments, rawpipe, scripts
 from .bounded import Recent
 from .bounds import Retention
 from .engine import Scorer
@@ -29,6 +27,7 @@ from .events import Event
 from .explanation import LeadView, explained
 from .keys import Keys
 from .model import ScoringModel
+from .opparts import Matches, dedup_member, pack
 from .redisconn import failure as _failure
 from .spec import lua_spec
 from .transition import OutcomeSnapshot, Transition
@@ -44,11 +43,6 @@ Skipped = tuple[str, str, Exception]
 LEADS_PER_CALL = 128
 #: links of anonymous visitors the worker remembers (~140 B each); older ones are looked up again
 ALIAS_CACHE = 50_000
-
-
-def dedup_member(event_id: str) -> str:
-    # 64 bits of the id: per-lead collisions are negligible, and the set stays small.
-    return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:11].decode()
 
 
 def log_skipped_read(lead_id: str, reason: str, exc: Exception) -> None:
@@ -109,6 +103,7 @@ class LeadStore:
         self.categories = tuple(model.categories)
         #: rule id <-> code (rules.lua), and the spec built with them: read at first use
         self.rule_codes: dict[str, int] = {}
+        self.matches = Matches()
         self.rule_names: dict[int, str] = {}
         self.spec = b""
         self.split, self.arm_specs = experiments.split(model), dict[str, bytes]()  # an A/B test: each arm's spec (ready)
@@ -182,7 +177,9 @@ class LeadStore:
                 links.append((event.anonymous_id, event.lead_id))
             elif event.lead_id is None and event.anonymous_id:
                 routed.setdefault(lead_id, set()).add(event.anonymous_id)
-            slot = leads.setdefault(lead_id, _LeadOps())
+            slot = leads.get(lead_id)
+            if slot is None:  # not setdefault: that would build a _LeadOps per event
+                slot = leads[lead_id] = _LeadOps()
             slot.ops.append(op)
             slot.index.append(i)
         if links:
@@ -227,7 +224,7 @@ class LeadStore:
 
     def _op(self, event: Event, pos: str, lead_id: str | None, traits_now: dict[str, dict[str, Any]]) -> list[Any]:
         codes = self.rule_codes
-        matches = [x for rule_id, points in self.scorer.matched(event) for x in (codes[rule_id], points)]
+        matches = self.matches.of(event, self.scorer, codes)
         fit: Any = False  # an identify's fit points, its traits, and how many fit traits they hold
         traits: Any = False
         known: Any = False
@@ -250,22 +247,29 @@ class LeadStore:
 
     async def _prefetch(self, batch: Sequence[tuple[Event, str]]) -> dict[str, dict[str, Any]]:
         """One round trip for what the batch needs to know first: aliases and current traits."""
-        unknown = {e.anonymous_id for e, _ in batch if e.lead_id is None and e.anonymous_id not in self._aliases}
+        unknown: set[str | None] = set()
+        identified: set[str] = set()
+        aliases = self._aliases
+        for e, _ in batch:  # one pass: most events are a lead's page view or email event
+            if e.lead_id is None:
+                if e.anonymous_id not in aliases:
+                    unknown.add(e.anonymous_id)
+            elif e.lead_id and (e.source == "profile" and e.type == "identify" or (e.source, e.type) in OPT_OUT_EVENTS):
+                identified.add(e.lead_id)
         unknown.discard(None)
-        identified = {e.lead_id for e, _ in batch if e.lead_id and (e.source == "profile" and e.type == "identify"
-                                                                    or (e.source, e.type) in OPT_OUT_EVENTS)}
         if not unknown and not identified:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
         anon_ids = sorted(a for a in unknown if a)
         lead_ids = sorted(identified)  # type: ignore[arg-type]
-        for a in anon_ids:
-            pipe.get(self.keys.anon(a).alias)
+        commands: list[tuple[Any, ...]] = [("GET", self.keys.anon(a).alias) for a in anon_ids]
         for lead in lead_ids:
             k = self.keys.lead(lead)
-            pipe.get(k.traits)
-            pipe.exists(k.state)
-        replies = await pipe.execute()
+            commands.append(("GET", k.traits))
+            commands.append(("EXISTS", k.state))
+        replies = await rawpipe.execute(self.redis, commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
                 self._aliases[a] = _text(lead)
@@ -317,7 +321,7 @@ class LeadStore:
                 for lead_id, slot in items[start : start + LEADS_PER_CALL]:
                     k = self.keys.lead(lead_id)
                     keys.extend((k.state, k.dedup, k.replay, k.traits, k.activity))
-                    args.append(msgpack.packb([lead_id, slot.ops]))
+                    args.append(pack([lead_id, slot.ops]))
                 calls.append((scripts.APPLY, keys, args))
         if len(groups) > 1:  # replies come back per call: put `leads` in call order
             ordered = [item for items in groups.values() for item in items]
