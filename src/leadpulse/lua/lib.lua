@@ -411,8 +411,12 @@ end
 -- Each category's points at t, before its weight and cap (docs/scoring.md §1): category ->
 -- points. `rules`, when given (explain), receives each rule's part, flat:
 -- rule, category, points at t, latest occurrence - B | false (fit), ...
+-- The sums go to one table reused by every call (each caller is done with them before the next
+-- call), the exponentials of the rates to two short arrays: no garbage per score.
+local SUMS, DECAY_L, DECAY_E = {}, {}, {}
 local function category_points(st, t, rules)
-  local sums, decay, idle = {}, {}, nil
+  local sums, nd, idle = SUMS, 0, nil
+  for c = 1, NCAT do sums[c] = nil end
   codes(st)
   for i = 1, NR do
     local id = R_CODES[i]
@@ -423,10 +427,14 @@ local function category_points(st, t, rules)
       local v = rs[1]
       if l > 0 then
         -- rules share a few decay rates: one exponential per rate (the same number each time)
-        local e = decay[l]
+        local e
+        for j = 1, nd do
+          if DECAY_L[j] == l then e = DECAY_E[j] break end
+        end
         if not e then
           e = math.exp(-l * (t - st.L))
-          decay[l] = e
+          nd = nd + 1
+          DECAY_L[nd], DECAY_E[nd] = l, e
         end
         v = v * e
       elseif IDLE_R and IDLE_R[id] then
