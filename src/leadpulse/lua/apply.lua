@@ -35,7 +35,7 @@ for i = 1, #ARGV - 2 do
   local acts = {}
   local lead_ops = cmsgpack.unpack(ARGV[2 + i])
   local lead, ops = lead_ops[1], lead_ops[2]
-  local st = load(skey, pkey, KEYS[base + 4])
+  local st = load(skey, pkey)
   local statuses, out, outcomes = {}, {}, {}
   if st.erased then
     -- The lead's tombstone (erase.lua): refuse every event and write nothing.
@@ -43,34 +43,9 @@ for i = 1, #ARGV - 2 do
     ops = {}
   end
   local replays, logged, traits, added = nil, false, nil, false
-  -- Dedup: with several events, one ZMSCORE says which were seen before and one ZADD (after the
-  -- loop) records the new ones, instead of one ZADD NX each; `known` also holds the ones seen
-  -- earlier in this call (the same event twice in one batch: the second is a duplicate).
-  local known, fresh = nil, nil
-  if #ops > 1 then
-    known, fresh = {}, {}
-    for i0 = 1, #ops, 200 do
-      local members = {}
-      for j = i0, math.min(i0 + 199, #ops) do members[#members + 1] = ops[j][1] end
-      local scores = redis.call('ZMSCORE', dkey, unpack(members))
-      for j = 1, #members do
-        if scores[j] then known[members[j]] = true end
-      end
-    end
-  end
   for _, op in ipairs(ops) do
     local member, t, event_id, pos, eval = op[1], op[2], op[3], op[4], op[5]
-    local dup
-    if known then
-      dup = known[member]
-      if not dup then
-        known[member] = true
-        fresh[#fresh + 1], fresh[#fresh + 2] = NOW_S, member
-      end
-    else
-      dup = redis.call('ZADD', dkey, 'NX', NOW_S, member) == 0
-    end
-    if dup then
+    if redis.call('ZADD', dkey, 'NX', NOW_S, member) == 0 then
       statuses[#statuses + 1] = 'd'
       -- The same message replayed (a crash before its offset was committed): hand back the
       -- transitions it caused so that they are published; a new message with a known id is
@@ -132,9 +107,6 @@ for i = 1, #ARGV - 2 do
         logged = true
       end
     end
-  end
-  if fresh then
-    for j = 1, #fresh, 400 do redis.call('ZADD', dkey, 'NX', unpack(fresh, j, math.min(j + 399, #fresh))) end
   end
   if added then
     if not st.m or NOW < st.m then
