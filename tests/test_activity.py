@@ -109,6 +109,21 @@ async def test_the_log_lives_like_the_lead_and_goes_with_its_erasure(redis: Redi
     assert not await redis.exists(k.activity)
 
 
+async def test_a_promotion_by_a_new_models_reeval_keeps_the_log_like_the_state(redis: Redis) -> None:
+    # lib.lua `save` sets and clears the log's expiry with the traits': reeval.lua, which
+    # promotes without an event, must clear it too, or the log would expire under a kept lead.
+    from leadpulse import reeval
+
+    s = store(redis, lead_ttl_ms=30 * DAY)
+    await s.apply([(event("web", "page_view", T0, "r"), "p:0:1")])  # 3 points: under the bar of 40
+    k = s.keys.lead("r")
+    assert 30 * DAY < await redis.pttl(k.activity) <= 30 * DAY + 30 * DAY // 8
+    s.use_model(parse_model(MODEL.replace("{name: mql, min_score: 40,", "{name: mql, min_score: 2,")))
+    (t,) = await reeval.decide(s, ["r"], T0 + 1000)
+    assert (t.kind, t.to_stage) == ("promoted", 1)
+    assert await redis.pttl(k.state) == -1 and await redis.pttl(k.activity) == -1
+
+
 async def test_a_crm_move_carries_its_outcome_reason_and_cool_down(redis: Redis) -> None:
     # as a lifecycle transition reaches the log (activity.lua copies what follows the explanation)
     s = store(redis)

@@ -102,7 +102,8 @@ async def decide(store: LeadStore, leads: list[str], at: int) -> list[Transition
         calls = []
         for lead in leads:
             k = keys.lead(lead)
-            calls.append((scripts.REEVAL, [*keys.indexes(keys.shard(lead)), k.state, k.outbox, k.traits],
+            calls.append((scripts.REEVAL, [*keys.indexes(keys.shard(lead)), k.state, k.outbox, k.traits,
+                                           k.activity],
                           [store.spec_of(lead), at, lead, now]))
         replies = await store.scripts.pipelined(calls)
     except RedisError as exc:

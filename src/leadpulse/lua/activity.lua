@@ -10,10 +10,11 @@
 --       caused (decay demotions due before it first), after it, as the script
 --       reports it (apply.lua's header), its explanation replaced by its score; fields a newer
 --       transition carries after the explanation (a lifecycle move's outcome, reason) follow as they are
--- It lives like the lead's state: expiring `ttl` (+ ttl/8, like the traits) after the last write
--- while the lead is in the first stage, kept otherwise; erase.lua deletes it.
+-- It lives like the lead's traits: expiring `ttl` (+ up to ttl/8) after the last write while the
+-- lead is in the first stage, kept otherwise (lib.lua `save` sets and clears its expiry with the
+-- traits'; every script that saves a lead passes its key); erase.lua deletes it.
 local ACTIVITY = SPEC.activity or 0
-local ACTIVITY_S, ACTIVITY_PX = string.format('%d', (SPEC.activity or 0) - 1), string.format('%d', TTL + SLACK_S * 1000)
+local ACTIVITY_S = string.format('%d', (SPEC.activity or 0) - 1)
 
 -- Entries for one lead, oldest first: `activity_event` and `activity_moves` add to it.
 local function activity_event(acts, st, t, event_id, earned)
@@ -35,15 +36,11 @@ end
 -- newest entries the cap keeps; the trim only once the list is over its cap.
 local function activity_save(key, st, acts)
   if ACTIVITY == 0 or #acts == 0 then return end
-  local len = 0
-  for i = math.max(1, #acts - ACTIVITY + 1), #acts, 200 do
+  local len, from = 0, math.max(1, #acts - ACTIVITY + 1)
+  for i = from, #acts, 200 do
     len = redis.call('LPUSH', key, unpack(acts, i, math.min(i + 199, #acts)))
   end
   if len > ACTIVITY then redis.call('LTRIM', key, 0, ACTIVITY_S) end
-  -- expiring exactly when the lead's state and outbox do (lib.lua `outbox_px`)
-  if outbox_px(st) then
-    redis.call('PEXPIRE', key, ACTIVITY_PX)
-  elseif TTL > 0 then
-    redis.call('PERSIST', key)
-  end
+  -- Its expiry is set by lib.lua's `save` with the traits' (a list this call created has none).
+  if len <= #acts - from + 1 then st.anew = true end
 end

@@ -35,7 +35,7 @@ for i = 1, #ARGV - 2 do
   local acts = {}
   local lead_ops = cmsgpack.unpack(ARGV[2 + i])
   local lead, ops = lead_ops[1], lead_ops[2]
-  local st = load(skey, pkey)
+  local st = load(skey, pkey, KEYS[base + 4])
   local statuses, out, outcomes = {}, {}, {}
   if st.erased then
     -- The lead's tombstone (erase.lua): refuse every event and write nothing.

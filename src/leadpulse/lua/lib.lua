@@ -48,8 +48,9 @@ local TTL_S, SLACK_S = math.floor(TTL / 1000), math.floor(TTL / 8000)
 -- the lead whose rules are in code order in R_CODES/R_SUMS and F_CODES/F_POINTS (`codes`)
 local R_CODES, R_SUMS, F_CODES, F_POINTS, NR, NF, ORDERED = {}, {}, {}, {}, 0, 0, nil
 
--- `pkey`: the lead's traits key, whose expiry follows the state's (above).
-local function load(key, pkey)
+-- `pkey`: the lead's traits key, whose expiry follows the state's (above); `akey`: its activity
+-- log (activity.lua), whose expiry follows the traits' (`save`), where the script has it.
+local function load(key, pkey, akey)
   local raw = redis.call('GET', key)
   local st
   if raw then
@@ -58,7 +59,7 @@ local function load(key, pkey)
     if v[1] ~= FORMAT then error('lead state ' .. key .. ': unknown format ' .. tostring(v[1])) end
     local B = v[2] or nil
     local c = v[3] and B + v[3] or nil
-    st = {key = key, pkey = pkey, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6],
+    st = {key = key, pkey = pkey, akey = akey, B = B, c = c, L = v[4] and B + v[4] or nil, s = v[5], q = v[6],
           u = v[7] and c + v[7] or nil, m = v[8] and v[8] * 1000 or nil, ix = v[9], r = v[10], f = v[11],
           k = v[12], e = v[13] or nil, n = v[22] or nil, i = v[23] or nil}
     -- The lifecycle (absent from states written before it, and empty fields at the end are left
@@ -86,7 +87,7 @@ local function load(key, pkey)
       end
     end
   else
-    st = {key = key, pkey = pkey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}, lc = 0, pt = {}, la = {}, new = true}
+    st = {key = key, pkey = pkey, akey = akey, s = 0, q = 0, ix = 0, r = {}, f = {}, k = {}, lc = 0, pt = {}, la = {}, new = true}
   end
   if st.lc > LC.n then
     st.lc = LC.n
@@ -233,12 +234,18 @@ local function save(st, now)
   if expire then
     local now_s = math.floor(now / 1000)
     -- `traits_set`: apply.lua wrote the traits in this call (a SET clears their expiry)
+    -- The activity log (`akey`) shares the traits' deadline: one PEXPIRE each per ttl/8 of
+    -- activity instead of one per write; a log this call created (`anew`) has none yet.
     if st.traits_set or not st.e or st.e < now_s + TTL_S then
       redis.call('PEXPIRE', st.pkey, TTL + SLACK_S * 1000)
+      if st.akey then redis.call('PEXPIRE', st.akey, TTL + SLACK_S * 1000) end
       st.e = now_s + TTL_S + SLACK_S
+    elseif st.anew then
+      redis.call('PEXPIRE', st.akey, TTL + SLACK_S * 1000)
     end
   elseif st.e then
     redis.call('PERSIST', st.pkey)
+    if st.akey then redis.call('PERSIST', st.akey) end
     st.e = nil
   end
   local state = {FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
@@ -404,8 +411,12 @@ end
 -- Each category's points at t, before its weight and cap (docs/scoring.md §1): category ->
 -- points. `rules`, when given (explain), receives each rule's part, flat:
 -- rule, category, points at t, latest occurrence - B | false (fit), ...
+-- The sums go to one table reused by every call (each caller is done with them before the next
+-- call), the exponentials of the rates to two short arrays: no garbage per score.
+local SUMS, DECAY_L, DECAY_E = {}, {}, {}
 local function category_points(st, t, rules)
-  local sums, decay, idle = {}, {}, nil
+  local sums, nd, idle = SUMS, 0, nil
+  for c = 1, NCAT do sums[c] = nil end
   codes(st)
   for i = 1, NR do
     local id = R_CODES[i]
@@ -416,10 +427,14 @@ local function category_points(st, t, rules)
       local v = rs[1]
       if l > 0 then
         -- rules share a few decay rates: one exponential per rate (the same number each time)
-        local e = decay[l]
+        local e
+        for j = 1, nd do
+          if DECAY_L[j] == l then e = DECAY_E[j] break end
+        end
         if not e then
           e = math.exp(-l * (t - st.L))
-          decay[l] = e
+          nd = nd + 1
+          DECAY_L[nd], DECAY_E[nd] = l, e
         end
         v = v * e
       elseif IDLE_R and IDLE_R[id] then

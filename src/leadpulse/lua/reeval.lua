@@ -5,7 +5,8 @@
 -- back if the publish failed. Either way the lead is re-indexed under the new model: its due
 -- time (when decay takes it below its stage's floor) depends on the floor.
 -- KEYS[1] due index   KEYS[2] top index   KEYS[3] lead state   KEYS[4] lead outbox
--- KEYS[5] lead traits (its expiry follows the state's, lib.lua)
+-- KEYS[5] lead traits (its expiry follows the state's, lib.lua)   KEYS[6] activity log (its expiry follows the
+-- traits', lib.lua `save`)
 -- ARGV[1] model spec  ARGV[2] the instant the model became active (ms)   ARGV[3] lead id
 -- ARGV[4] wall-clock now (ms)
 -- Returns [transitions (pending or new, as apply.lua reports them), the lead's traits or false]
@@ -19,7 +20,7 @@ if pending then
   for i, tr in ipairs(out) do out[i] = current(tr) end
   return cmsgpack.pack({out, with_traits(out, KEYS[5])})
 end
-local st = load(KEYS[3], KEYS[5])
+local st = load(KEYS[3], KEYS[5], KEYS[6])
 if st.erased or not st.c then return cmsgpack.pack({{}, false}) end
 local out = {}
 if st.c <= at then evaluate(st, at, false, out) end

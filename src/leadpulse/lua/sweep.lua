@@ -14,7 +14,7 @@ if pending then
   for i, tr in ipairs(out) do out[i] = current(tr) end
   return cmsgpack.pack({out, with_traits(out, KEYS[5])})
 end
-local st = load(KEYS[3], KEYS[5])
+local st = load(KEYS[3], KEYS[5], KEYS[6])
 if st.erased then  -- erased meanwhile: nothing to demote, nothing to index
   redis.call('ZREM', KEYS[1], lead)
   redis.call('ZREM', KEYS[2], lead)

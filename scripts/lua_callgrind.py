@@ -1,0 +1,140 @@
+"""Instructions Redis spends in the Lua scripts per event, on the bench's event set, counted by
+callgrind: load-independent, unlike CPU seconds on a shared machine (docs/performance.md,
+"Redis CPU per event").
+
+The bench's Lua path is recorded in-process (`bench.ceilings.record_lua_path`: LeadStore applying
+the event set batched as a worker gets it, every script call kept). All calls but those of the
+last --tail events are replayed into a plain redis-server (the steady state: most leads have a
+state, a stage, an activity log), saved, and the rest replayed into redis-server under
+`valgrind --tool=callgrind`, counting only inside script calls (`evalGenericCommand`).
+
+    python scripts/lua_callgrind.py [--events 300000] [--tail 30000] [--out callgrind.out]
+
+Run it in each checkout to compare (its own scripts and its own recording). Needs valgrind and
+redis-server on PATH; takes a few minutes (the tail runs ~50 x slower under callgrind).
+"""
+
+import argparse
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis.asyncio as _redis_asyncio
+
+from leadpulse.bench import ceilings
+from leadpulse.bench.eventset import event_set
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(port: int) -> None:
+    # PING, not the port: a server loading its RDB accepts connections and answers -LOADING
+    for _ in range(1200):
+        r = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+        if r.stdout.strip() == "PONG":
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"redis on {port} never answered")
+
+
+def _args(command: bytes) -> list[bytes]:
+    """The arguments of one RESP-encoded command (binary-safe: lengths, not line ends)."""
+    end = command.index(b"\r\n")
+    n, p, out = int(command[1:end]), end + 2, []
+    for _ in range(n):
+        end = command.index(b"\r\n", p)
+        length, p = int(command[p + 1 : end]), end + 2
+        out.append(command[p : p + length])
+        p += length + 2
+    return out
+
+
+def _events(command: bytes) -> int:
+    """Events carried by an apply.lua call (KEYS: 2 indexes + 5 per lead); 0 for other scripts."""
+    a = _args(command)
+    nkeys = int(a[2])
+    if nkeys < 7 or (nkeys - 2) % 5:
+        return 0
+    return sum(len(msgpack.unpackb(lead)[1]) for lead in a[5 + nkeys :])
+
+
+_Redis = _redis_asyncio.Redis
+
+
+class _KeepData:
+    """`ceilings.replay` flushes its database first; the tail must run on the saved state."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._client = _Redis(*a, **kw)
+
+    async def flushdb(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+async def main(events: int, tail: int, out: str) -> None:
+    work = Path(tempfile.mkdtemp(prefix="lua-callgrind-"))
+    port = _free_port()
+    plain = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
+                             stdout=subprocess.DEVNULL)
+    try:
+        _ready(port)
+        data = event_set(events, 100_000, 7, int(time.time() * 1000) - 4 * 86_400_000)
+        recorded, _, _ = await ceilings.record_lua_path(f"redis://127.0.0.1:{port}/1", data, 8, lambda _: None)
+        split, measured = len(recorded), 0
+        while split > 0 and measured < tail:
+            split -= 1
+            measured += _events(recorded[split])
+        await ceilings.replay(port, 0, recorded[:split], plain.pid, lambda _: None, 1)
+        subprocess.run(["redis-cli", "-p", str(port), "-n", "1", "flushdb"], capture_output=True, check=True)
+        subprocess.run(["redis-cli", "-p", str(port), "save"], capture_output=True, check=True)
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        plain.wait()
+    port = _free_port()
+    traced = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               "--toggle-collect=evalGenericCommand", "redis-server", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _ready(port)
+        subprocess.run(["redis-cli", "-p", str(port), "config", "resetstat"], capture_output=True, check=True)
+        _redis_asyncio.Redis = _KeepData  # type: ignore[misc]
+        try:
+            await ceilings.replay(port, 0, recorded[split:], traced.pid, lambda _: None, measured)
+        finally:
+            _redis_asyncio.Redis = _Redis  # type: ignore[misc]
+        errors = subprocess.run(["redis-cli", "-p", str(port), "info", "errorstats"], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        traced.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    # A script missing would make the tail cheap and the figure meaningless; an error a script
+    # raises itself is part of the work replayed (printed with the figure).
+    if "errorstat_NOSCRIPT" in errors or "errorstat_LOADING" in errors:
+        raise SystemExit(f"script calls failed during the measured tail:\n{errors}")
+    report = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True, check=True).stdout
+    total = next(int(line.split()[0].replace(",", "")) for line in report.splitlines() if "PROGRAM TOTALS" in line)
+    print(f"{total / measured:,.0f} instructions per event in the scripts ({total:,} over the last {measured:,} "
+          f"of {len(data):,} events; {out})")
+    print(errors.strip())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--tail", type=int, default=30_000, help="events measured under callgrind, at the end of the set")
+    parser.add_argument("--out", default="callgrind.out.lua")
+    a = parser.parse_args()
+    asyncio.run(main(a.events, a.tail, a.out))
