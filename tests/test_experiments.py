@@ -26,7 +26,7 @@ from leadpulse.model import ScoringModel, parse_model
 from leadpulse.outcome import build as outcome_record
 from leadpulse.state import LeadStore
 
-from tests.analysis.test_report import outcome, write
+from tests.support.records import outcome, write
 from tests.support.fixtures import T0, event
 
 

@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import orjson
 
+from .envtext import json_or_commas
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -43,15 +45,9 @@ def parse_who(value: Any) -> dict[str, str]:
     """LEADPULSE_HANDOFF_WHO: a JSON object {field: trait}, or `field[=trait],…` (a bare field
     comes from the trait of its name); "" or {} for none."""
     if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                value = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON object: {exc}") from None
-        else:
-            pairs = [p.strip() for p in text.split(",") if p.strip()]
-            value = {f.strip(): (t.strip() if sep else f.strip()) for f, sep, t in (p.partition("=") for p in pairs)}
+        value = json_or_commas(value, "{", "object")
+        if isinstance(value, list):
+            value = {f.strip(): (t.strip() if sep else f.strip()) for f, sep, t in (p.partition("=") for p in value)}
     if not isinstance(value, Mapping):
         raise ValueError("must map handoff fields to trait names")  # noqa: TRY004 - pydantic wants ValueError
     out: dict[str, str] = {}

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from ..envtext import json_or_commas
 from ..events import SOURCES, Source
 from .segment import EVENT_TYPES
 
@@ -73,14 +73,7 @@ def parse_write_keys(value: Any) -> Any:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON list: {exc}") from None
-        else:
-            value = [part.strip() for part in text.split(",")]
+        value = json_or_commas(value, "[", "list")
     if not isinstance(value, (list, tuple)):
         raise ValueError("expected keys, comma-separated, or a list")  # noqa: TRY004 - pydantic wants ValueError
     out: list[WriteKey] = []
