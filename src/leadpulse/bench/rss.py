@@ -104,8 +104,8 @@ def warm(series: list[dict[str, Any]]) -> dict[str, Any]:
     """The RSS once the worker is warm: from the first sample at which every bounded cache is full.
 
     The worker's caches (published handoff ids, visitor links) are bounded, and its RSS rises
-    while they fill: their entries, allocated among each batch's short-lived objects, keep the
-    allocator's arenas from being returned. A run whose caches never fill has no warm part (None).
+    while they fill (their entries, and glibc's heap settling around them: docs/performance.md)
+    and is flat after. A run whose caches never fill has no warm part (None).
     """
     at = next((i for i, s in enumerate(series)
                if s.get("caches") and all(n >= cap for n, cap in s["caches"].values())), None)
