@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -139,6 +139,12 @@ class Metrics:
             "finished one (at=end): clock=unix is the wall clock, clock=cpu the process's CPU seconds.",
             ["at", "clock"], registry=r,
         )
+        # The worker's bounded in-memory caches (bounded.Recent): its RSS rises while they fill and
+        # is flat once they are full, so a soak can say when its warm-up ended (docs/performance.md).
+        self.cache_entries = Gauge("leadpulse_cache_entries", "Entries in each of the worker's bounded "
+                                   "in-memory caches (read when scraped).", ["cache"], registry=r)
+        self.cache_capacity = Gauge("leadpulse_cache_capacity", "The most entries each of the worker's "
+                                    "bounded in-memory caches keeps.", ["cache"], registry=r)
         self._work_start: tuple[Gauge, Gauge] | None = (
             self.work.labels("start", "unix"), self.work.labels("start", "cpu"))
         self._work_end = (self.work.labels("end", "unix"), self.work.labels("end", "cpu"))
@@ -152,6 +158,11 @@ class Metrics:
             self.read_skipped.labels(reason)
         for op in ("producer_start", "consumer_start", "create_topics", "process", "commit", "fetch", "sweep"):
             self.kafka_errors.labels(op)
+
+    def cache(self, name: str, cache: Sized, capacity: int) -> None:
+        """Report a bounded cache's size; it is counted at each scrape, never on the hot path."""
+        self.cache_entries.labels(name).set_function(lambda: len(cache))
+        self.cache_capacity.labels(name).set(capacity)
 
     def sweeps_every(self, seconds: float) -> None:
         self._sweep_interval = seconds

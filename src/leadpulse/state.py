@@ -93,6 +93,11 @@ class LeadStore:
         #: told of each lead a read skipped (lead, reason, error): logs it; the worker's counts it too
         self.on_skip: Callable[[str, str, Exception], None] = log_skipped_read
 
+    @property
+    def aliases(self) -> Recent[str, str]:
+        """The cached visitor links (read-only use: the worker reports their number)."""
+        return self._aliases
+
     def use_model(self, model: ScoringModel) -> None:
         """Score with `model` from the next call on (a hot reload: models.py). Rule codes are
         given to its new rules at the next call; the states keep theirs (rules.lua)."""

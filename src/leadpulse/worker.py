@@ -84,6 +84,8 @@ class ScoringService(mode.Service):
             max_event_bytes=settings.max_event_bytes, who=Who.from_settings(settings),
             published=RecentIds(max(50_000, HANDOFF_TAIL * settings.partitions + 10_000)),
         )
+        for name, cache in (("published_handoffs", self.processor.published), ("visitor_links", self.store.aliases)):
+            metrics.cache(name, cache, cache.capacity)
         self.processor.shadow = shadow.Shadow.configured(settings, self.store, self, metrics)  # LEADPULSE_SHADOW_MODEL
         self.consumer: AIOKafkaConsumer | None = None
         self.lag = ConsumerLag(metrics.lag)

@@ -4,7 +4,7 @@ Benchmarks are not timed tests: nothing here asserts a speed. It checks that eve
 that the numbers are non-zero, and that the naive baseline and LeadPulse processed the same
 events and reached the same final scores (as do one worker and two workers with a rebalance).
 The rss stage (off by default) runs alone and tiny: every event streamed through the worker,
-its RSS sampled at every tenth. A run of a few events, over before any poll could see it
+its RSS and its caches' fill sampled at every tenth. A run of a few events, over before any poll could see it
 under way, is measured all the same: rows come from the processes' own account of their work.
 """
 
@@ -22,6 +22,7 @@ from leadpulse.bench.children import Sample
 from leadpulse.bench.leadpulse import rss_at
 from leadpulse.bench.measure import CpuTrace, Work
 from leadpulse.bench.report import Throughput, measured
+from leadpulse.bench.rss import warm
 
 integration = pytest.mark.integration
 pytestmark = pytest.mark.slow  # each test runs `leadpulse bench` stages: worker processes, tens of seconds
@@ -160,6 +161,39 @@ def test_rss_stage_samples_the_worker_at_every_tenth(rss_report: dict) -> None:
     assert soak["worker_peak_rss_mib"] >= max(rss)
     assert soak["redis_used_end_mib"] > soak["redis_used_start_mib"]
     assert "worker RSS over 3,000 streamed events" in rss_report["table"]
+
+
+@integration
+def test_rss_stage_samples_how_full_the_worker_caches_are(rss_report: dict) -> None:
+    soak = rss_report["rss_soak"]
+    for s in soak["series"]:
+        assert set(s["caches"]) == {"published_handoffs", "visitor_links"}, s
+        for entries, capacity in s["caches"].values():
+            assert 0 <= entries <= capacity and capacity >= 1000, s
+    last = soak["series"][-1]["caches"]
+    assert last["published_handoffs"][0] > 0 and last["visitor_links"][0] > 0  # the stream filled both a little
+    # 3,000 events fill neither cache: the run has no warm part, and the table says so
+    assert soak["worker_rss_warm_from_pct"] is None and soak["worker_rss_warm_spread"] is None
+    assert "bounded caches were not yet full at the end" in rss_report["table"]
+
+
+def _sample(pct: int, rss: float, published: int, links: int) -> dict:
+    return {"pct": pct, "worker_rss_mib": rss,
+            "caches": {"published_handoffs": [published, 100], "visitor_links": [links, 50]}}
+
+
+def test_the_warm_part_starts_at_the_first_sample_with_every_cache_full() -> None:
+    series = [_sample(10, 100.0, 40, 10), _sample(20, 150.0, 100, 30), _sample(30, 180.0, 100, 50),
+              _sample(40, 190.0, 100, 50), _sample(50, 171.0, 100, 50)]
+    w = warm(series)
+    assert w["worker_rss_warm_from_pct"] == 30  # published_handoffs full at 20 %, visitor_links only at 30 %
+    assert (w["worker_rss_warm_min_mib"], w["worker_rss_warm_max_mib"]) == (171.0, 190.0)
+    assert w["worker_rss_warm_spread"] == pytest.approx(19 / 171, abs=1e-4)
+
+
+def test_a_run_whose_caches_never_fill_has_no_warm_part() -> None:
+    assert warm([_sample(10, 100.0, 40, 50), _sample(20, 101.0, 99, 50)])["worker_rss_warm_from_pct"] is None
+    assert warm([{"pct": 10, "worker_rss_mib": 90.0, "caches": {}}])["worker_rss_warm_spread"] is None  # not scraped
 
 
 TINY = 150  # one batch: the worker is done within milliseconds of its first poll, or before it

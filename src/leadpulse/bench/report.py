@@ -162,8 +162,14 @@ def _rss_line(r: dict[str, Any]) -> str:
     at = " / ".join(f"{x['worker_rss_mib']:g}" for x in s)
     capped = (f"ids recycled past {r['max_leads']:,} leads (after {r['leads_recycled_after_events']:,} events)"
               if r["leads_recycled_after_events"] else f"cap of {r['max_leads']:,} not reached")
+    if r.get("worker_rss_warm_from_pct") is None:
+        warm = "the worker's bounded caches were not yet full at the end: no warm part"
+    else:
+        warm = (f"warm (every bounded cache full) from {r['worker_rss_warm_from_pct']} %: "
+                f"{r['worker_rss_warm_min_mib']}–{r['worker_rss_warm_max_mib']} MiB, spread "
+                f"{r['worker_rss_warm_spread'] * 100:.1f} %")
     return (f"worker RSS over {r['processed']:,} streamed events ({r['leads']:,} leads, {capped}): "
-            f"{r['worker_rss_min_mib']}–{r['worker_rss_max_mib']} MiB at 10 %..100 %, spread "
-            f"{r['worker_rss_spread'] * 100:.1f} % (goal ± 10 %) [{at}]; {r['events_per_s']:,.0f} events/s "
+            f"{r['worker_rss_min_mib']}–{r['worker_rss_max_mib']} MiB at 10 %..100 %, whole-run spread "
+            f"{r['worker_rss_spread'] * 100:.1f} % (goal ± 10 %) [{at}]; {warm}; {r['events_per_s']:,.0f} events/s "
             f"(producer on the same cores); Redis used {r['redis_used_start_mib']:,.0f} → {r['redis_used_end_mib']:,.0f} MiB, "
             f"broker RSS peak {r['broker_peak_rss_mib']:,.0f} MiB")

@@ -14,7 +14,10 @@ The worker runs on its own topics and its own Redis database, flushed before and
 topics are deleted afterwards. Tansu 0.6.0's memory storage keeps every record until its topic
 goes (it closes the connection on DeleteRecords), so the broker's RSS grows with the events
 produced: ~340 MiB a million events here, measured at every 10 % too.
-At every 10 % of the events it samples the worker's RSS, Redis `used_memory` and the broker's RSS.
+At every 10 % of the events it samples the worker's RSS and how full its bounded caches are
+(`leadpulse_cache_entries`), Redis `used_memory` and the broker's RSS. The RSS rises while
+those caches fill; the report gives the spread over the whole run and, apart, from the first
+sample at which every cache is full (`warm`).
 """
 
 from __future__ import annotations
@@ -84,13 +87,35 @@ async def _used_memory(client: Any) -> int:
     return int((await client.info("memory"))["used_memory"])
 
 
-async def _handoffs(worker: Worker) -> int:
-    """Handoffs the worker has published (its processor remembers up to 200 k published ids)."""
-    with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
-        _, text = await worker.get("/metrics")
-        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("leadpulse_handoffs_total{")))
-    return -1
+async def _counts(worker: Worker) -> tuple[int, dict[str, list[int]]]:
+    """Handoffs the worker has published, and its bounded caches' [entries, capacity] by name
+    (leadpulse_cache_entries / _capacity): (-1, {}) if /metrics did not answer."""
+    samples = await worker.metrics()
+    if samples is None:
+        return -1, {}
+    caches: dict[str, list[int]] = {}
+    for s in samples:
+        if s.name in ("leadpulse_cache_entries", "leadpulse_cache_capacity"):
+            caches.setdefault(s.labels["cache"], [0, 0])[s.name == "leadpulse_cache_capacity"] = int(s.value)
+    return int(sum(s.value for s in samples if s.name == "leadpulse_handoffs_total")), caches
+
+
+def warm(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """The RSS once the worker is warm: from the first sample at which every bounded cache is full.
+
+    The worker's caches (published handoff ids, visitor links) are bounded, and its RSS rises
+    while they fill (their entries, and glibc's heap settling around them: docs/performance.md)
+    and is flat after. A run whose caches never fill has no warm part (None).
+    """
+    at = next((i for i, s in enumerate(series)
+               if s.get("caches") and all(n >= cap for n, cap in s["caches"].values())), None)
+    if at is None:
+        return {"worker_rss_warm_from_pct": None, "worker_rss_warm_min_mib": None,
+                "worker_rss_warm_max_mib": None, "worker_rss_warm_spread": None}
+    rss = [s["worker_rss_mib"] for s in series[at:]]
+    low, high = min(rss), max(rss)
+    return {"worker_rss_warm_from_pct": series[at]["pct"], "worker_rss_warm_min_mib": low,
+            "worker_rss_warm_max_mib": high, "worker_rss_warm_spread": round((high - low) / low, 4) if low else None}
 
 
 async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], workdir: Path, events: int, max_leads: int,
@@ -173,11 +198,12 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
                 while next_decile <= 10 and n >= events * next_decile / 10:
                     next_decile += 1
                 broker_rss, _ = memory(broker_pid)
+                handoffs, caches = await _counts(worker)
                 series.append({
                     "pct": (next_decile - 1) * 10, "events": n, "seconds": round(t - t0, 1),
                     "worker_rss_mib": round(rss / MIB, 1), "redis_used_mib": round(await _used_memory(client) / MIB, 1),
                     "broker_rss_mib": round(broker_rss / MIB, 1), "leads_produced": state["leads"],
-                    "handoffs": await _handoffs(worker),
+                    "handoffs": handoffs, "caches": caches,
                 })
             if n >= events:
                 break
@@ -223,6 +249,7 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
         "worker_rss_start_mib": round(worker_rss0 / MIB, 1),
         "worker_rss_min_mib": low, "worker_rss_max_mib": high,
         "worker_rss_spread": round((high - low) / low, 4) if low else None,
+        **warm(series),
         "worker_rss_growth_10_to_100": round(rss_series[-1] / rss_series[0] - 1, 4) if rss_series and rss_series[0] else None,
         "worker_peak_rss_mib": round(worker_peak / MIB, 1),
         "redis_used_start_mib": round(redis_used0 / MIB, 1), "redis_used_end_mib": round(redis_used_end / MIB, 1),
