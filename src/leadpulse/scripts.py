@@ -85,14 +85,15 @@ class Scripts:
             return []
         # EVALSHA by name, not redis.evalsha: redis-py's cluster pipeline blocks the method (a
         # node might lack the script), and our NOSCRIPT handling below covers exactly that.
-        results = await rawpipe.execute(self.redis, [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls])
+        def evalsha(these: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]) -> Any:
+            return rawpipe.execute(self.redis, [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in these])
+
+        results = await evalsha(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             self.reloads += 1
             await load_all(self.redis)
-            retried = [calls[i] for i in missing]
-            replies = await rawpipe.execute(self.redis, [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in retried])
-            for i, r in zip(missing, replies):
+            for i, r in zip(missing, await evalsha([calls[i] for i in missing])):
                 results[i] = r
         if raise_on_error:
             for r in results:
