@@ -226,9 +226,10 @@ async def test_broker_unreachable_at_start_and_mid_run(
         workers.append(worker.start())
 
         async def kept_retrying() -> bool:
-            # Its own count of failed attempts, not a sleep: three failures, one process.
+            # Its own count of failed attempts, not a sleep: three failures, one process. Its first
+            # Kafka step is creating its topics (the producer starts once they exist).
             try:
-                return await metric(worker, 'leadpulse_kafka_errors_total{op="producer_start"') >= 3
+                return await metric(worker, 'leadpulse_kafka_errors_total{op="create_topics"') >= 3
             except aiohttp.ClientError:
                 return False  # its web server is not up yet
 

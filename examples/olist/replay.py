@@ -45,11 +45,14 @@ from typing import Any
 import aiohttp
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from leadpulse import kafka
 from leadpulse.dev.embedded import Stack, free_port
 from leadpulse.dev.simulate import key_for, topic_for
+from leadpulse.events import SOURCES
+from leadpulse.settings import load_settings
 
 HERE = Path(__file__).resolve().parent
 
@@ -209,8 +212,8 @@ async def produce(bootstrap: str, prefix: str, events_file: Path, barrier: Any) 
     """Every event, in the file's (time) order, keyed by lead; `await barrier(n)` between
     segments waits until the worker has counted the n events sent so far."""
     events = [orjson.loads(line) for line in events_file.read_bytes().splitlines()]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
+    producer = await kafka.started_producer(load_settings(kafka_bootstrap=bootstrap),
+                                            [f"{prefix}{s}" for s in SOURCES], acks="all", linger_ms=5)
     sent = 0
     try:
         for n, segment in enumerate(segments(events)):

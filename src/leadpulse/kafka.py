@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
 from aiokafka.structs import OffsetAndMetadata
@@ -34,6 +34,26 @@ async def started(client: Any) -> Any:
         await client.stop()
         raise
     return client
+
+
+async def started_producer(settings: Settings, topics: Iterable[str], **options: Any) -> AIOKafkaProducer:
+    """Start a producer for `topics` that keeps their partition leaders in its metadata.
+
+    aiokafka (0.14) learns the topics the cluster has at start from an all-topics metadata
+    request but tracks only topics it later had to look up: the first send to a topic created
+    after the start narrows every refresh to that topic, the others drop out of its metadata,
+    and their sends wait for a leader that never returns until request_timeout_ms (40 s) fails
+    them with NotLeaderForPartitionError. Naming every topic we write to keeps each refresh
+    asking for all of them; awaiting the refresh has their leaders known before the first send.
+    (tests/test_producer_topics.py shows the library behaviour and this fix.)
+    """
+    producer = await started(AIOKafkaProducer(**client_options(settings), **options))
+    try:
+        await producer.client.set_topics(list(topics))
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
 
 
 async def commit_owned(

@@ -147,10 +147,14 @@ class ScoringService(mode.Service):
         assert self.producer is not None
         return await self.producer.send(topic, value, key=key, headers=headers)
 
+    def _topics(self) -> list[str]:
+        s = self.settings
+        return [*s.input_topics, s.handoff_topic, s.dlq_topic, s.outcomes_topic, *shadow.topics(s)]
+
     async def _start_producer(self) -> None:
-        self.producer = await kafka.started(AIOKafkaProducer(
-            **kafka.client_options(self.settings), acks="all", linger_ms=1, enable_idempotence=False,
-        ))
+        self.producer = await kafka.started_producer(
+            self.settings, self._topics(), acks="all", linger_ms=1, enable_idempotence=False,
+        )
 
     async def _start_consumer(self) -> None:
         self.consumer = await kafka.started(self._consumer())
@@ -165,10 +169,9 @@ class ScoringService(mode.Service):
         await self.retry(lambda: models.adopt(self.redis, self.store.keys, self.store.model, self.settings.model),
                          "model")
         await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
+        # the topics first: the producer looks up their leaders as it starts (kafka.started_producer)
+        await self.retry(lambda: kafka.ensure_topics(self.settings, self._topics()), "create_topics")
         await self.retry(self._start_producer, "producer_start")
-        topics = [*self.settings.input_topics, self.settings.handoff_topic, self.settings.dlq_topic,
-                  self.settings.outcomes_topic, *shadow.topics(self.settings)]
-        await self.retry(lambda: kafka.ensure_topics(self.settings, topics), "create_topics")
         await self._read_published()
         log.info("ready to consume %s (%d handoffs already published)",
                  ", ".join(self.settings.input_topics), len(self.processor.published))

@@ -167,7 +167,7 @@ class AlertService:
                          "create_topics")
         # A fresh client per try: an aiokafka client whose start failed cannot start again.
         self.producer = await self.retry(
-            lambda: kafka.started(AIOKafkaProducer(**kafka.client_options(s), acks="all")), "producer_start")
+            lambda: kafka.started_producer(s, [self.config.alerts_dlq_topic], acks="all"), "producer_start")
         self.consumer = await self.retry(lambda: kafka.started(self._consumer()), "consumer_start")
         self._update_ready()
 

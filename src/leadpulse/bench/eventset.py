@@ -11,6 +11,7 @@ from typing import Any
 import click
 import orjson
 
+from ..events import SOURCES
 from .context import Context
 from .measure import cpu_seconds
 from .report import Report
@@ -42,18 +43,24 @@ def lead_ids(events: Sequence[dict[str, Any]]) -> list[str]:
 
 
 async def produce(bootstrap: str, prefix: str, events: Sequence[dict[str, Any]], on_sent: Callable[[int], None]) -> float:
-    from aiokafka import AIOKafkaProducer
-
     from ..dev.produce import send_all
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
-    await producer.start()
+    producer = await started_producer(bootstrap, [f"{prefix}{s}" for s in SOURCES],
+                                      acks="all", linger_ms=5, max_batch_size=512 * 1024)
     try:
         started = time.perf_counter()
         await send_all(producer, ((e, orjson.dumps(e)) for e in events), prefix, on_sent)
         return time.perf_counter() - started
     finally:
         await producer.stop()
+
+
+async def started_producer(bootstrap: str, topics: Sequence[str], **options: Any) -> Any:
+    """The bench's producers are made as the product's are (kafka.started_producer)."""
+    from .. import kafka
+    from ..settings import load_settings
+
+    return await kafka.started_producer(load_settings(kafka_bootstrap=bootstrap), topics, **options)
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:

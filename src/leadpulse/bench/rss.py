@@ -36,7 +36,7 @@ import orjson
 from ..events import SOURCES
 from .children import Child, Worker
 from .context import DB_RSS, Context
-from .eventset import create_topics
+from .eventset import create_topics, started_producer
 from .measure import CpuTrace, memory
 from .report import Report, measured
 
@@ -123,7 +123,6 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
                    task: Callable[[str, float | None], Callable[[int], None]]) -> dict[str, Any]:
     """Stream `events` events through a real worker; the worker's RSS (and Redis's, the broker's
     memory) at every 10 % of them. `pids` are (redis-server, broker)."""
-    from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
@@ -139,12 +138,12 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
                     topic_prefix=prefix, handoff_topic=f"{prefix}handoff", dlq_topic=f"{prefix}dlq",
                     partitions=partitions, log_level="warning", **extra)
     children.append(worker)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
+    producer: Any = None
     feeder: asyncio.Task[None] | None = None
     trace = CpuTrace(pids)
     try:
         await worker.wait_ready()
-        await producer.start()
+        producer = await started_producer(bootstrap, topics, acks="all", linger_ms=5, max_batch_size=512 * 1024)
         redis_used0 = await _used_memory(client)
         broker_rss0, _ = memory(broker_pid)
         worker_rss0, _ = memory(worker.pid)
@@ -225,7 +224,8 @@ async def rss_soak(*, bootstrap: str, redis_url: str, pids: tuple[int, int], wor
         if feeder is not None and not feeder.done():
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
-        await producer.stop()
+        if producer is not None:
+            await producer.stop()
         worker.stop()
         # The figures must survive the clean-up: a FLUSHDB of gigabytes outlasted the client's
         # read timeout and lost a 10 M-event run, so Redis frees the data in the background.

@@ -50,10 +50,10 @@ class KafkaSink:
         async def connect() -> AIOKafkaProducer:
             await kafka.ensure_topics(self.settings, self.settings.input_topics)
             # a fresh producer per try: one whose start failed cannot start again
-            return await kafka.started(AIOKafkaProducer(
-                **kafka.client_options(self.settings), acks="all", linger_ms=2,
+            return await kafka.started_producer(
+                self.settings, self.settings.input_topics, acks="all", linger_ms=2,
                 request_timeout_ms=int(self.timeout * 1000),
-            ))
+            )
 
         self.producer = await self._retry(connect, "connect")
         self._topics_checked = time.monotonic()

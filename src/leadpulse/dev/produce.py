@@ -66,8 +66,7 @@ async def send_all(
 async def produce_events(settings: Settings, file: BinaryIO | None, leads: int, seed: int, restamp: bool) -> int:
     topics = [*settings.input_topics, settings.handoff_topic, settings.dlq_topic]
     await kafka.ensure_topics(settings, topics)
-    producer = AIOKafkaProducer(**kafka.client_options(settings), acks="all", linger_ms=5)
-    await producer.start()
+    producer = await kafka.started_producer(settings, topics, acks="all", linger_ms=5)
     try:
         if file is not None:
             items: Iterable[tuple[dict[str, Any] | None, bytes]] = _from_file(file)

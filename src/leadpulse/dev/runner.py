@@ -10,7 +10,7 @@ from typing import Any
 
 import mode
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -36,8 +36,7 @@ class Simulator(mode.Service):
     @mode.Service.task
     async def _produce(self) -> None:
         await self.service.prepared.wait()
-        producer = AIOKafkaProducer(**kafka.client_options(self.settings), acks="all", linger_ms=5)
-        await producer.start()
+        producer = await kafka.started_producer(self.settings, self.settings.input_topics, acks="all", linger_ms=5)
         rng = random.Random(1)
         try:
             wave = 0
