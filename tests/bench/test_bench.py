@@ -107,6 +107,11 @@ def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     assert ceiling["read"] == ceiling["messages"] > 0
     assert 0 < ceiling["p50_ms"] <= ceiling["p99_ms"] <= ceiling["max_ms"]
     assert "latency ceiling" in report["table"]
+    # each handoff's time split at its record's timestamp: the parts add up to the whole per handoff
+    inside, outside = latency["to_worker_send"], latency["worker_send_to_read"]
+    assert 0 <= inside["p50_ms"] and 0 <= outside["p50_ms"]
+    assert inside["max_ms"] <= latency["max_ms"] + 1 and outside["max_ms"] <= latency["max_ms"] + 1  # ms timestamps
+    assert "split at the handoff record's timestamp" in report["table"]
     waits = latency["runqueue_wait_share"]  # how much the machine held each back, from /proc
     assert set(waits) == {"worker", "redis", "broker"} and all(v >= 0 for v in waits.values()), waits
     memory = report["redis_memory"]

@@ -16,7 +16,7 @@ import orjson
 from ..events import SOURCES
 from .children import Worker
 from .context import DB_LATENCY, Context
-from .eventset import create_topics
+from .eventset import create_topics, started_producer
 from .hop import LINGER_MS, ceiling_run, quantiles
 from .measure import runqueue_wait
 from .report import Report
@@ -26,7 +26,7 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
                       on_progress: Callable[[int], None], worker: Worker, settle_s: float = 300.0) -> dict[str, Any]:
     """Offer `rate` events/s (occurred_at = send time); time each handoff from its trigger's occurred_at,
     until `worker` has handled every offered event and each handoff it published has been read."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer
 
     from ..dev.simulate import journeys, key_for, topic_for
 
@@ -38,11 +38,13 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
             break
     occurred: dict[str, int] = {}
     latencies: list[float] = []
+    # each handoff's time split at its record's timestamp (CreateTime: when the worker sent it)
+    in_worker: list[float] = []
+    out_hop: list[float] = []
     consumer = AIOKafkaConsumer(handoff_topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=5)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
     await consumer.start()
-    await producer.start()
+    producer = await started_producer(bootstrap, [f"{prefix}{s}" for s in SOURCES], acks="all", linger_ms=LINGER_MS)
     stop = asyncio.Event()
     handoffs = {"n": 0, "timed": 0}
 
@@ -57,6 +59,8 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
                     if trigger in occurred:
                         handoffs["timed"] += 1
                         latencies.append(arrived - occurred[trigger] / 1000)
+                        in_worker.append((r.timestamp - occurred[trigger]) / 1000)
+                        out_hop.append(arrived - r.timestamp / 1000)
 
     reader = asyncio.create_task(read())
     try:
@@ -98,6 +102,7 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
     return {
         "offered_events_per_s": round(offered, 1), "events": total, "handoffs": handoffs["n"],
         "timed_handoffs": handoffs["timed"], **quantiles(latencies),
+        "to_worker_send": quantiles(in_worker), "worker_send_to_read": quantiles(out_hop),
     }
 
 

@@ -119,6 +119,10 @@ def render(report: Report) -> str:
         lines.append(f"latency occurred_at → handoff record at {lat['offered_events_per_s']:,.0f} events/s offered: "
                      f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (max {lat['max_ms']} ms; "
                      f"{lat['timed_handoffs']} handoffs timed; worker CPU {_pct(lat['worker_cpu_share'])} while it worked)")
+        if lat.get("to_worker_send"):
+            a, b = lat["to_worker_send"], lat["worker_send_to_read"]
+            lines.append(f"  split at the handoff record's timestamp: occurred_at → worker's send p50 {a['p50_ms']} ms, "
+                         f"p99 {a['p99_ms']} ms; send → read p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms")
         if lat.get("runqueue_wait_share"):
             lines.append("  runnable but waiting for a CPU, share of the run: "
                          + ", ".join(f"{k} {_pct(v)}" for k, v in lat["runqueue_wait_share"].items()))
