@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from leadpulse.admin import rescore
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.dev.simulate import key_for
-from leadpulse.keys import Keys
 from leadpulse.model import ScoringModel, load_model
 from leadpulse.settings import load_settings
 from leadpulse.state import LeadStore

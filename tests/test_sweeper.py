@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.errors import StateError
 from leadpulse.model import ScoringModel
-from leadpulse.state import LeadStore, Transition
+from leadpulse.state import LeadStore
 from leadpulse.sweeper import FAILURES_NOT_READY
 
 from tests.support.fixtures import DAY, T0, event

@@ -19,10 +19,10 @@ from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.engine import derived_traits
 from leadpulse.errors import ConfigError
 from leadpulse.collector.segment import Context, map_message
-from leadpulse.collector.writekeys import TokenBucket, WriteKey, parse_write_keys
+from leadpulse.collector.writekeys import TokenBucket, parse_write_keys
 
 from tests.support.kafkatools import WorkerProcess, consume_until, produce, running, wait_for
-from .test_app import KEY, basic, post, ready, records_by_topic, start_collector
+from .test_app import basic, post, ready, records_by_topic, start_collector
 
 __all__ = ["start_collector"]  # the fixture, shared with test_app.py
 Start = Callable[..., Awaitable[Collector]]
