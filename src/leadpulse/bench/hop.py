@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,6 +28,27 @@ def quantiles(latencies_s: list[float]) -> dict[str, float | None]:
         return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 1) if xs else None
 
     return {"p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99), "max_ms": round(xs[-1] * 1000, 1) if xs else None}
+
+
+async def offer(total: int, rate: float, send: Callable[[int], Awaitable[Any]], on_progress: Callable[[int], None]) -> float:
+    """Send `total` messages at `rate` a second (`send(i)` returns message i's delivery future) and
+    wait for every acknowledgement; return the rate offered. The ceiling and the latency stage
+    offer their load the same way, so their figures compare."""
+    sent, pending = 0, []
+    t0 = time.perf_counter()
+    while sent < total:
+        due = min(total, int((time.perf_counter() - t0) * rate))
+        while sent < due:
+            pending.append(await send(sent))
+            sent += 1
+        if len(pending) > 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+        on_progress(sent)
+        await asyncio.sleep(0.005)
+    offered = sent / (time.perf_counter() - t0)
+    await asyncio.gather(*pending)
+    return offered
 
 
 async def ceiling_run(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, fetch_wait_ms: int,
@@ -57,22 +78,11 @@ async def ceiling_run(bootstrap: str, topic: str, partitions: int, rate: float, 
                     latencies.append(arrived - orjson.loads(r.value)["t"])
 
     reader = asyncio.create_task(read())
+    def send(i: int) -> Awaitable[Any]:
+        return producer.send(topic, orjson.dumps({"t": time.time(), "pad": pad.decode()}), key=b"%d" % (i % 997))
+
     try:
-        sent, pending = 0, []
-        t0 = time.perf_counter()
-        while sent < total:
-            due = min(total, int((time.perf_counter() - t0) * rate))
-            while sent < due:
-                value = orjson.dumps({"t": time.time(), "pad": pad.decode()})
-                pending.append(await producer.send(topic, value, key=b"%d" % (sent % 997)))
-                sent += 1
-            if len(pending) > 2000:
-                await asyncio.gather(*pending)
-                pending.clear()
-            on_progress(sent)
-            await asyncio.sleep(0.005)
-        offered = sent / (time.perf_counter() - t0)
-        await asyncio.gather(*pending)
+        offered = await offer(total, rate, send, on_progress)
         await asyncio.wait_for(asyncio.shield(reader), settle_s)
     finally:
         stop.set()

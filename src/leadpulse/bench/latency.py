@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -17,7 +17,7 @@ from ..events import SOURCES
 from .children import Worker
 from .context import DB_LATENCY, Context
 from .eventset import create_topics, started_producer
-from .hop import LINGER_MS, ceiling_run, quantiles
+from .hop import LINGER_MS, ceiling_run, offer, quantiles
 from .measure import runqueue_wait
 from .report import Report
 
@@ -63,25 +63,14 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
                         out_hop.append(arrived - r.timestamp / 1000)
 
     reader = asyncio.create_task(read())
+    def send(i: int) -> Awaitable[Any]:
+        e = events[i]
+        e["occurred_at"] = int(time.time() * 1000)
+        occurred[e["event_id"]] = e["occurred_at"]
+        return producer.send(topic_for(e, prefix), orjson.dumps(e), key=key_for(e))
+
     try:
-        sent = 0
-        pending: list[Any] = []
-        t0 = time.perf_counter()
-        while sent < total:
-            due = min(total, int((time.perf_counter() - t0) * rate))
-            while sent < due:
-                e = events[sent]
-                e["occurred_at"] = int(time.time() * 1000)
-                occurred[e["event_id"]] = e["occurred_at"]
-                pending.append(await producer.send(topic_for(e, prefix), orjson.dumps(e), key=key_for(e)))
-                sent += 1
-            if len(pending) > 2000:
-                await asyncio.gather(*pending)
-                pending.clear()
-            on_progress(sent)
-            await asyncio.sleep(0.005)
-        offered = sent / (time.perf_counter() - t0)
-        await asyncio.gather(*pending)
+        offered = await offer(total, rate, send, on_progress)
         # The worker's own counts say when the last handoffs are in: a slow machine loses none of
         # them (they are the tail of the distribution), a fast one waits for nothing.
         deadline = time.monotonic() + settle_s
