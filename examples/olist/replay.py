@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,14 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from leadpulse import kafka
-from leadpulse.dev.embedded import Stack, free_port
+from leadpulse.bench.children import Worker
+from leadpulse.dev.embedded import Stack
 from leadpulse.dev.simulate import key_for, topic_for
 from leadpulse.events import SOURCES
 from leadpulse.settings import load_settings
@@ -113,78 +111,32 @@ def calibrate(events: Path, outcomes: Path, base: Path, out: Path) -> dict[str, 
     return json.loads(done.stdout)
 
 
-class Worker:
-    """`leadpulse worker` as a child process on a broker and Redis, configured by LEADPULSE_*."""
+def worker_settings(bootstrap: str, redis_url: str, model: Path, tag: str) -> dict[str, Any]:
+    """`leadpulse worker`'s LEADPULSE_* settings for the replay: its own group and topics."""
+    return {
+        "kafka_bootstrap": bootstrap, "redis_url": redis_url, "model": str(model), "group_id": f"{tag}-worker",
+        "topic_prefix": f"{tag}.events.", "handoff_topic": f"{tag}.leads.handoff",
+        "outcomes_topic": f"{tag}.leads.outcomes", "dlq_topic": f"{tag}.events.dlq", "partitions": 4,
+        "log_level": "warning",
+    }
 
-    def __init__(self, bootstrap: str, redis_url: str, model: Path, log: Path, tag: str = "olist") -> None:
-        self.port = free_port()
-        self.settings = {
-            "kafka_bootstrap": bootstrap, "redis_url": redis_url, "http_port": self.port, "model": str(model),
-            "group_id": f"{tag}-worker", "topic_prefix": f"{tag}.events.", "handoff_topic": f"{tag}.leads.handoff",
-            "outcomes_topic": f"{tag}.leads.outcomes", "dlq_topic": f"{tag}.events.dlq", "partitions": 4,
-            "log_level": "warning",
-        }
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Worker:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
-        env.update({f"LEADPULSE_{k.upper()}": str(v) for k, v in self.settings.items()})
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "leadpulse", "worker"], env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return self
+async def wait_counted(worker: Worker, n: int, timeout: float) -> None:
+    """Until `n` events are counted. The worker counts a batch only once what it caused
+    (handoffs, dead letters) is acknowledged by the broker (pipeline.publish): then
+    everything it will publish for these events is on the topics."""
+    deadline = time.monotonic() + timeout
+    while (seen := await worker.processed()) < n:
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited; its log:\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker counted {seen} of {n} events in time")
+        await asyncio.sleep(0.05)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"the worker exited; its log:\n{self.log.read_text()[-3000:]}")
-
-    async def wait_ready(self, http: aiohttp.ClientSession, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._alive()
-            try:
-                async with http.get(self.url + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.3)
-        raise RuntimeError(f"the worker was not ready within {timeout:.0f} s; its log:\n{self.log.read_text()[-3000:]}")
-
-    async def counted(self, http: aiohttp.ClientSession) -> float:
-        """Events the worker has consumed, whatever became of them (leadpulse_events_total)."""
-        async with http.get(self.url + "/metrics") as resp:
-            text = await resp.text()
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "leadpulse_events_total")
-
-    async def wait_counted(self, http: aiohttp.ClientSession, n: int, timeout: float) -> None:
-        """Until `n` events are counted. The worker counts a batch only once what it caused
-        (handoffs, dead letters) is acknowledged by the broker (pipeline.publish): then
-        everything it will publish for these events is on the topics."""
-        deadline = time.monotonic() + timeout
-        while (seen := await self.counted(http)) < n:
-            self._alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker counted {seen:.0f} of {n} events in time")
-            await asyncio.sleep(0.05)
-
-    async def lead(self, http: aiohttp.ClientSession, lead_id: str) -> dict[str, Any] | None:
-        async with http.get(f"{self.url}/leads/{lead_id}") as resp:
-            return orjson.loads(await resp.read()) if resp.status == 200 else None
+async def served_lead(worker: Worker, lead_id: str) -> dict[str, Any] | None:
+    status, body = await worker.get(f"/leads/{lead_id}")
+    return orjson.loads(body) if status == 200 else None
 
 
 def segments(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -255,25 +207,28 @@ async def replay(bootstrap: str, redis_url: str, model: Path, events_file: Path,
                  timeout: float = 900.0) -> dict[str, Any]:
     """Replay `events_file` through a worker; return what it published and served."""
     lead_ids = sorted({orjson.loads(x)["lead_id"] for x in events_file.read_bytes().splitlines()})
-    with Worker(bootstrap, redis_url, model, work / "worker.log", tag) as worker:
-        async with aiohttp.ClientSession() as http:
-            await worker.wait_ready(http)
-            deadline = time.monotonic() + timeout
+    # the bench's child-process worker (leadpulse.bench.children): one launcher for every script
+    worker = Worker(work, "worker", **worker_settings(bootstrap, redis_url, model, tag))
+    try:
+        await worker.wait_ready(120.0)
+        deadline = time.monotonic() + timeout
 
-            async def barrier(n: int) -> None:
-                await worker.wait_counted(http, n, deadline - time.monotonic())
+        async def barrier(n: int) -> None:
+            await wait_counted(worker, n, deadline - time.monotonic())
 
-            sent = await produce(bootstrap, worker.settings["topic_prefix"], events_file, barrier)
-            await barrier(sent)
-            gate = asyncio.Semaphore(16)
+        sent = await produce(bootstrap, worker.settings["topic_prefix"], events_file, barrier)
+        await barrier(sent)
+        gate = asyncio.Semaphore(16)
 
-            async def one(lead_id: str) -> dict[str, Any] | None:
-                async with gate:
-                    return await worker.lead(http, lead_id)
+        async def one(lead_id: str) -> dict[str, Any] | None:
+            async with gate:
+                return await served_lead(worker, lead_id)
 
-            leads = dict(zip(lead_ids, await asyncio.gather(*(one(x) for x in lead_ids))))
+        leads = dict(zip(lead_ids, await asyncio.gather(*(one(x) for x in lead_ids))))
         handoffs = await read_topic(bootstrap, worker.settings["handoff_topic"])
         outcomes = await read_topic(bootstrap, worker.settings["outcomes_topic"])
+    finally:
+        worker.stop()
     return {"sent": sent, "leads": leads, "handoffs": handoffs, "outcomes": outcomes}
 
 
