@@ -1,5 +1,6 @@
 """docs/architecture.md's module map names every module of src/leadpulse, in its package, and
-nothing that is gone; its event diagram names functions that exist."""
+nothing that is gone; its event diagram names functions that exist. Every Kafka producer is made
+in one place."""
 
 from __future__ import annotations
 
@@ -46,3 +47,12 @@ def test_the_event_diagram_names_functions_that_exist(repo_root: Path) -> None:
     assert len(named) > 15, named
     missing = [name for name in sorted(named) if not re.search(rf"def {name}\b", source)]
     assert missing == []
+
+
+def test_every_producer_is_made_by_kafka_started_producer(repo_root: Path) -> None:
+    # A bare aiokafka producer forgets the leaders of topics it knew at start once it writes to a
+    # newer one (tests/test_producer_topics.py): 40-second stalls. kafka.py is where it is made.
+    made = [f"{p.relative_to(repo_root)}:{n}" for root in ("src", "examples")
+            for p in (repo_root / root).rglob("*.py") if p.name != "kafka.py"
+            for n, line in enumerate(p.read_text().splitlines(), 1) if "AIOKafkaProducer(" in line]
+    assert made == []

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .eventset import create_topics
+from .eventset import create_topics, started_producer
 
 #: the producer of the latency stage and of this ceiling (the issue's measurement by hand)
 LINGER_MS = 5
@@ -54,16 +54,15 @@ async def offer(total: int, rate: float, send: Callable[[int], Awaitable[Any]], 
 async def ceiling_run(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, fetch_wait_ms: int,
                       on_progress: Callable[[int], None], size: int = 400, settle_s: float = 120.0) -> dict[str, Any]:
     """Send `rate` messages/s for `seconds` and time each from its send to its read."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     await create_topics(bootstrap, [topic], partitions)
     total = int(rate * seconds)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
     await consumer.start()
-    await producer.start()
+    producer = await started_producer(bootstrap, [topic], acks="all", linger_ms=LINGER_MS)
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     latencies: list[float] = []
     stop = asyncio.Event()
