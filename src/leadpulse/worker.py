@@ -147,13 +147,13 @@ class ScoringService(mode.Service):
         assert self.producer is not None
         return await self.producer.send(topic, value, key=key, headers=headers)
 
-    def _topics(self) -> list[str]:
+    def _output_topics(self) -> list[str]:
         s = self.settings
-        return [*s.input_topics, s.handoff_topic, s.dlq_topic, s.outcomes_topic, *shadow.topics(s)]
+        return [s.handoff_topic, s.dlq_topic, s.outcomes_topic, *shadow.topics(s)]
 
     async def _start_producer(self) -> None:
         self.producer = await kafka.started_producer(
-            self.settings, self._topics(), acks="all", linger_ms=1, enable_idempotence=False,
+            self.settings, self._output_topics(), acks="all", linger_ms=1, enable_idempotence=False,
         )
 
     async def _start_consumer(self) -> None:
@@ -170,7 +170,7 @@ class ScoringService(mode.Service):
                          "model")
         await self.retry(lambda: self.gate.check(self._all_committed.wait), "control")
         # the topics first: the producer looks up their leaders as it starts (kafka.started_producer)
-        await self.retry(lambda: kafka.ensure_topics(self.settings, self._topics()), "create_topics")
+        await self.retry(lambda: kafka.ensure_topics(self.settings, [*self.settings.input_topics, *self._output_topics()]), "create_topics")
         await self.retry(self._start_producer, "producer_start")
         await self._read_published()
         log.info("ready to consume %s (%d handoffs already published)",
