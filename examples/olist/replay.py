@@ -46,7 +46,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from leadpulse import kafka
-from leadpulse.bench.children import Worker
+from leadpulse.bench.children import Worker, follow
 from leadpulse.dev.embedded import Stack
 from leadpulse.dev.simulate import key_for, topic_for
 from leadpulse.events import SOURCES
@@ -125,13 +125,11 @@ async def wait_counted(worker: Worker, n: int, timeout: float) -> None:
     """Until `n` events are counted. The worker counts a batch only once what it caused
     (handoffs, dead letters) is acknowledged by the broker (pipeline.publish): then
     everything it will publish for these events is on the topics."""
-    deadline = time.monotonic() + timeout
-    while (seen := await worker.processed()) < n:
-        if not worker.alive():
-            raise RuntimeError(f"the worker exited; its log:\n{worker.tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the worker counted {seen} of {n} events in time")
-        await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            await follow(worker, worker.processed, n, on_progress=lambda _: None, interval=0.05)
+    except TimeoutError:
+        raise RuntimeError(f"the worker counted {await worker.processed()} of {n} events in time") from None
 
 
 async def served_lead(worker: Worker, lead_id: str) -> dict[str, Any] | None:
