@@ -151,7 +151,15 @@ async def test_metrics_count_what_happened(worker: WorkerProcess, broker: TansuB
     assert await metric_value(worker, "leadpulse_events_total", source="email", type="click", outcome="duplicate") == 1
     assert await metric_value(worker, "leadpulse_model_info", version="default-2026.12.2") == 1
     assert await metric_value(worker, "leadpulse_event_latency_seconds_count") >= 1
-    assert await metric_value(worker, "leadpulse_commit_latency_seconds_count") >= 1
+    committed = await metric_value(worker, "leadpulse_commit_latency_seconds_count")
+    assert committed >= 1
+    # each committed batch timed at every step, observed with the commit latency (one scrape
+    # sees both: /metrics is served on the worker's loop, which observes them without awaiting)
+    steps = {step: await metric_value(worker, "leadpulse_batch_stage_seconds_count", step=step)
+             for step in ("prepare", "queued", "apply", "applied", "publish", "commit")}
+    later = await metric_value(worker, "leadpulse_commit_latency_seconds_count")
+    assert all(committed <= n <= later for n in steps.values()), (committed, steps, later)
+    assert await metric_value(worker, "leadpulse_batch_stage_seconds_sum", step="apply") > 0
     assert await metric_value(worker, "leadpulse_ready") == 1
     # The worker's own account of its work (what `leadpulse bench` measures rows from): it
     # began before it last finished a batch, on both clocks.

@@ -11,6 +11,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 #: a due-index entry is overdue once it has been due this many sweep intervals: a healthy sweep
 #: takes it within one, and a busy worker's timer may slip by another
 SWEEP_GRACE_INTERVALS = 3
+#: the steps of `leadpulse_batch_stage_seconds`, in a batch's order
+BATCH_STEPS = ("prepare", "queued", "apply", "applied", "publish", "commit")
 #: why a sweep pass or a read of many leads skipped a lead (LeadStore.sweep, LeadStore.read)
 SWEEP_SKIP_REASONS = ("script_error", "bad_reply")
 
@@ -30,6 +32,16 @@ class Metrics:
             "leadpulse_commit_latency_seconds", "From a batch being consumed to its offsets being committed.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        # Where a batch's time goes between fetch and commit (worker.py's three stages): the stage
+        # that bounds latency is the one whose time grows, and a stage's wait says which is busy.
+        self.batch_stage = Histogram(
+            "leadpulse_batch_stage_seconds", "Time each batch spends in each step from fetch to commit: "
+            "prepare (parse, validate, match), queued (waiting for the apply stage), apply (Redis), "
+            "applied (waiting for the commit stage), publish (handoffs and dead letters acknowledged), "
+            "commit (offsets).", ["step"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        for step in BATCH_STEPS:  # every step from the start: a dashboard shows 0, not nothing
+            self.batch_stage.labels(step)
         self.batch_size = Histogram(
             "leadpulse_batch_size_events", "Events per processed batch.",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=r,

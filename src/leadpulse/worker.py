@@ -39,7 +39,7 @@ from .following import Following
 from .handover import HEARTBEAT_S
 from .kafka import SESSION_TIMEOUT_MS
 from .lag import ConsumerLag
-from .metrics import Metrics
+from .metrics import BATCH_STEPS, Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, Topics
 from .rebalance import Partitions
@@ -254,7 +254,9 @@ class ScoringService(mode.Service):
                 self.lag.started(batch)
                 records = [r for msgs in batch.values() for r in msgs]
                 offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
-                await out.put(_InFlight(self.processor.prepare(records), offsets, time.monotonic()))
+                fetched = time.monotonic()
+                ready = self.processor.prepare(records)
+                await out.put(_InFlight(ready, offsets, fetched, time.monotonic()))
             else:
                 self._observe_lag()
                 self._update_ready()
@@ -273,7 +275,9 @@ class ScoringService(mode.Service):
                 item, getter = getter.result(), None
                 if item is None:
                     break
+                item.apply_started = time.monotonic()
                 await self.retry(lambda: self._apply(item.batch), "process")
+                item.applied = time.monotonic()
                 self._uncommitted += 1
                 self._all_committed.clear()
                 self.redis_ok = True
@@ -306,13 +310,17 @@ class ScoringService(mode.Service):
 
     async def _commit_stage(self, inbox: asyncio.Queue[_InFlight | None]) -> None:
         while (item := await inbox.get()) is not None:
+            publishing = time.monotonic()
             await self.retry(lambda: self.processor.publish(item.batch), "publish")
+            committing = time.monotonic()
             await self._commit(item.offsets)
+            committed = time.monotonic()
             self._uncommitted -= 1
             if self._uncommitted == 0:  # what the gate waits for before it holds (handover.py)
                 self._all_committed.set()
             self.processed += len(item.batch.records)
-            self.metrics.commit_latency.observe(time.monotonic() - item.consumed)
+            self.metrics.commit_latency.observe(committed - item.consumed)
+            item.observe(self.metrics.batch_stage, publishing, committing, committed)
             self.partitions.batch_done()
             self._observe_lag()
             self._update_ready()
@@ -435,6 +443,15 @@ class _InFlight:
     batch: Batch
     offsets: dict[TopicPartition, OffsetAndMetadata]
     consumed: float  # monotonic time the batch was fetched
+    prepared: float
+    apply_started: float = 0.0
+    applied: float = 0.0
+
+    def observe(self, steps: Any, publishing: float, committing: float, committed: float) -> None:
+        """Each step's time into `steps` (Metrics.batch_stage), once the batch is committed."""
+        marks = (self.consumed, self.prepared, self.apply_started, self.applied, publishing, committing, committed)
+        for step, start, end in zip(BATCH_STEPS, marks, marks[1:]):
+            steps.labels(step).observe(end - start)
 
 
 def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None = None) -> tuple[faust.App, ScoringService]:

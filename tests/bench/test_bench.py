@@ -112,6 +112,13 @@ def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     assert 0 <= inside["p50_ms"] and 0 <= outside["p50_ms"]
     assert inside["max_ms"] <= latency["max_ms"] + 1 and outside["max_ms"] <= latency["max_ms"] + 1  # ms timestamps
     assert "split at the handoff record's timestamp" in report["table"]
+    # the worker's own account of its batches: every step timed for each batch it committed
+    batches = latency["batches"]
+    assert batches["count"] >= 1 and batches["mean_events"] > 0
+    assert list(batches["mean_ms"]) == ["prepare", "queued", "apply", "applied", "publish", "commit"]
+    assert all(ms >= 0 for ms in batches["mean_ms"].values()) and batches["mean_ms"]["apply"] > 0
+    assert 0 < batches["apply_busy_share"] <= 1.05  # the sum of applies within the worker's span
+    assert "mean time per batch: prepare" in report["table"]
     waits = latency["runqueue_wait_share"]  # how much the machine held each back, from /proc
     assert set(waits) == {"worker", "redis", "broker"} and all(v >= 0 for v in waits.values()), waits
     memory = report["redis_memory"]

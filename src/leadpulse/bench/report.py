@@ -123,6 +123,10 @@ def render(report: Report) -> str:
             a, b = lat["to_worker_send"], lat["worker_send_to_read"]
             lines.append(f"  split at the handoff record's timestamp: occurred_at → worker's send p50 {a['p50_ms']} ms, "
                          f"p99 {a['p99_ms']} ms; send → read p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms")
+        if (b := lat.get("batches")) and b["mean_ms"]:
+            lines.append(f"  the worker's {b['count']:,} batches (mean {b['mean_events']} events), mean time per batch: "
+                         + ", ".join(f"{step} {ms} ms" for step, ms in b["mean_ms"].items())
+                         + f"; the apply stage busy {_pct(b['apply_busy_share'])} of the run")
         if lat.get("runqueue_wait_share"):
             lines.append("  runnable but waiting for a CPU, share of the run: "
                          + ", ".join(f"{k} {_pct(v)}" for k, v in lat["runqueue_wait_share"].items()))
