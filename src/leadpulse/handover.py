@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from . import rawpipe
 from .errors import StateError
 from .keys import Keys
 
@@ -77,12 +78,17 @@ class Control:
 
 
 async def read_control(redis: Redis, keys: Keys) -> Control:
-    pipe = redis.pipeline(transaction=False)
-    pipe.get(keys.pointer)
-    pipe.hgetall(keys.switch)
-    pipe.get(keys.model_active)
-    pointer, switch, active = await pipe.execute()
-    fields = {_text(k): _text(v) for k, v in (switch or {}).items()}
+    # Packed by hiredis (rawpipe): the worker reads this before every batch, and redis-py's
+    # pipeline cost more Python than the three commands are worth.
+    replies = await rawpipe.execute(redis, [("GET", keys.pointer), ("HGETALL", keys.switch), ("GET", keys.model_active)])
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    pointer, switch, active = replies
+    # HGETALL is a flat list of fields and values on the packed path, a dict through redis-py's
+    # own pipeline (a cluster client)
+    pairs = switch.items() if isinstance(switch, dict) else zip(switch[::2], switch[1::2]) if switch else ()
+    fields = {_text(k): _text(v) for k, v in pairs}
     return Control(
         space=_text(pointer) or keys.prefix, switch_id=fields.get("id"), phase=fields.get("phase"),
         to=fields.get("to"), model=int(active) if active is not None else None,

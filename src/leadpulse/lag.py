@@ -22,6 +22,9 @@ class ConsumerLag:
         self.gauge = gauge
         #: the next offset to handle, per partition: our last commit, or where our first batch began
         self.done: dict[TopicPartition, int] = {}
+        #: each partition's child of the gauge: `labels()` validates and locks on every call, and
+        #: the worker sets every owned partition's lag after each batch (40 partitions by default)
+        self._children: dict[TopicPartition, Any] = {}
 
     def started(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
         """A batch arrived: a partition we have not committed yet counts from its first record
@@ -44,7 +47,10 @@ class ConsumerLag:
             if high is None or done is None:
                 continue
             lags[tp] = lag = max(0, high - done)
-            self.gauge.labels(tp.topic, str(tp.partition)).set(lag)
+            child = self._children.get(tp)
+            if child is None:
+                child = self._children[tp] = self.gauge.labels(tp.topic, str(tp.partition))
+            child.set(lag)
         return lags
 
     def forget(self, revoked: Iterable[TopicPartition]) -> None:
@@ -52,5 +58,6 @@ class ConsumerLag:
         when one comes back, the offsets it was given up at are stale."""
         for tp in revoked:
             self.done.pop(tp, None)
+            self._children.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.gauge.remove(tp.topic, str(tp.partition))

@@ -118,6 +118,7 @@ def test_latency_memory_and_rss_are_measured(report: dict) -> None:
     assert list(batches["mean_ms"]) == ["prepare", "queued", "apply", "applied", "publish", "commit"]
     assert all(ms >= 0 for ms in batches["mean_ms"].values()) and batches["mean_ms"]["apply"] > 0
     assert 0 < batches["apply_busy_share"] <= 1.05  # the sum of applies within the worker's span
+    assert batches["worker_cpu_ms_per_batch"] > 0
     assert "mean time per batch: prepare" in report["table"]
     waits = latency["runqueue_wait_share"]  # how much the machine held each back, from /proc
     assert set(waits) == {"worker", "redis", "broker"} and all(v >= 0 for v in waits.values()), waits

@@ -96,10 +96,11 @@ async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: flo
     }
 
 
-def batch_steps(samples: list[Any], span_s: float) -> dict[str, Any]:
+def batch_steps(samples: list[Any], span_s: float, cpu_s: float) -> dict[str, Any]:
     """The worker's batches in the run, from its own histograms: how many, their mean size, the
-    mean time per batch of each step from fetch to commit (`leadpulse_batch_stage_seconds`), and
-    the share of its working span (`span_s`) the apply stage was busy: near 1, batches queue."""
+    mean time per batch of each step from fetch to commit (`leadpulse_batch_stage_seconds`), the
+    share of its working span (`span_s`) the apply stage was busy (near 1, batches queue), and its
+    CPU (`cpu_s` over that span) per batch: what a batch costs, whatever its size, shows there."""
     def by_step(name: str) -> dict[str, float]:
         return {s.labels["step"]: s.value for s in samples if s.name == name}
 
@@ -110,6 +111,7 @@ def batch_steps(samples: list[Any], span_s: float) -> dict[str, Any]:
         "count": n, "mean_events": round(sizes.get("leadpulse_batch_size_events_sum", 0) / n, 1) if n else None,
         "mean_ms": {step: round(1000 * sums[step] / counts[step], 2) for step in BATCH_STEPS if counts.get(step)},
         "apply_busy_share": round(sums.get("apply", 0) / span_s, 3) if span_s else None,
+        "worker_cpu_ms_per_batch": round(1000 * cpu_s / n, 2) if n else None,
     }
 
 
@@ -153,5 +155,5 @@ async def stage(ctx: Context, report: Report) -> None:
     work = await w.work()
     # its CPU over its own span: from the first offered batch to the last one handled
     report.latency["worker_cpu_share"] = round(work.cpu / work.seconds, 3) if work.seconds else None
-    report.latency["batches"] = batch_steps(await w.metrics() or [], work.seconds)
+    report.latency["batches"] = batch_steps(await w.metrics() or [], work.seconds, work.cpu)
     w.stop()

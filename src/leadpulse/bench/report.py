@@ -126,7 +126,8 @@ def render(report: Report) -> str:
         if (b := lat.get("batches")) and b["mean_ms"]:
             lines.append(f"  the worker's {b['count']:,} batches (mean {b['mean_events']} events), mean time per batch: "
                          + ", ".join(f"{step} {ms} ms" for step, ms in b["mean_ms"].items())
-                         + f"; the apply stage busy {_pct(b['apply_busy_share'])} of the run")
+                         + f"; the apply stage busy {_pct(b['apply_busy_share'])} of the run; "
+                         f"worker CPU {b['worker_cpu_ms_per_batch']} ms per batch")
         if lat.get("runqueue_wait_share"):
             lines.append("  runnable but waiting for a CPU, share of the run: "
                          + ", ".join(f"{k} {_pct(v)}" for k, v in lat["runqueue_wait_share"].items()))
