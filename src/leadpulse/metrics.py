@@ -208,6 +208,11 @@ class Metrics:
             cpu.set(time.process_time())
             self._work_start = None
 
+    def batch_timed(self, marks: Sequence[float]) -> None:
+        """A committed batch's monotonic times: fetched, then the end of each of BATCH_STEPS."""
+        for step, start, end in zip(BATCH_STEPS, marks, marks[1:]):
+            self.batch_stage.labels(step).observe(end - start)
+
     def batch_done(self) -> None:
         """Marks the end of the span with the batch's events counted (same scrape, same batch)."""
         wall, cpu = self._work_end

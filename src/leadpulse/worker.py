@@ -39,7 +39,7 @@ from .following import Following
 from .handover import HEARTBEAT_S
 from .kafka import SESSION_TIMEOUT_MS
 from .lag import ConsumerLag
-from .metrics import BATCH_STEPS, Metrics
+from .metrics import Metrics
 from .model import ScoringModel
 from .pipeline import Batch, Processor, Topics
 from .rebalance import Partitions
@@ -320,7 +320,8 @@ class ScoringService(mode.Service):
                 self._all_committed.set()
             self.processed += len(item.batch.records)
             self.metrics.commit_latency.observe(committed - item.consumed)
-            item.observe(self.metrics.batch_stage, publishing, committing, committed)
+            self.metrics.batch_timed((item.consumed, item.prepared, item.apply_started, item.applied,
+                                      publishing, committing, committed))
             self.partitions.batch_done()
             self._observe_lag()
             self._update_ready()
@@ -446,12 +447,6 @@ class _InFlight:
     prepared: float
     apply_started: float = 0.0
     applied: float = 0.0
-
-    def observe(self, steps: Any, publishing: float, committing: float, committed: float) -> None:
-        """Each step's time into `steps` (Metrics.batch_stage), once the batch is committed."""
-        marks = (self.consumed, self.prepared, self.apply_started, self.applied, publishing, committing, committed)
-        for step, start, end in zip(BATCH_STEPS, marks, marks[1:]):
-            steps.labels(step).observe(end - start)
 
 
 def create_app(settings: Settings, model: ScoringModel, metrics: Metrics | None = None) -> tuple[faust.App, ScoringService]:
