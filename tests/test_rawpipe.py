@@ -39,6 +39,10 @@ async def test_replies_in_order_with_errors_in_their_place(redis: Redis) -> None
     assert isinstance(replies[2], NoScriptError)
     assert replies[3:] == [b"1", 1, 0]
     assert await redis.get("a") == b"1"  # the connection went back to the pool in step
+    # checked: the first error reply raised, for a caller that cannot use the rest
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        rawpipe.checked(replies)
+    assert rawpipe.checked(replies[3:]) == [b"1", 1, 0]
 
 
 async def test_scripts_reload_after_redis_forgot_them(redis: Redis) -> None:

@@ -80,11 +80,8 @@ class Control:
 async def read_control(redis: Redis, keys: Keys) -> Control:
     # Packed by hiredis (rawpipe): the worker reads this before every batch, and redis-py's
     # pipeline cost more Python than the three commands are worth.
-    replies = await rawpipe.execute(redis, [("GET", keys.pointer), ("HGETALL", keys.switch), ("GET", keys.model_active)])
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    pointer, switch, active = replies
+    pointer, switch, active = rawpipe.checked(
+        await rawpipe.execute(redis, [("GET", keys.pointer), ("HGETALL", keys.switch), ("GET", keys.model_active)]))
     # HGETALL is a flat list of fields and values on the packed path, a dict through redis-py's
     # own pipeline (a cluster client)
     pairs = switch.items() if isinstance(switch, dict) else zip(switch[::2], switch[1::2]) if switch else ()

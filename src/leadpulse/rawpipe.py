@@ -50,6 +50,14 @@ def pack(commands: Sequence[Command]) -> bytes:
         raise DataError(f"Invalid input: {exc}") from exc
 
 
+def checked(replies: list[Any]) -> list[Any]:
+    """`replies` as they are, unless one is an error reply: then the first error is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 async def execute(redis: Any, commands: Sequence[Command]) -> list[Any]:
     """Run `commands` in one round trip; each reply in order, an error reply as its exception."""
     if not commands:

@@ -95,8 +95,4 @@ class Scripts:
             await load_all(self.redis)
             for i, r in zip(missing, await evalsha([calls[i] for i in missing])):
                 results[i] = r
-        if raise_on_error:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return results
+        return rawpipe.checked(results) if raise_on_error else results

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from . import scripts
+from . import rawpipe, scripts
 from .bounded import RecentIds
 from .handoff import build, publishes
 from .metrics import Metrics
@@ -69,11 +69,7 @@ class SharedRound(scripts.Scripts):
         if len(self._waiting) == 1:
             loop.call_soon(self._flush_soon)
         results = await fut
-        if raise_on_error:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return results
+        return rawpipe.checked(results) if raise_on_error else results
 
     def _flush_soon(self) -> None:
         waiting, self._waiting = self._waiting, []

@@ -271,10 +271,7 @@ class LeadStore:
             k = self.keys.lead(lead)
             commands.append(("GET", k.traits))
             commands.append(("EXISTS", k.state))
-        replies = await rawpipe.execute(self.redis, commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        replies = rawpipe.checked(await rawpipe.execute(self.redis, commands))
         for a, lead in zip(anon_ids, replies[: len(anon_ids)]):
             if lead is not None:
                 self._aliases[a] = _text(lead)
