@@ -1,6 +1,16 @@
-"""Instructions Redis spends in the Lua scripts per event, on the bench's event set, counted by
-callgrind: load-independent, unlike CPU seconds on a shared machine (docs/performance.md,
-"Redis CPU per event").
+"""Instructions Redis spends in the Lua scripts per event, on the bench's event set or on live
+traffic, counted by callgrind: load-independent, unlike CPU seconds on a shared machine
+(docs/performance.md, "Redis CPU per event").
+
+Two workloads (--workload):
+- `set`: the bench's event set (the throughput stages): the first events of 100,000 leads'
+  journeys, in time order, spread over days; batches as a worker fetches a backlog (up to 2,000
+  events of one partition).
+- `live`: the latency stage's traffic: the journeys of events/12 leads (seed 99), each event
+  timed as it arrives at --rate events/s, cut into batches of --batch consecutive events across
+  topics (a worker keeping up at that rate fetches ~130-150 at 5 k/s). Leads get far enough in
+  their journeys to reach MQL and SQL, so their stage decisions, due times and activity are
+  what the scripts spend on.
 
 The bench's Lua path is recorded in-process (`bench.ceilings.record_lua_path`: LeadStore applying
 the event set batched as a worker gets it, every script call kept). All calls but those of the
@@ -8,7 +18,8 @@ last --tail events are replayed into a plain redis-server (the steady state: mos
 state, a stage, an activity log), saved, and the rest replayed into redis-server under
 `valgrind --tool=callgrind`, counting only inside script calls (`evalGenericCommand`).
 
-    python scripts/lua_callgrind.py [--events 300000] [--tail 30000] [--out callgrind.out]
+    python scripts/lua_callgrind.py [--workload set] [--events 300000] [--tail 30000] [--out callgrind.out]
+    python scripts/lua_callgrind.py --workload live --events 100000 [--rate 5000] [--batch 150]
 
 Run it in each checkout to compare (its own scripts and its own recording). Needs valgrind and
 redis-server on PATH; takes a few minutes (the tail runs ~50 x slower under callgrind).
@@ -16,6 +27,7 @@ redis-server on PATH; takes a few minutes (the tail runs ~50 x slower under call
 
 import argparse
 import asyncio
+import itertools
 import shutil
 import socket
 import subprocess
@@ -25,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import orjson
 import redis.asyncio as _redis_asyncio
 
 from leadpulse.bench import ceilings
@@ -68,6 +81,18 @@ def _events(command: bytes) -> int:
     return sum(len(msgpack.unpackb(lead)[1]) for lead in a[5 + nkeys :])
 
 
+def live(n: int, rate: float, batch: int, now: int) -> tuple[list[dict[str, Any]], list[list[tuple[str, bytes]]]]:
+    """The latency stage's events (bench.latency), arriving at `rate` a second until `now`, and
+    the batches a worker keeping up would fetch."""
+    from leadpulse.dev.simulate import journeys, topic_for
+
+    events = list(itertools.islice(journeys(max(50, n // 12), seed=99, prefix="live"), n))
+    for i, e in enumerate(events):
+        e["occurred_at"] = now - int((len(events) - i) * 1000 / rate)
+    records = [(f"{topic_for(e)}:{i}", orjson.dumps(e)) for i, e in enumerate(events)]
+    return events, [records[i : i + batch] for i in range(0, len(records), batch)]
+
+
 _Redis = _redis_asyncio.Redis
 
 
@@ -84,15 +109,18 @@ class _KeepData:
         return getattr(self._client, name)
 
 
-async def main(events: int, tail: int, out: str) -> None:
+async def main(workload: str, events: int, tail: int, out: str, rate: float, batch: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="lua-callgrind-"))
     port = _free_port()
     plain = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
                              stdout=subprocess.DEVNULL)
     try:
         _ready(port)
-        data = event_set(events, 100_000, 7, int(time.time() * 1000) - 4 * 86_400_000)
-        recorded, _, _ = await ceilings.record_lua_path(f"redis://127.0.0.1:{port}/1", data, 8, lambda _: None)
+        if workload == "live":
+            data, batches = live(events, rate, batch, int(time.time() * 1000))
+        else:
+            data, batches = event_set(events, 100_000, 7, int(time.time() * 1000) - 4 * 86_400_000), None
+        recorded, _, _ = await ceilings.record_lua_path(f"redis://127.0.0.1:{port}/1", data, 8, lambda _: None, batches)
         split, measured = len(recorded), 0
         while split > 0 and measured < tail:
             split -= 1
@@ -127,14 +155,17 @@ async def main(events: int, tail: int, out: str) -> None:
     report = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True, check=True).stdout
     total = next(int(line.split()[0].replace(",", "")) for line in report.splitlines() if "PROGRAM TOTALS" in line)
     print(f"{total / measured:,.0f} instructions per event in the scripts ({total:,} over the last {measured:,} "
-          f"of {len(data):,} events; {out})")
+          f"of {len(data):,} events, workload {workload}; {out})")
     print(errors.strip())
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=("set", "live"), default="set")
     parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--rate", type=float, default=5000.0, help="live: events a second")
+    parser.add_argument("--batch", type=int, default=150, help="live: events per batch")
     parser.add_argument("--tail", type=int, default=30_000, help="events measured under callgrind, at the end of the set")
     parser.add_argument("--out", default="callgrind.out.lua")
     a = parser.parse_args()
-    asyncio.run(main(a.events, a.tail, a.out))
+    asyncio.run(main(a.workload, a.events, a.tail, a.out, a.rate, a.batch))

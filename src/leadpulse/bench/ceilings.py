@@ -91,9 +91,10 @@ def worker_batches(events: Sequence[dict[str, Any]], partitions: int) -> list[li
 
 
 async def record_lua_path(redis_url: str, events: Sequence[dict[str, Any]], partitions: int,
-                          on_progress: Callable[[int], None]) -> tuple[list[bytes], float, float]:
-    """Apply the event set through LeadStore, batched as a worker gets it, and keep every Lua
-    call it made.
+                          on_progress: Callable[[int], None],
+                          batches: list[list[tuple[str, bytes]]] | None = None) -> tuple[list[bytes], float, float]:
+    """Apply the event set through LeadStore, batched as a worker gets it (or as `batches` cut
+    it), and keep every Lua call it made.
 
     Returns (RESP-encoded script calls, seconds, bench-process CPU seconds).
     """
@@ -121,7 +122,7 @@ async def record_lua_path(redis_url: str, events: Sequence[dict[str, Any]], part
         store.scripts = Recording(redis)
         now = int(time.time() * 1000)
         cpu0, t0 = time.process_time(), time.perf_counter()
-        for chunk in worker_batches(events, partitions):
+        for chunk in batches if batches is not None else worker_batches(events, partitions):
             batch = [(contract.parse(value, now, model.clock_skew), position) for position, value in chunk]
             await store.apply(batch, now)
             on_progress(len(batch))
