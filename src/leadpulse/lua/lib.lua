@@ -248,30 +248,30 @@ local function save(st, now)
     if st.akey then redis.call('PERSIST', st.akey) end
     st.e = nil
   end
-  local state = {FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
-    st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k,
-    st.e or false}
-  -- fields 14-21 the lifecycle's, 22-23 fit_known and the idle clock (load); empty ones at the end left out
-  local rest = {false, false, false, false, false, false, false, false, st.n or false, st.i or false}
+  -- fields 14-21 the lifecycle's, 22-23 fit_known and the idle clock (load); empty ones at the end
+  -- left out. One constructor for all 23 (the table is sized once; appending rehashed it twice).
+  local fs, pt, lh, lc, cd, so, lr, la = false, false, false, false, false, false, false, false
   if B then  -- the lifecycle (load): every lead with a clock has a base
-    local pt = false
     if next(st.pt) then
       pt = {}
       for i = 1, NSTAGE do pt[i] = st.pt[i] and st.pt[i] - B or false end
     end
-    local lh = st.lh and {st.lh[1], KIND_CODE[st.lh[2]], st.lh[3] - B} or false
-    local la = false
+    lh = st.lh and {st.lh[1], KIND_CODE[st.lh[2]], st.lh[3] - B} or false
     if next(st.la) then
       la = {}
       for j = 1, LC.n do la[j] = st.la[j] and st.la[j] - B or false end
     end
-    rest[1], rest[2], rest[3], rest[4] = st.fs and st.fs - B or false, pt, lh, st.lc > 0 and st.lc or false
-    rest[5], rest[6], rest[7], rest[8] = st.cd and st.cd - B or false, st.so and st.so - B or false,
-                                         st.lr and st.lr - B or false, la
+    fs, lc = st.fs and st.fs - B or false, st.lc > 0 and st.lc or false
+    cd, so, lr = st.cd and st.cd - B or false, st.so and st.so - B or false, st.lr and st.lr - B or false
   end
-  local n = #rest
-  while n > 0 and rest[n] == false do n = n - 1 end
-  for i = 1, n do state[13 + i] = rest[i] end
+  local state = {FORMAT, B or false, c and c - B or false, st.L and st.L - B or false,
+    st.s, st.q, st.u and st.u - c or false, st.m and math.floor(st.m / 1000) or false, st.ix, st.r, st.f, st.k,
+    st.e or false, fs, pt, lh, lc, cd, so, lr, la, st.n or false, st.i or false}
+  local n = 23
+  while n > 13 and state[n] == false do
+    state[n] = nil
+    n = n - 1
+  end
   local packed = cmsgpack.pack(state)
   if expire then
     redis.call('SET', st.key, packed, 'PX', TTL)
@@ -840,12 +840,18 @@ local function crossing(list, L, t0, floor)
   return nil
 end
 
--- The last point of first_below's grid: a crossing after it counts as none.
-local function grid_end(t0)
+-- The last point of first_below's grid: a crossing after it counts as none. Its last step
+-- depends on the spec alone: worked out once per call, not once per lead.
+local GRID_LAST = 0
+do
   local d, span = math.max(1, math.floor(SPEC.hmin / 16)), SPEC.hmax * 64
-  if d > span then return t0 end
-  while d * 2 <= span do d = d * 2 end
-  return t0 + d
+  if d <= span then
+    while d * 2 <= span do d = d * 2 end
+    GRID_LAST = d
+  end
+end
+local function grid_end(t0)
+  return t0 + GRID_LAST
 end
 
 -- When decay alone takes the lead below its stage's floor: the first t after the clock with
