@@ -82,10 +82,7 @@ async def read_control(redis: Redis, keys: Keys) -> Control:
     # pipeline cost more Python than the three commands are worth.
     pointer, switch, active = rawpipe.checked(
         await rawpipe.execute(redis, [("GET", keys.pointer), ("HGETALL", keys.switch), ("GET", keys.model_active)]))
-    # HGETALL is a flat list of fields and values on the packed path, a dict through redis-py's
-    # own pipeline (a cluster client)
-    pairs = switch.items() if isinstance(switch, dict) else zip(switch[::2], switch[1::2]) if switch else ()
-    fields = {_text(k): _text(v) for k, v in pairs}
+    fields = {_text(k): _text(v) for k, v in (switch or {}).items()}
     return Control(
         space=_text(pointer) or keys.prefix, switch_id=fields.get("id"), phase=fields.get("phase"),
         to=fields.get("to"), model=int(active) if active is not None else None,

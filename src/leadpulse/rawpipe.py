@@ -6,12 +6,14 @@ growing buffer each: ~1 µs per apply.lua call's lead) and queues, then parses, 
 through several layers. Here each command is packed by hiredis (`hiredis.pack_command`, the
 same bytes: str as UTF-8, int and float as their repr), sent on one pooled connection, and its
 replies read in order. Redis-py's connection still does the rest: connecting, health checks,
-its retry policy on connection errors (the whole exchange again, as its pipeline does), and
-parsing the replies (an error reply becomes its ResponseError, NoScriptError included).
+its retry policy on connection errors (the whole exchange again, as its pipeline does),
+parsing the replies (an error reply becomes its ResponseError, NoScriptError included), and
+shaping them with the client's response callbacks, as its pipeline would (HGETALL a dict under
+RESP2 too, PEXPIRE a bool).
 
 Only for a plain `Redis` client speaking UTF-8 with hiredis present; any other client (a
 cluster, which routes by key) gets redis-py's own pipeline. Either way the replies come back in
-command order, a refused command's error in its place.
+command order, shaped alike, a refused command's error in its place.
 """
 
 from __future__ import annotations
@@ -72,14 +74,17 @@ async def execute(redis: Any, commands: Sequence[Command]) -> list[Any]:
     pool = redis.connection_pool
     conn: Connection = await pool.get_connection()
     try:
-        return await conn.retry.call_with_retry(lambda: _exchange(conn, payload, len(commands)),
-                                                lambda error: conn.disconnect())
+        replies = await conn.retry.call_with_retry(lambda: _exchange(conn, payload, len(commands)),
+                                                   lambda error: conn.disconnect())
     except BaseException:
         # A reply left unread (cancelled, timed out) would be the next user's: drop the socket.
         await conn.disconnect(nowait=True)
         raise
     finally:
         await pool.release(conn)
+    callbacks = redis.response_callbacks
+    return [reply if isinstance(reply, Exception) or (shape := callbacks.get(command[0])) is None else shape(reply)
+            for reply, command in zip(replies, commands)]
 
 
 async def _exchange(conn: Connection, payload: bytes, n: int) -> list[Any]:
