@@ -27,7 +27,6 @@ redis-server on PATH; takes a few minutes (the tail runs ~50 x slower under call
 
 import argparse
 import asyncio
-import itertools
 import shutil
 import socket
 import subprocess
@@ -84,9 +83,10 @@ def _events(command: bytes) -> int:
 def live(n: int, rate: float, batch: int, now: int) -> tuple[list[dict[str, Any]], list[list[tuple[str, bytes]]]]:
     """The latency stage's events (bench.latency), arriving at `rate` a second until `now`, and
     the batches a worker keeping up would fetch."""
-    from leadpulse.dev.simulate import journeys, topic_for
+    from leadpulse.bench.latency import live_events
+    from leadpulse.dev.simulate import topic_for
 
-    events = list(itertools.islice(journeys(max(50, n // 12), seed=99, prefix="live"), n))
+    events = live_events(n, "live")
     for i, e in enumerate(events):
         e["occurred_at"] = now - int((len(events) - i) * 1000 / rate)
     records = [(f"{topic_for(e)}:{i}", orjson.dumps(e)) for i, e in enumerate(events)]

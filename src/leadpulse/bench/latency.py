@@ -5,6 +5,7 @@ already running on its own topics; and the worker's CPU share while it worked.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,20 +24,24 @@ from .measure import runqueue_wait
 from .report import Report
 
 
+def live_events(total: int, prefix: str) -> list[dict[str, Any]]:
+    """The stage's traffic: the first `total` events of total/12 leads' journeys (seed 99), leads
+    far enough along to reach MQL and SQL (scripts/lua_callgrind.py counts them too)."""
+    from ..dev.simulate import journeys
+
+    return list(itertools.islice(journeys(max(50, total // 12), seed=99, prefix=prefix), total))
+
+
 async def latency_run(bootstrap: str, prefix: str, handoff_topic: str, rate: float, seconds: float,
                       on_progress: Callable[[int], None], worker: Worker, settle_s: float = 300.0) -> dict[str, Any]:
     """Offer `rate` events/s (occurred_at = send time); time each handoff from its trigger's occurred_at,
     until `worker` has handled every offered event and each handoff it published has been read."""
     from aiokafka import AIOKafkaConsumer
 
-    from ..dev.simulate import journeys, key_for, topic_for
+    from ..dev.simulate import key_for, topic_for
 
     total = int(rate * seconds)
-    events: list[dict[str, Any]] = []
-    for e in journeys(max(50, total // 12), seed=99, prefix=f"lat{uuid.uuid4().hex[:6]}"):
-        events.append(e)
-        if len(events) >= total:
-            break
+    events = live_events(total, f"lat{uuid.uuid4().hex[:6]}")
     occurred: dict[str, int] = {}
     latencies: list[float] = []
     # each handoff's time split at its record's timestamp (CreateTime: when the worker sent it)
