@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.events import from_dict, load_schema
 
+from .shareddata import shared_file
+
 pytestmark = pytest.mark.integration
 
 MQLS = 150
@@ -44,11 +46,7 @@ custom_fields:
 
 
 def olist_dir(repo_root: Path) -> Path:
-    for base in (repo_root.parent, repo_root.parent.parent):  # worktrees sit one level deeper
-        path = base / "shared" / "data"
-        if (path / "olist_marketing_qualified_leads_dataset.csv").is_file():
-            return path
-    pytest.skip("the Olist files are not beside the checkout (shared/data/olist_*.csv)")
+    return shared_file(repo_root, "olist_marketing_qualified_leads_dataset.csv").parent
 
 
 @pytest.fixture(scope="module")

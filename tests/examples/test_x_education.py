@@ -16,16 +16,13 @@ import pytest
 
 from leadpulse.events import from_dict, load_schema
 
+from .shareddata import shared_file
+
 ROWS = 60
 
 
 def leads_csv(repo_root: Path) -> Path:
-    # shared/ lies beside the main checkout (and beside CI's clone); worktrees sit one level deeper
-    for base in (repo_root.parent, repo_root.parent.parent):
-        path = base / "shared" / "data" / "Leads.csv"
-        if path.is_file():
-            return path
-    pytest.skip("Leads.csv is not beside the checkout (shared/data/Leads.csv)")
+    return shared_file(repo_root, "Leads.csv")
 
 
 @pytest.fixture(scope="module")
