@@ -50,14 +50,23 @@ class LocalCluster:
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )
+        # Every node judges cluster_state on its own, from what gossip has told it so far: one
+        # node saying ok while another still says fail is what made a first command answer
+        # CLUSTERDOWN. Ready means every node is ok, serves all slots and knows every master.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            out = subprocess.run(["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
-                                 capture_output=True, text=True, timeout=10).stdout
-            if "cluster_state:ok" in out:
+            if all(self._node_ready(node.port) for node in self.nodes):
                 return self
             time.sleep(0.2)
-        raise RuntimeError("the cluster did not reach cluster_state:ok")
+        raise RuntimeError("the cluster did not reach cluster_state:ok on every node")
+
+    def _node_ready(self, port: int) -> bool:
+        out = subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
+                             capture_output=True, text=True, timeout=10).stdout
+        info = dict(line.split(":", 1) for line in out.split() if ":" in line)
+        return (info.get("cluster_state") == "ok"
+                and info.get("cluster_slots_ok") == "16384"
+                and info.get("cluster_known_nodes") == str(len(self.nodes)))
 
     @property
     def url(self) -> str:
