@@ -52,7 +52,7 @@ def _free_port() -> int:
 def _ready(port: int) -> None:
     # PING, not the port: a server loading its RDB accepts connections and answers -LOADING
     for _ in range(1200):
-        r = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+        r = subprocess.run(["redis-cli", "-p", str(port), "ping"], check=False, capture_output=True, text=True)
         if r.stdout.strip() == "PONG":
             return
         time.sleep(0.5)
@@ -109,7 +109,8 @@ class _KeepData:
         return getattr(self._client, name)
 
 
-async def main(workload: str, events: int, tail: int, out: str, rate: float, batch: int) -> None:
+def main(workload: str, events: int, tail: int, out: str, rate: float, batch: int) -> None:
+    # Synchronous: the servers start and stop in turn; only recording and replaying are async.
     work = Path(tempfile.mkdtemp(prefix="lua-callgrind-"))
     port = _free_port()
     plain = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
@@ -120,16 +121,16 @@ async def main(workload: str, events: int, tail: int, out: str, rate: float, bat
             data, batches = live(events, rate, batch, int(time.time() * 1000))
         else:
             data, batches = event_set(events, 100_000, 7, int(time.time() * 1000) - 4 * 86_400_000), None
-        recorded, _, _ = await ceilings.record_lua_path(f"redis://127.0.0.1:{port}/1", data, 8, lambda _: None, batches)
+        recorded, _, _ = asyncio.run(ceilings.record_lua_path(f"redis://127.0.0.1:{port}/1", data, 8, lambda _: None, batches))
         split, measured = len(recorded), 0
         while split > 0 and measured < tail:
             split -= 1
             measured += _events(recorded[split])
-        await ceilings.replay(port, 0, recorded[:split], plain.pid, lambda _: None, 1)
+        asyncio.run(ceilings.replay(port, 0, recorded[:split], plain.pid, lambda _: None, 1))
         subprocess.run(["redis-cli", "-p", str(port), "-n", "1", "flushdb"], capture_output=True, check=True)
         subprocess.run(["redis-cli", "-p", str(port), "save"], capture_output=True, check=True)
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
         plain.wait()
     port = _free_port()
     traced = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
@@ -140,12 +141,12 @@ async def main(workload: str, events: int, tail: int, out: str, rate: float, bat
         subprocess.run(["redis-cli", "-p", str(port), "config", "resetstat"], capture_output=True, check=True)
         _redis_asyncio.Redis = _KeepData  # type: ignore[misc]
         try:
-            await ceilings.replay(port, 0, recorded[split:], traced.pid, lambda _: None, measured)
+            asyncio.run(ceilings.replay(port, 0, recorded[split:], traced.pid, lambda _: None, measured))
         finally:
             _redis_asyncio.Redis = _Redis  # type: ignore[misc]
-        errors = subprocess.run(["redis-cli", "-p", str(port), "info", "errorstats"], capture_output=True, text=True).stdout
+        errors = subprocess.run(["redis-cli", "-p", str(port), "info", "errorstats"], check=False, capture_output=True, text=True).stdout
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
         traced.wait()
         shutil.rmtree(work, ignore_errors=True)
     # A script missing would make the tail cheap and the figure meaningless; an error a script
@@ -168,4 +169,4 @@ if __name__ == "__main__":
     parser.add_argument("--tail", type=int, default=30_000, help="events measured under callgrind, at the end of the set")
     parser.add_argument("--out", default="callgrind.out.lua")
     a = parser.parse_args()
-    asyncio.run(main(a.workload, a.events, a.tail, a.out, a.rate, a.batch))
+    main(a.workload, a.events, a.tail, a.out, a.rate, a.batch)

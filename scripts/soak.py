@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from leadpulse.dev.embedded import Stack  # noqa: E402
-from leadpulse.model import load_model  # noqa: E402
-from tests.support.kafkatools import WorkerProcess, produce  # noqa: E402
-from tests.support.reference import chunks, fixed_events  # noqa: E402
-from tests.test_reliability import assert_matches_reference, drained, records_for  # noqa: E402
+from leadpulse.dev.embedded import Stack
+from leadpulse.model import load_model
+from tests.support.kafkatools import WorkerProcess, produce
+from tests.support.reference import chunks, fixed_events
+from tests.test_reliability import assert_matches_reference, drained, records_for
 
 
 async def soak(leads: int, kills: int, seed: int) -> None:

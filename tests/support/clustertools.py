@@ -62,7 +62,7 @@ class LocalCluster:
 
     def _node_ready(self, port: int) -> bool:
         out = subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
-                             capture_output=True, text=True, timeout=10).stdout
+                             check=False, capture_output=True, text=True, timeout=10).stdout
         info = dict(line.split(":", 1) for line in out.split() if ":" in line)
         return (info.get("cluster_state") == "ok"
                 and info.get("cluster_slots_ok") == "16384"
