@@ -9,10 +9,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from redis.asyncio import Redis
 
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.model import ScoringModel, load_model
+
+# Tests check behaviour, never speed: no per-example deadline (Hypothesis's 200 ms default fails a
+# property test whenever the machine stalls, and lifts itself only where CI=true is set).
+settings.register_profile("leadpulse", deadline=None)
+settings.load_profile("leadpulse")
 
 
 @pytest.fixture(scope="session")

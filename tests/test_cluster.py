@@ -33,6 +33,12 @@ from .test_worker import journey
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+async def is_ready(worker: WorkerProcess) -> bool:
+    """/readyz says ready with Redis up (its probe refreshes every 2 s: one slow probe is a 503)."""
+    status, ready = await worker.get("/readyz")
+    return status == 200 and ready["redis"] is True
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
@@ -88,8 +94,7 @@ async def test_worker_end_to_end_on_a_cluster(broker: TansuBroker, cluster: Loca
         assert status == 200 and lead["stage"] == "sql"
         status, top = await worker.get("/leads/top?limit=3")
         assert status == 200 and top["leads"][0]["lead_id"] == "lead-cluster"
-        status, ready = await worker.get("/readyz")
-        assert status == 200 and ready["redis"] is True
+        await wait_for(lambda: is_ready(worker), 60, "/readyz 200 with Redis up")  # a probe may time out once
         # Redis memory is sampled on every primary (one INFO each, on a timer).
         primaries = {f"127.0.0.1:{node.port}" for node in cluster.nodes}
 
@@ -161,8 +166,8 @@ async def test_ids_with_braces_through_the_topics_and_the_collector_on_a_cluster
             await wait_for(seg_scored, 60, "the collector's events for }seg to be scored")
         finally:
             await collector.stop()
-        status, ready = await worker.get("/readyz")
-        assert status == 200 and worker.proc is not None and worker.proc.poll() is None
+        await wait_for(lambda: is_ready(worker), 60, "/readyz 200 with Redis up")
+        assert worker.proc is not None and worker.proc.poll() is None
 
 
 async def test_erasure_on_a_cluster_removes_links_in_other_slots(cluster_store: LeadStore) -> None:

@@ -130,9 +130,11 @@ async def test_erased_leads_stay_erased_through_a_linked_cookie_and_a_rescore(
                 assert resp.status == 200 and await resp.json() == {"deleted": "erase-me"}
             assert (await worker.get("/leads/erase-me"))[0] == 404
 
-            # The cookie comes back; a lead of its own partition behind it shows it was handled.
+            # The cookie comes back; a lead behind it in its partition (keyed as the cookie is) shows
+            # it was handled.
+            topic, _, sentinel = web("s-after", now + 11, lead_id="erase-cookie-sentinel")
             await produce(broker.bootstrap, [web("e-after", now + 10, anonymous_id="erase-cookie"),
-                                             web("s-after", now + 11, lead_id="erase-cookie-sentinel")])
+                                             (topic, b"erase-cookie", sentinel)])
             await wait_for(lambda: scored("erase-cookie-sentinel", "demo_request"), 60, "the events after the erasure")
             assert (await worker.get("/leads/erase-me"))[0] == 404
             assert await client.get((await worker_keys(client)).anon("erase-cookie").alias) is None

@@ -116,8 +116,12 @@ async def test_models_reload_on_every_worker_re_evaluate_idle_leads_and_roll_bac
         stat = model_file.stat()
         text = model_yaml("v4", mql=70)
         assert len(text) == len(model_yaml("v3", mql=70))
-        model_file.write_text(text)
-        os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        # Written aside with the old times, then renamed over: the watchers never see the file with
+        # a new mtime, even for the moment between a write and a utime.
+        aside = model_file.with_name(model_file.name + ".new")
+        aside.write_text(text)
+        os.utime(aside, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(aside, model_file)
         first.signal(signal.SIGHUP)
         await wait_for(lambda: served_by_every_worker("v4"), 60, "SIGHUP to activate the file")
 

@@ -301,10 +301,19 @@ async def scored(worker: WorkerProcess, prometheus: PrometheusServer, broker: Ta
 @pytest.mark.usefixtures("scored")
 @pytest.mark.slow
 async def test_prometheus_scrapes_the_worker_and_sees_events_processed(worker: WorkerProcess, prometheus: PrometheusServer) -> None:
-    up = await prometheus.query('up{job="leadpulse-worker"}')
-    assert [(s["metric"]["instance"], s["value"][1]) for s in up] == [(f"127.0.0.1:{worker.port}", "1")]
-    by_source = await prometheus.query('sum by (source) (leadpulse_events_total{outcome="scored"})')
-    assert {s["metric"]["source"]: float(s["value"][1]) for s in by_source} == SOURCES_SENT
+    # Each read is of the latest scrape: one scrape slower than its 1 s timeout reads up 0 and
+    # marks the series stale until the next, so both are awaited rather than read once.
+    async def up() -> list[tuple[str, str]] | None:
+        found = [(s["metric"]["instance"], s["value"][1]) for s in await prometheus.query('up{job="leadpulse-worker"}')]
+        return found if found == [(f"127.0.0.1:{worker.port}", "1")] else None
+
+    async def by_source() -> dict[str, float] | None:
+        found = await prometheus.query('sum by (source) (leadpulse_events_total{outcome="scored"})')
+        counts = {s["metric"]["source"]: float(s["value"][1]) for s in found}
+        return counts if counts == SOURCES_SENT else None
+
+    await eventually(up, "the worker scraped and up")
+    await eventually(by_source, f"events by source as sent ({SOURCES_SENT})")
 
     async def rules_evaluated() -> list[dict[str, Any]] | None:
         rules = [r for g in (await prometheus.api("rules"))["groups"] for r in g["rules"]]

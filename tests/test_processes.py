@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from leadpulse.dev.embedded import RedisServer, TansuBroker
+from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
 from leadpulse.processes import Supervisor, child_settings
 from leadpulse.settings import Settings
 from tests.support.kafkatools import WorkerProcess, event_bytes, produce, wait_for
@@ -60,6 +61,18 @@ async def _metric(w: WorkerProcess, port: int, name: str) -> float:
     return -1.0
 
 
+def port_pair() -> int:
+    """A free port whose next port is free too."""
+    while True:
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+
+
 def _children(pid: int) -> list[int]:
     """The worker processes under the supervisor `pid` (not multiprocessing's resource tracker)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
@@ -77,7 +90,8 @@ async def test_two_processes_share_the_group_survive_a_crash_and_stop_on_sigterm
     broker: TansuBroker, redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
     w = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path, partitions=4)
-    base = w.port
+    # The supervisor gives process i the port base + i: both must be free, not only the first.
+    base = w.port = w.settings["http_port"] = port_pair()
     ports = [base, base + 1]
     with w.log.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "leadpulse", "worker", "--processes", "2"], env=w.env,

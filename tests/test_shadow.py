@@ -21,7 +21,7 @@ from leadpulse.events import load_schema
 from leadpulse.keys import Keys
 from leadpulse.model import parse_model
 
-from tests.support.kafkatools import WorkerProcess, consume_until, produce, read_all, running, wait_for
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, produce, read_all, running, wait_for
 from tests.test_worker import metric_value
 
 pytestmark = pytest.mark.integration
@@ -164,7 +164,10 @@ async def test_arms_have_their_own_bars_and_every_handoff_names_its_arm(
             handoff_validator().validate(h)
         assert sorted(h["lead_id"] for h in handoffs) == sorted(low)
         assert all(h["arm"] == "mql_bar/low" and h["threshold"] == 30 and h["stage"] == "mql" for h in handoffs)
-        # The control arm's leads stay under their bar of 60; a read says so.
+        # The control arm's leads stay under their bar of 60; a read says so, once every event is
+        # applied (a partition holding only control leads yields no handoff to wait for).
+        await wait_for(lambda: committed_all(broker.bootstrap, worker.settings["group_id"], [worker.topic("web")]),
+                       120, "every demo request applied")
         for lead, arm in arms.items():
             status, body = await worker.get(f"/leads/{lead}")
             assert status == 200 and body["stage"] == ("mql" if arm == "mql_bar/low" else "lead"), (lead, arm, body)

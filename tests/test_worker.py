@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.events import load_schema
 
-from tests.support.kafkatools import WorkerProcess, running, consume_until, event_bytes, produce, wait_for
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, event_bytes, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +80,11 @@ async def test_a_journey_yields_a_handoff_that_matches_the_schema_and_the_api(wo
     assert {s["rule_id"] for s in sql["top_signals"]} >= {"demo_request"} or sql["score"] >= 110
     assert all(r.key == b"lead-e2e" for r in records)
 
+    # The SQL handoff can come before the profile topic's identify is applied: read the lead once
+    # the worker has committed every event of the journey.
+    topics = sorted({worker.topic(s) for s, _ in events})
+    await wait_for(lambda: committed_all(broker.bootstrap, worker.settings["group_id"], topics), 120,
+                   "the whole journey applied")
     status, lead = await worker.get("/leads/lead-e2e")
     assert status == 200
     assert lead["stage"] == "sql" and lead["fit_grade"] == "A"

@@ -220,7 +220,7 @@ async def start_alerts(broker: TansuBroker, receiver: Receiver) -> AsyncIterator
             "slack_webhook_url": receiver.url + "/slack", "webhook_url": receiver.url + "/hook",
             "webhook_secret": SECRET, "crm_url_template": "https://crm.example.com/leads/{lead_id}",
             "alerts_port": 0, "alerts_start_from": "earliest", "alerts_backoff": 0.2, "alerts_backoff_max": 1.0,
-            "alerts_timeout": 1.0, "alerts_dlq_topic": f"{settings.handoff_topic}.dlq", **config})
+            "alerts_timeout": 10.0, "alerts_dlq_topic": f"{settings.handoff_topic}.dlq", **config})
         service = AlertService(settings, cfg)
         await service.start()
         services.append(service)
@@ -303,9 +303,11 @@ async def test_a_promotion_reaches_slack_and_the_signed_webhook_then_is_committe
 @pytest.mark.slow
 async def test_failures_rate_limits_and_slowness_are_retried_until_the_receiver_recovers(
         start_alerts: Callable[..., Awaitable[AlertService]], receiver: Receiver) -> None:
-    receiver.script("/hook", 500, (429, {"Retry-After": "1"}), 3.0, 503, 200)  # 3.0: answers after 3 s
+    receiver.script("/hook", 500, (429, {"Retry-After": "1"}), 6.0, 503, 200)  # 6.0: answers after 6 s
     receiver.script("/slack", (503, {}), 200)
-    service = await start_alerts()
+    # The only test that wants a delivery to time out: 2 s, well under the slow answer. Elsewhere
+    # the product's 10 s, so that a stalled test process does not turn into a retry.
+    service = await start_alerts(alerts_timeout=2.0)
     h = handoff()
     await publish(service, h)
     await eventually(lambda: [r for r in receiver.on("/hook") if r.status == 200 and not r.slow],
