@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +15,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from leadpulse.dev.embedded import RedisServer, TansuBroker, free_port
+from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.processes import Supervisor, child_settings
 from leadpulse.settings import Settings
 from tests.support.kafkatools import WorkerProcess, event_bytes, produce, wait_for
+from tests.support.ports import free_port_and
 
 integration = pytest.mark.integration
 
@@ -61,18 +61,6 @@ async def _metric(w: WorkerProcess, port: int, name: str) -> float:
     return -1.0
 
 
-def port_pair() -> int:
-    """A free port whose next port is free too."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-
-
 def _children(pid: int) -> list[int]:
     """The worker processes under the supervisor `pid` (not multiprocessing's resource tracker)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
@@ -91,7 +79,7 @@ async def test_two_processes_share_the_group_survive_a_crash_and_stop_on_sigterm
 ) -> None:
     w = WorkerProcess(broker.bootstrap, redis_server.url, tmp_path, partitions=4)
     # The supervisor gives process i the port base + i: both must be free, not only the first.
-    base = w.port = w.settings["http_port"] = port_pair()
+    base = w.port = w.settings["http_port"] = free_port_and(1)
     ports = [base, base + 1]
     with w.log.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "leadpulse", "worker", "--processes", "2"], env=w.env,

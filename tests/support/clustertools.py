@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from leadpulse.dev.embedded import RedisServer, free_port
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and in range too."""
-    while True:
-        port = free_port()
-        if port + 10000 <= 65535:
-            try:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-            return port
+from leadpulse.dev.embedded import RedisServer
+from tests.support.ports import free_port_and
 
 
 class LocalCluster:
@@ -29,7 +16,7 @@ class LocalCluster:
         for i in range(masters):
             folder = workdir / f"node{i}"
             folder.mkdir(parents=True, exist_ok=True)
-            port = cluster_port()
+            port = free_port_and(10000)  # its cluster bus port
             self.nodes.append(RedisServer(folder, port=port, appendonly=False, extra=(
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", "15000",  # a node stalled 5 s on a busy CI box is not a failure
