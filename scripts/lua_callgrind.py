@@ -28,7 +28,6 @@ redis-server on PATH; takes a few minutes (the tail runs ~50 x slower under call
 import argparse
 import asyncio
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -41,12 +40,7 @@ import redis.asyncio as _redis_asyncio
 
 from leadpulse.bench import ceilings
 from leadpulse.bench.eventset import event_set
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from leadpulse.dev.embedded import free_port
 
 
 def _ready(port: int) -> None:
@@ -57,6 +51,29 @@ def _ready(port: int) -> None:
             return
         time.sleep(0.5)
     raise SystemExit(f"redis on {port} never answered")
+
+
+def start_server(work: Path, port: int, callgrind_out: str | None = None) -> subprocess.Popen[bytes]:
+    """A redis-server keeping nothing on disk but what SAVE writes to `work`, answering PING;
+    with `callgrind_out`, under callgrind counting only inside script calls."""
+    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)]
+    if callgrind_out:
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}",
+                "--toggle-collect=evalGenericCommand", *argv]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _ready(port)
+    return server
+
+
+def stop_server(server: subprocess.Popen[bytes], port: int) -> None:
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
+    server.wait()
+
+
+def instructions(out: str) -> int:
+    """The instructions a callgrind output file counted in all."""
+    report = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True, check=True).stdout
+    return next(int(line.split()[0].replace(",", "")) for line in report.splitlines() if "PROGRAM TOTALS" in line)
 
 
 def _args(command: bytes) -> list[bytes]:
@@ -112,11 +129,9 @@ class _KeepData:
 def main(workload: str, events: int, tail: int, out: str, rate: float, batch: int) -> None:
     # Synchronous: the servers start and stop in turn; only recording and replaying are async.
     work = Path(tempfile.mkdtemp(prefix="lua-callgrind-"))
-    port = _free_port()
-    plain = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
-                             stdout=subprocess.DEVNULL)
+    port = free_port()
+    plain = start_server(work, port)
     try:
-        _ready(port)
         if workload == "live":
             data, batches = live(events, rate, batch, int(time.time() * 1000))
         else:
@@ -130,14 +145,10 @@ def main(workload: str, events: int, tail: int, out: str, rate: float, batch: in
         subprocess.run(["redis-cli", "-p", str(port), "-n", "1", "flushdb"], capture_output=True, check=True)
         subprocess.run(["redis-cli", "-p", str(port), "save"], capture_output=True, check=True)
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
-        plain.wait()
-    port = _free_port()
-    traced = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                               "--toggle-collect=evalGenericCommand", "redis-server", "--port", str(port), "--save", "",
-                               "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop_server(plain, port)
+    port = free_port()
+    traced = start_server(work, port, out)
     try:
-        _ready(port)
         subprocess.run(["redis-cli", "-p", str(port), "config", "resetstat"], capture_output=True, check=True)
         _redis_asyncio.Redis = _KeepData  # type: ignore[misc]
         try:
@@ -146,15 +157,13 @@ def main(workload: str, events: int, tail: int, out: str, rate: float, batch: in
             _redis_asyncio.Redis = _Redis  # type: ignore[misc]
         errors = subprocess.run(["redis-cli", "-p", str(port), "info", "errorstats"], check=False, capture_output=True, text=True).stdout
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
-        traced.wait()
+        stop_server(traced, port)
         shutil.rmtree(work, ignore_errors=True)
     # A script missing would make the tail cheap and the figure meaningless; an error a script
     # raises itself is part of the work replayed (printed with the figure).
     if "errorstat_NOSCRIPT" in errors or "errorstat_LOADING" in errors:
         raise SystemExit(f"script calls failed during the measured tail:\n{errors}")
-    report = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True, check=True).stdout
-    total = next(int(line.split()[0].replace(",", "")) for line in report.splitlines() if "PROGRAM TOTALS" in line)
+    total = instructions(out)
     print(f"{total / measured:,.0f} instructions per event in the scripts ({total:,} over the last {measured:,} "
           f"of {len(data):,} events, workload {workload}; {out})")
     print(errors.strip())

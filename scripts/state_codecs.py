@@ -15,7 +15,6 @@ callgrind: instructions per state, less the set-up's (mode `none`), load-indepen
 import argparse
 import asyncio
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,29 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import lua_callgrind  # a sibling script, found through the path above
 
 from leadpulse.bench import ceilings
+from leadpulse.dev.embedded import free_port
 
 LUA = (Path(__file__).parent / "state_codecs.lua").read_text()
 MODES = ["msgpack-unpack", "msgpack-pack", "flat-unpack", "flat-pack", "struct-unpack", "struct-pack"]
 
 
-def _server(work: Path, port: int, callgrind_out: str | None = None) -> subprocess.Popen[bytes]:
-    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)]
-    if callgrind_out:
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}",
-                "--toggle-collect=evalGenericCommand", *argv]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lua_callgrind._ready(port)
-    return server
-
-
-def _stop(server: subprocess.Popen[bytes], port: int) -> None:
-    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
-    server.wait()
-
-
 async def _states(work: Path, events: int, n: int) -> list[bytes]:
-    port = lua_callgrind._free_port()
-    server = _server(work, port)
+    port = free_port()
+    server = lua_callgrind.start_server(work, port)
     try:
         data, batches = lua_callgrind.live(events, 5000.0, 150, int(time.time() * 1000))
         await ceilings.record_lua_path(f"redis://127.0.0.1:{port}/1", data, 8, lambda _: None, batches)
@@ -58,14 +43,9 @@ async def _states(work: Path, events: int, n: int) -> list[bytes]:
         states = [v for v in (client.get(k) for k in client.scan_iter(match="*:v", count=1000)) if v and len(v) > 2]
         client.close()
     finally:
-        _stop(server, port)
+        lua_callgrind.stop_server(server, port)
     random.seed(1)
     return random.sample(states, min(n, len(states)))
-
-
-def _instructions(out: str) -> int:
-    report = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True, check=True).stdout
-    return next(int(line.split()[0].replace(",", "")) for line in report.splitlines() if "PROGRAM TOTALS" in line)
 
 
 def main(events: int, n: int, rounds: int, repeats: int, callgrind: bool) -> None:
@@ -74,8 +54,8 @@ def main(events: int, n: int, rounds: int, repeats: int, callgrind: bool) -> Non
     arg = msgpack.packb(states, use_bin_type=False)  # Redis's cmsgpack knows no bin type
     sizes = sorted(len(s) for s in states)
     print(f"{len(states)} live states, {sizes[len(sizes) // 2]} bytes median")
-    port = lua_callgrind._free_port()
-    server = _server(work, port)
+    port = free_port()
+    server = lua_callgrind.start_server(work, port)
     try:
         client = redis.Redis(port=port)
         for mode in MODES:
@@ -85,19 +65,19 @@ def main(events: int, n: int, rounds: int, repeats: int, callgrind: bool) -> Non
                   f"bytes msgpack {runs[0][1]:,}, flat {runs[0][2]:,}, struct {runs[0][3]:,}")
         client.close()
     finally:
-        _stop(server, port)
+        lua_callgrind.stop_server(server, port)
     if not callgrind:
         return
     counts = {}
     for mode in ["none", *MODES]:
         out = str(work / f"callgrind.{mode}")
-        port = lua_callgrind._free_port()
-        server = _server(work, port, out)
+        port = free_port()
+        server = lua_callgrind.start_server(work, port, out)
         try:
             redis.Redis(port=port).eval(LUA, 0, arg, 1, mode)
         finally:
-            _stop(server, port)
-        counts[mode] = _instructions(out)
+            lua_callgrind.stop_server(server, port)
+        counts[mode] = lua_callgrind.instructions(out)
     for mode in MODES:
         print(f"{mode:15} {(counts[mode] - counts['none']) / len(states):9,.0f} instructions per state (callgrind)")
 
