@@ -21,7 +21,15 @@ import pytest
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.events import load_schema
 
-from .support.kafkatools import WorkerProcess, consume_until, produce, read_all, running, wait_for
+from .support.kafkatools import (
+    WorkerProcess,
+    consume_until,
+    emptied,
+    produce,
+    read_all,
+    running,
+    wait_for,
+)
 from .test_worker import metric_value
 
 pytestmark = pytest.mark.integration
@@ -30,7 +38,7 @@ DAY = 86_400_000
 
 @pytest.fixture(scope="module")
 async def worker(broker: TansuBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkerProcess]:
-    async with running(WorkerProcess(broker.bootstrap, redis_server.url, tmp_path_factory.mktemp("lifecycle"))) as proc:
+    async with running(WorkerProcess(broker.bootstrap, await emptied(redis_server.url), tmp_path_factory.mktemp("lifecycle"))) as proc:
         yield proc
 
 

@@ -15,14 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.events import load_schema
 
-from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, event_bytes, produce, running, wait_for
+from tests.support.kafkatools import WorkerProcess, committed_all, consume_until, emptied, event_bytes, produce, running, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 async def worker(broker: TansuBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkerProcess]:
-    async with running(WorkerProcess(broker.bootstrap, redis_server.url, tmp_path_factory.mktemp("worker"))) as proc:
+    async with running(WorkerProcess(broker.bootstrap, await emptied(redis_server.url), tmp_path_factory.mktemp("worker"))) as proc:
         yield proc
 
 

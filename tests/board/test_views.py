@@ -20,12 +20,11 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from leadpulse.dev.embedded import RedisServer, TansuBroker
 from leadpulse.handoff import iso
 
-from tests.support.kafkatools import WorkerProcess, produce, running
+from tests.support.kafkatools import WorkerProcess, emptied, produce, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two workers and a headless Chromium: ~17 s to start
 
@@ -47,12 +46,8 @@ def chromium() -> str:
 async def workers(broker: TansuBroker, redis_server: RedisServer,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[WorkerProcess, WorkerProcess]]:
     logs = tmp_path_factory.mktemp("board")
-    # The session's Redis holds other modules' leads (their workers are gone by now): the hot list
-    # this module checks is its own.
-    client = Redis.from_url(redis_server.url)
-    await client.flushdb()
-    await client.aclose()
-    scorer = WorkerProcess(broker.bootstrap, redis_server.url, logs, api_token=TOKEN)
+    # the hot list this module checks is its own
+    scorer = WorkerProcess(broker.bootstrap, await emptied(redis_server.url), logs, api_token=TOKEN)
     board = WorkerProcess(broker.bootstrap, redis_server.url, logs, api_token=TOKEN,
                           handoff_topic=scorer.settings["handoff_topic"], topic_prefix=f"idle{scorer.tag}.")
     async with running(scorer), running(board):

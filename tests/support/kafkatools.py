@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
 
 from leadpulse.dev.embedded import free_port
 
@@ -126,6 +127,18 @@ async def running(worker: WorkerProcess) -> AsyncIterator[WorkerProcess]:
         yield worker
     finally:
         worker.stop()
+
+
+async def emptied(redis_url: str) -> str:
+    """`redis_url` with its database flushed: the session's Redis holds other modules' leads
+    (their workers are gone by now), and a module worker's reads (the top leads, the SLA
+    report) must be of its own. Returns the URL, for the worker."""
+    client = Redis.from_url(redis_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    return redis_url
 
 
 async def produce(bootstrap: str, items: list[tuple[str, bytes | None, bytes]]) -> None:
