@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
@@ -32,8 +33,11 @@ except ImportError:
     sys.exit("confluent-kafka is not installed: pip install confluent-kafka")
 from aiokafka import AIOKafkaConsumer
 
+from leadpulse.bench import eventset, hop
 from leadpulse.bench.eventset import create_topics, event_set, started_producer
+from leadpulse.bench.hop import LINGER_MS
 from leadpulse.dev.embedded import Stack
+from leadpulse.dev.simulate import key_for, topic_for
 from leadpulse.events import SOURCES
 
 PREFIX = "cost."
@@ -48,29 +52,21 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def events(n: int) -> list[tuple[str, bytes, bytes]]:
-    return [(f"{PREFIX}{e['source']}", (e.get("lead_id") or e.get("anonymous_id") or "").encode(), orjson.dumps(e))
-            for e in event_set(n, max(1, n // 3), 7, int(time.time() * 1000) - 86_400_000)]
+def events(n: int) -> list[dict[str, Any]]:
+    return event_set(n, max(1, n // 3), 7, int(time.time() * 1000) - 86_400_000)
 
 
-async def produce(bootstrap: str, records: list[tuple[str, bytes, bytes]], rate: float | None) -> None:
-    """All of `records`, at `rate` a second (or as fast as the broker takes them)."""
-    producer = await started_producer(bootstrap, TOPICS, acks="all", linger_ms=5, max_batch_size=512 * 1024)
+async def offer(bootstrap: str, records: list[dict[str, Any]], rate: float) -> None:
+    """`records` at `rate` a second, paced and produced as the bench's latency stage offers its load."""
+    raws = [(topic_for(e, PREFIX), key_for(e), orjson.dumps(e)) for e in records]
+    producer = await started_producer(bootstrap, TOPICS, acks="all", linger_ms=LINGER_MS)
     try:
-        pending, t0 = [], time.perf_counter()
-        for i, (topic, key, value) in enumerate(records):
-            if rate and (ahead := t0 + i / rate - time.perf_counter()) > 0:
-                await asyncio.sleep(ahead)
-            pending.append(await producer.send(topic, value, key=key))
-            if len(pending) >= 10_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
+        await hop.offer(len(raws), rate, lambda i: producer.send(raws[i][0], raws[i][2], key=raws[i][1]), lambda _: None)
     finally:
         await producer.stop()
 
 
-class Reader:
+class Reader(Protocol):
     """One client in its own group; `read()` returns the records that arrived (maybe none)."""
 
     async def start(self, bootstrap: str, group: str, earliest: bool) -> None: ...
@@ -162,7 +158,7 @@ def main() -> None:
         bootstrap, rate, seconds = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
         records = events(int(rate * seconds))
         print("offering", flush=True)
-        asyncio.run(produce(bootstrap, records, rate))
+        asyncio.run(offer(bootstrap, records, rate))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["throughput", "rate"])
@@ -177,7 +173,7 @@ def main() -> None:
         bootstrap = stack.broker.bootstrap
         asyncio.run(create_topics(bootstrap, TOPICS, args.partitions))
         if args.mode == "throughput":
-            asyncio.run(produce(bootstrap, events(args.events), None))
+            asyncio.run(eventset.produce(bootstrap, PREFIX, events(args.events), lambda _: None))
         for run in range(args.runs):
             for i, (name, client) in enumerate(CLIENTS.items()):
                 group = f"cost-{run}-{i}"
